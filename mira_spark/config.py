@@ -1,0 +1,281 @@
+"""Settings: frozen pydantic models loaded from YAML in ``conf/``.
+
+Takes ``conf/<name>.yaml`` (engine, tables, scoring, selection...) and the scorers file it names
+(``conf/scorers.yaml``: source -> scorer group -> model -> anchors -> endpoint pool); gives one validated
+:class:`Settings`. Relative paths are resolved against the directory of the YAML file that contains
+them, so a run does not depend on the working directory. Errors are :class:`ConfigError` with the file,
+the key and what to change. Pure logic: imports no Spark.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Engine = Literal["sail", "local", "connect", "active"]
+TableFormat = Literal["delta", "parquet"]
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message says which file and key, and what is allowed."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SecretRef(_Frozen):
+    """A Databricks secret scope entry, read with ``dbutils.secrets.get`` when running there."""
+
+    scope: str = Field(description="Secret scope name.")
+    key: str = Field(description="Key inside the scope.")
+
+
+class EndpointConfig(_Frozen):
+    url: str = Field(description="OpenAI-compatible base URL ending in /v1, e.g. http://10.0.0.5:8000/v1.")
+    weight: float = Field(default=1.0, gt=0, description="Relative capacity; a 2x faster replica gets 2.")
+
+    @field_validator("url")
+    @classmethod
+    def _url_shape(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint url must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
+
+class PoolConfig(_Frozen):
+    """A pool of interchangeable vLLM endpoints serving the same model."""
+
+    endpoints: tuple[EndpointConfig, ...] = Field(min_length=1, description="Endpoints of the pool.")
+    api_key_env: str | None = Field(
+        default="MIRA_API_KEY", description="Environment variable holding the API key (never written anywhere)."
+    )
+    api_key_secret: SecretRef | None = Field(default=None, description="Databricks secret scope entry for the key.")
+    verify_tls: bool = Field(default=True, description="Verify TLS certificates of https endpoints.")
+    slots_per_endpoint: int = Field(
+        default=256, ge=1, description="Sequences one endpoint runs at once (vLLM --max-num-seqs)."
+    )
+    in_flight_target: int | None = Field(
+        default=None, ge=1, description="Total requests in flight across the pool; default slots x endpoints x 1.1."
+    )
+    request_timeout_s: float = Field(default=900.0, gt=0, description="Whole-request timeout, seconds.")
+    connect_timeout_s: float = Field(default=10.0, gt=0, description="TCP connect timeout, seconds.")
+    max_attempts: int = Field(default=6, ge=1, le=50, description="Attempts per request for retryable errors.")
+    backoff_initial_s: float = Field(default=0.5, ge=0, description="First retry delay before jitter.")
+    backoff_max_s: float = Field(default=30.0, ge=0, description="Cap of the retry delay.")
+    metrics_poll_s: float = Field(default=5.0, ge=0, description="How often /metrics is read (0 = never).")
+    breaker_failures: int = Field(default=5, ge=1, description="Consecutive failures that take an endpoint out.")
+    breaker_probe_s: float = Field(default=5.0, gt=0, description="Seconds before an open endpoint is probed.")
+    startup_check: bool = Field(default=True, description="Fail fast when no endpoint answers /health at start.")
+
+
+class ScorerGroupConfig(_Frozen):
+    """One MIRA student scorer: its model, rubric files, endpoint pool and the sources routed to it."""
+
+    family: str = Field(description="Scorer family, e.g. text or code.")
+    model: str = Field(description="Model name sent in requests, e.g. whw06/MIRA-Text-Group1.")
+    anchors: Path = Field(description="Dimension anchors JSONL (15 slots).")
+    calibration: Path | None = Field(default=None, description="Calibration references JSONL.")
+    pool: str = Field(description="Name of an entry under pools:.")
+    sources: tuple[str, ...] = Field(min_length=1, description="Sources scored by this group.")
+    dimensions: int = Field(default=15, ge=1, le=99, description="Number of anchor slots expected.")
+
+
+class ScorersConfig(_Frozen):
+    groups: dict[str, ScorerGroupConfig] = Field(min_length=1)
+    pools: dict[str, PoolConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references(self) -> ScorersConfig:
+        owner: dict[str, str] = {}
+        for name, group in self.groups.items():
+            if group.pool not in self.pools:
+                raise ValueError(
+                    f"group {name!r} uses pool {group.pool!r}, which is not defined; defined pools: "
+                    f"{sorted(self.pools)}"
+                )
+            for source in group.sources:
+                if source in owner:
+                    raise ValueError(f"source {source!r} is routed to both {owner[source]!r} and {name!r}")
+                owner[source] = name
+        return self
+
+    def group_for_source(self) -> dict[str, str]:
+        return {s: name for name, g in self.groups.items() for s in g.sources}
+
+
+class SamplingConfig(_Frozen):
+    """Sampling parameters; defaults are the model card's."""
+
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_tokens: int = Field(default=2048, ge=64, description="Completion budget per request.")
+    seed: int | None = Field(default=None, description="Sampling seed sent to the server (vLLM honours it).")
+
+
+class ServingConfig(_Frozen):
+    max_model_len: int = Field(default=65536, ge=1024, description="Server context length (vLLM --max-model-len).")
+
+
+class ScoringConfig(_Frozen):
+    wave_size: int = Field(default=20000, ge=1, description="Documents per committed wave.")
+    tasks: int | None = Field(default=None, ge=1, description="Spark tasks per wave; default the session's parallelism.")
+    max_output_repairs: int = Field(default=2, ge=0, description="Re-asks for malformed or truncated outputs.")
+    partial_policy: Literal["reask", "keep"] = Field(
+        default="reask", description="Output missing some slots: re-ask only those slots, or keep as partial."
+    )
+    max_text_chars: int = Field(
+        default=1_000_000, ge=1000, description="Longer texts are cut to this many characters before prompting."
+    )
+
+
+class ReliabilityConfig(_Frozen):
+    max_mae: float = Field(default=2.0, gt=0, description="Mask a (source, dimension) whose teacher-student MAE exceeds this.")
+    min_spearman: float = Field(default=0.3, ge=-1, le=1, description="Mask when Spearman rho is below this.")
+    min_n: int = Field(default=20, ge=2, description="Fewer validation pairs than this: use the group-wide decision.")
+
+
+class SelectionConfig(_Frozen):
+    retain_ratio: dict[str, float] = Field(default_factory=dict, description="Fraction kept per source.")
+    default_retain_ratio: float = Field(default=0.5, ge=0, le=1, description="For sources not listed.")
+
+    @field_validator("retain_ratio")
+    @classmethod
+    def _ratios(cls, value: dict[str, float]) -> dict[str, float]:
+        for source, ratio in value.items():
+            if not 0 <= ratio <= 1:
+                raise ValueError(f"retain_ratio[{source}] = {ratio} must be between 0 and 1")
+        return value
+
+    def ratio_for(self, source: str) -> float:
+        return self.retain_ratio.get(source, self.default_retain_ratio)
+
+
+class TablesConfig(_Frozen):
+    """Where tables live: a path root (local, Volumes, abfss://) or a catalog.schema prefix."""
+
+    root: str | None = Field(default=None, description="Directory holding one sub-directory per table.")
+    schema_name: str | None = Field(default=None, alias="schema", description="catalog.schema for named tables.")
+    documents: str = Field(description="Input documents table: a path, or a name when it has no '/'.")
+    validation: str | None = Field(default=None, description="Teacher scores for reliability (path or name).")
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one_location(self) -> TablesConfig:
+        if (self.root is None) == (self.schema_name is None):
+            raise ValueError("set exactly one of tables.root (paths) or tables.schema (catalog.schema)")
+        return self
+
+
+class Settings(_Frozen):
+    engine: Engine = Field(default="sail", description="sail | local | connect | active")
+    connect_url: str | None = Field(default=None, description="sc:// URL for engine: connect.")
+    table_format: TableFormat = Field(default="delta", description="delta; parquet only for classic local parity.")
+    tables: TablesConfig
+    scorers_file: Path = Field(description="YAML with groups and pools (conf/scorers.yaml).")
+    scorers: ScorersConfig
+    sampling: SamplingConfig = SamplingConfig()
+    serving: ServingConfig = ServingConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    reliability: ReliabilityConfig = ReliabilityConfig()
+    selection: SelectionConfig = SelectionConfig()
+
+    @model_validator(mode="after")
+    def _engine_needs(self) -> Settings:
+        if self.engine == "connect" and not self.connect_url:
+            raise ValueError("engine: connect needs connect_url: sc://host:port")
+        if self.table_format == "parquet" and self.engine != "local":
+            raise ValueError("table_format: parquet is only for engine: local (the parity suite); use delta")
+        return self
+
+
+def _resolve(base: Path, value: str | None) -> str | None:
+    if value is None or "://" in value or value.startswith("/"):
+        return value
+    return str((base / value).resolve())
+
+
+def _is_path(ref: str) -> bool:
+    return "/" in ref or "://" in ref
+
+
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``overrides``, recursing into nested mappings."""
+    out = copy.deepcopy(dict(base))
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys")
+    return data
+
+
+def _explain(path: Path, exc: ValidationError) -> ConfigError:
+    lines = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        lines.append(f"  {where}: {msg}{shown}")
+    return ConfigError(f"{path}: invalid configuration\n" + "\n".join(lines))
+
+
+def load_scorers(path: str | Path) -> ScorersConfig:
+    path = Path(path).resolve()
+    raw = _read_yaml(path)
+    for group in (raw.get("groups") or {}).values():
+        if isinstance(group, dict):
+            for key in ("anchors", "calibration"):
+                if group.get(key):
+                    group[key] = _resolve(path.parent, str(group[key]))
+    try:
+        return ScorersConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise _explain(path, exc) from None
+
+
+def load_settings(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Load ``conf/<name>.yaml`` and the scorers file it names; ``overrides`` are deep-merged first."""
+    path = Path(path).resolve()
+    raw = deep_merge(_read_yaml(path), overrides or {})
+    tables = raw.get("tables")
+    if isinstance(tables, dict):
+        for key in ("root", "documents", "validation"):
+            value = tables.get(key)
+            if isinstance(value, str) and (key == "root" or _is_path(value)):
+                tables[key] = _resolve(path.parent, value)
+    scorers_ref = raw.get("scorers_file", "scorers.yaml")
+    scorers_path = Path(_resolve(path.parent, str(scorers_ref)) or "")
+    raw["scorers_file"] = str(scorers_path)
+    scorers_raw = raw.pop("scorers", None)
+    scorers = load_scorers(scorers_path)
+    if scorers_raw:  # inline overrides of the scorers file (tests, notebooks)
+        merged = deep_merge(scorers.model_dump(mode="json"), scorers_raw)
+        try:
+            scorers = ScorersConfig.model_validate(merged)
+        except ValidationError as exc:
+            raise _explain(scorers_path, exc) from None
+    raw["scorers"] = scorers
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise _explain(path, exc) from None

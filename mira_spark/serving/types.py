@@ -1,0 +1,89 @@
+"""Request and result records exchanged between the scoring stage and the async runner.
+
+The Spark side builds a list of :class:`ScoreRequest` (one per document, tagged with its index in the
+batch), hands it to :func:`mira_spark.serving.runner.run_requests`, and gets back exactly one
+:class:`ScoreResult` per request, re-aligned by index. A failed request is data (status, error code,
+attempts), never an exception escaping a partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+Status = Literal["ok", "failed", "deferred"]
+
+# Error codes written to raw_outputs.error (prefix before ": detail").
+ERR_HTTP = "http_{status}"  # non-retryable HTTP status, or retryable one with attempts exhausted
+ERR_TIMEOUT = "timeout"
+ERR_CONNECTION = "connection_error"
+ERR_CONTEXT_OVERFLOW = "context_overflow"
+ERR_OUTPUT_INVALID = "output_invalid"  # malformed or truncated after all repairs
+ERR_POOL_UNAVAILABLE = "pool_unavailable"  # every endpoint down: the row is deferred, not failed
+
+
+@dataclass
+class ScoreRequest:
+    """One chat request. ``index`` re-aligns the result; ``key`` identifies the document (X-Request-Id)."""
+
+    index: int
+    key: str
+    messages: list[dict[str, str]]
+    est_prompt_tokens: int = 0
+
+
+@dataclass
+class ScoreResult:
+    """Outcome of one request after retries and repairs."""
+
+    index: int
+    status: Status
+    text: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    endpoint: str | None = None
+    latency_s: float = 0.0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    repairs: int = 0  # follow-up requests sent to fix malformed / partial outputs
+    shrunk: bool = False  # the prompt was truncated further after a context-length 400
+    wasted_requests: int = 0  # requests whose output was billed but not used
+
+
+@dataclass(frozen=True)
+class OutputVerdict:
+    """What to do with a completed answer.
+
+    ``accept``: final. ``retry``: the answer is unusable (malformed / finish_reason=length); ask again
+    from scratch. ``followup``: append ``followup`` as a user turn after the assistant answer and merge
+    the two answers (partial salvage: only the missing slots are asked for).
+    """
+
+    action: Literal["accept", "retry", "followup"]
+    reason: str = ""
+    followup: str | None = None
+
+
+# Hooks the scoring stage passes to the runner; both are pure functions.
+CheckOutput = Callable[[ScoreRequest, str, str | None], OutputVerdict]
+"""(request, completion text, finish_reason) -> verdict."""
+ShrinkRequest = Callable[[ScoreRequest], "ScoreRequest | None"]
+"""Rebuild a request with a smaller document after a context-length 400; None when it cannot shrink."""
+MergeOutputs = Callable[[str, str], str]
+"""(first answer, follow-up answer) -> merged answer text."""
+
+
+@dataclass
+class RunStats:
+    """Counts of one runner invocation (summed per task and written next to the outputs)."""
+
+    requests_sent: int = 0
+    retries: int = 0
+    repairs: int = 0
+    wasted_requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
+    max_in_flight: int = 0
