@@ -201,3 +201,28 @@ def extract_document(user_content: str) -> tuple[str, str]:
     if last_line.startswith("Source: "):
         source = last_line[len("Source: ") :]
     return source, user_content[start + len(DOC_BEGIN) + 1 : end - 1]
+
+
+# Share of characters that mark a text as garbled (replacement characters and C0 controls).
+GARBLED_SHARE = 0.05
+
+
+def text_problem(text: object) -> str | None:
+    """Why a document cannot be scored (``empty_text`` / ``invalid_text`` / ``non_string_text``), or None.
+
+    Garbled text (decoding failures show up as U+FFFD, binary junk as control characters) would cost a
+    full request and yield a meaningless score, so it is flagged instead of sent.
+
+    >>> text_problem("  "), text_problem("\ufffd" * 10), text_problem("正常的文本")
+    ('empty_text', 'invalid_text', None)
+    """
+    if text is None:
+        return "empty_text"
+    if not isinstance(text, str):
+        return "non_string_text"
+    if not text.strip():
+        return "empty_text"
+    bad = text.count("\ufffd") + sum(1 for ch in text if ord(ch) < 32 and ch not in "\n\r\t")
+    if bad / len(text) > GARBLED_SHARE:
+        return "invalid_text"
+    return None
