@@ -1,0 +1,284 @@
+"""Capacity model of one vLLM server, for the simulator: continuous batching in a few lines of arithmetic.
+
+Takes a request's shape (prompt tokens, of which cached, and completion tokens) and the server's state;
+gives how long the request holds a batch slot, and schedules requests onto slots. Pure logic: no
+aiohttp; the async part is only ``asyncio`` futures for waiting in the FIFO queue.
+
+The model, in *model seconds* (what a real 8×GPU server would take), divided by ``speed`` and by
+``time_scale`` to get wall seconds:
+
+* ``slots`` (vLLM ``max_num_seqs``) sequences run at once, and their prompt + completion tokens must fit
+  the KV budget ``kv_tokens``; otherwise a request waits in a FIFO queue (vLLM's default FCFS policy,
+  head-of-line blocking included).
+* Prefill costs ``(prompt_tokens - cached_tokens) / prefill_tokens_per_s``. A prompt whose prefix (system
+  message + user message up to the document) was seen recently is cached: an LRU of prefix hashes
+  stands in for vLLM's automatic prefix caching.
+* Decoding costs ``completion_tokens * step_s`` with ``step_s = base_step_s + per_seq_step_s * running``:
+  a bigger batch is slower per step but faster in aggregate.
+* The step time is fixed when a request is admitted (``running`` then, itself included). That keeps the
+  accounting exact: :func:`pool_capacity` uses the same formula with a full batch, so
+  ``achieved requests/s / pool_capacity(...)`` is the pool's utilization, and ``busy_slot_seconds /
+  (slots × elapsed)`` the same figure per endpoint.
+
+>>> m = CapacityModel(time_scale=1.0)
+>>> round(m.service_s(RequestShape(prompt_tokens=4000, completion_tokens=500), running=1), 3)
+7.8
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mira_spark.tokens import char_classes
+
+# Simulator's "true" tokenizer: lower weights than mira_spark.tokens, so its count never exceeds our
+# conservative estimate for the same text (the client must never be surprised by a 400).
+SIM_CJK_TOKENS = 0.85
+SIM_ALNUM_TOKENS = 0.25
+SIM_SPACE_TOKENS = 0.05
+SIM_SYMBOL_TOKENS = 0.6
+SIM_OTHER_TOKENS = 1.0
+SIM_MESSAGE_OVERHEAD_TOKENS = 8
+
+
+def sim_tokens(text: str) -> int:
+    """The simulator's token count of ``text`` (always <= ``mira_spark.tokens.estimate_tokens(text)``).
+
+    >>> sim_tokens(""), sim_tokens("页面设计")
+    (0, 3)
+    """
+    if not text:
+        return 0
+    cjk, alnum, space, symbol, other = char_classes(text)
+    return int(
+        cjk * SIM_CJK_TOKENS
+        + alnum * SIM_ALNUM_TOKENS
+        + space * SIM_SPACE_TOKENS
+        + symbol * SIM_SYMBOL_TOKENS
+        + other * SIM_OTHER_TOKENS
+    )
+
+
+class CapacityModel(BaseModel):
+    """Knobs of one simulated vLLM server (model seconds unless said otherwise)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    slots: int = Field(default=64, ge=1, description="Concurrent sequences (vLLM max_num_seqs).")
+    kv_tokens: int = Field(default=2_097_152, ge=1, description="KV-cache budget in tokens over running sequences.")
+    prefill_tokens_per_s: float = Field(default=40_000.0, gt=0, description="Prefill speed for uncached prompt tokens.")
+    base_step_s: float = Field(default=0.015, gt=0, description="Decode step time with an empty batch.")
+    per_seq_step_s: float = Field(default=0.0004, ge=0, description="Extra decode step time per running sequence.")
+    speed: float = Field(default=1.0, gt=0, description="Relative speed of this endpoint (2 = twice as fast).")
+    time_scale: float = Field(default=150.0, gt=0, description="Wall seconds = model seconds / time_scale.")
+    prefix_cache_entries: int = Field(default=256, ge=0, description="LRU size of cached prompt prefixes.")
+
+    def step_s(self, running: int) -> float:
+        """Model seconds of one decode step with ``running`` sequences in the batch."""
+        return self.base_step_s + self.per_seq_step_s * max(running, 1)
+
+    def service_s(self, shape: RequestShape, running: int, speed: float | None = None) -> float:
+        """Wall seconds a request holds its slot: uncached prefill plus decode at the batch's step time."""
+        uncached = max(shape.prompt_tokens - shape.cached_tokens, 0)
+        model_s = uncached / self.prefill_tokens_per_s + shape.completion_tokens * self.step_s(running)
+        return model_s / (self.speed if speed is None else speed) / self.time_scale
+
+
+@dataclass(frozen=True)
+class RequestShape:
+    """Token shape of one served request."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class RequestMix:
+    """Sums over served requests; enough for capacity because service time is linear in the tokens."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+
+    @classmethod
+    def of(cls, shapes: Iterable[RequestShape]) -> RequestMix:
+        mix = cls()
+        for s in shapes:
+            mix = mix + cls(1, s.prompt_tokens, s.cached_tokens, s.completion_tokens)
+        return mix
+
+    def __add__(self, other: RequestMix) -> RequestMix:
+        return RequestMix(
+            self.requests + other.requests,
+            self.prompt_tokens + other.prompt_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
+
+    def mean_shape(self) -> RequestShape:
+        """The average request; fractional token counts are fine for the linear cost model."""
+        n = max(self.requests, 1)
+        return RequestShape(self.prompt_tokens / n, self.completion_tokens / n, self.cached_tokens / n)  # type: ignore[arg-type]
+
+    def as_dict(self) -> dict[str, int]:
+        return {"requests": self.requests, "prompt_tokens": self.prompt_tokens,
+                "cached_tokens": self.cached_tokens, "completion_tokens": self.completion_tokens}
+
+
+def effective_concurrency(model: CapacityModel, mean_kv_tokens: float) -> int:
+    """Sequences that can run at once: slots, unless the KV budget fits fewer average requests."""
+    if mean_kv_tokens <= 0:
+        return model.slots
+    return max(1, min(model.slots, int(model.kv_tokens // mean_kv_tokens)))
+
+
+def pool_capacity(
+    endpoint_speeds: Sequence[float],
+    slots: int,
+    request_mix: RequestMix | Sequence[RequestShape],
+    model: CapacityModel | None = None,
+) -> float:
+    """Theoretical requests/second of a pool serving ``request_mix`` with every batch kept full.
+
+    Each endpoint runs ``c`` sequences at once (``slots``, or fewer if the KV budget binds) and each
+    request holds its slot for ``service_s(mean request, running=c)``; the pool's rate is the sum of
+    ``c / service_s`` over endpoints. The base model's ``speed`` is replaced by each endpoint's.
+
+    >>> m = CapacityModel(time_scale=1.0)
+    >>> one = pool_capacity([1.0], 64, [RequestShape(4000, 500)], m)
+    >>> abs(pool_capacity([1.0, 1.0], 64, [RequestShape(4000, 500)], m) - 2 * one) < 1e-9
+    True
+    """
+    base = (model or CapacityModel()).model_copy(update={"slots": slots})
+    mix = request_mix if isinstance(request_mix, RequestMix) else RequestMix.of(request_mix)
+    if mix.requests == 0:
+        return 0.0
+    mean = mix.mean_shape()
+    concurrency = effective_concurrency(base, mean.prompt_tokens + mean.completion_tokens)
+    total = 0.0
+    for speed in endpoint_speeds:
+        service = base.service_s(mean, running=concurrency, speed=speed)
+        total += concurrency / service if service > 0 else float("inf")
+    return total
+
+
+@dataclass
+class Ticket:
+    """A request admitted to a slot; give it back with :meth:`SlotScheduler.release`."""
+
+    kv_tokens: int
+    running_at_admit: int
+    started: float  # scheduler clock
+
+
+class SlotScheduler:
+    """Continuous-batching admission for one endpoint: slots, KV budget, FIFO queue, prefix cache.
+
+    Counts ``running``, ``waiting``, ``busy_slot_seconds`` (slot time actually held, by the scheduler's
+    clock), ``admitted`` and the wall-clock ``first_start`` / ``last_start`` of admitted requests.
+    ``clock`` and ``wall`` are injectable so the accounting can be tested without sleeping.
+    """
+
+    def __init__(
+        self,
+        model: CapacityModel,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.model = model
+        self._clock = clock
+        self._wall = wall
+        self._queue: deque[tuple[int, asyncio.Future[Ticket]]] = deque()
+        self._prefixes: OrderedDict[str, int] = OrderedDict()
+        self.running = 0
+        self.kv_used = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Clear counters (running requests keep their slots; their release is still counted)."""
+        self.busy_slot_seconds = 0.0
+        self.admitted = 0
+        self.first_start: float | None = None
+        self.last_start: float | None = None
+        self.mix = RequestMix()
+        self._prefixes.clear()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    def cached_prefix_tokens(self, prefix_key: str, prefix_tokens: int) -> int:
+        """Tokens of the prompt already in the prefix cache (0 on a miss; the prefix is cached afterwards)."""
+        if self.model.prefix_cache_entries == 0:
+            return 0
+        if prefix_key in self._prefixes:
+            self._prefixes.move_to_end(prefix_key)
+            return min(self._prefixes[prefix_key], prefix_tokens)
+        self._prefixes[prefix_key] = prefix_tokens
+        while len(self._prefixes) > self.model.prefix_cache_entries:
+            self._prefixes.popitem(last=False)
+        return 0
+
+    def _fits(self, kv_tokens: int) -> bool:
+        if self.running >= self.model.slots:
+            return False
+        # A request bigger than the whole budget runs alone rather than never.
+        return self.running == 0 or self.kv_used + kv_tokens <= self.model.kv_tokens
+
+    def _admit(self, kv_tokens: int) -> Ticket:
+        self.running += 1
+        self.kv_used += kv_tokens
+        self.admitted += 1
+        now_wall = self._wall()
+        if self.first_start is None:
+            self.first_start = now_wall
+        self.last_start = now_wall
+        return Ticket(kv_tokens=kv_tokens, running_at_admit=self.running, started=self._clock())
+
+    def try_admit(self, kv_tokens: int) -> Ticket | None:
+        """Admit now if nobody waits ahead and a slot and KV room are free; else None."""
+        if self._queue or not self._fits(kv_tokens):
+            return None
+        return self._admit(kv_tokens)
+
+    async def acquire(self, kv_tokens: int) -> Ticket:
+        """Wait (FIFO) for a slot and KV room; cancellation leaves the queue consistent."""
+        ticket = self.try_admit(kv_tokens)
+        if ticket is not None:
+            return ticket
+        future: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
+        entry = (kv_tokens, future)
+        self._queue.append(entry)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(future.result(), shape=None)
+            elif entry in self._queue:
+                self._queue.remove(entry)
+                self._wake()
+            raise
+
+    def release(self, ticket: Ticket, shape: RequestShape | None) -> None:
+        """Free the slot, count the slot time held and (if served) the request's shape; wake waiters."""
+        self.running -= 1
+        self.kv_used -= ticket.kv_tokens
+        self.busy_slot_seconds += self._clock() - ticket.started
+        if shape is not None:
+            self.mix = self.mix + RequestMix.of([shape])
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._queue and self._fits(self._queue[0][0]):
+            kv_tokens, future = self._queue.popleft()
+            if future.cancelled():
+                continue
+            future.set_result(self._admit(kv_tokens))
