@@ -48,7 +48,7 @@ def test_least_outstanding_then_weight() -> None:
 
 
 def test_server_load_counts_other_clients() -> None:
-    pool, clock = make_pool(2)
+    pool, _clock = make_pool(2)
     a, b = pool.endpoints
     pool.set_load(a, ServerLoad(running=50, waiting=10))  # someone else keeps a busy
     assert all(pool.pick() is b for _ in range(20))
@@ -139,7 +139,7 @@ def test_answered_error_resets_streak() -> None:
 
 
 def test_health_opens_and_allows_probe() -> None:
-    pool, clock = make_pool(2)
+    pool, _clock = make_pool(2)
     a, b = pool.endpoints
     pool.mark_health(a, healthy=False)
     assert a.state is BreakerState.OPEN
