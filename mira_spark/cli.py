@@ -1,0 +1,163 @@
+"""Command line: argument parsing only; every command calls a library function.
+
+``mira-spark run --config conf/local.yaml`` runs the whole job; ``score``, ``parse``, ``reliability`` and
+``select`` run one stage each; ``serve-sim`` starts simulated scorer endpoints; ``make-sample`` writes
+the sample corpus; ``bench`` prints benchmark figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from mira_spark.config import ConfigError
+
+
+def _summary_lines(summary) -> list[str]:
+    d = summary.as_dict()
+    lines = [
+        f"run {d['run_id']}",
+        f"  documents in      {d['documents_in']}",
+        f"  rejected          {d['rejected'] or 0}",
+        f"  pending at start  {d['pending_before']} (recovered from an earlier run: {d['recovered_raw']})",
+        f"  scored this run   {d['rows_scored']} rows in {d['waves']} waves, {d['scored_ok']} ok, "
+        f"failed {d['failed'] or 0}, deferred {d['deferred']}",
+        f"  requests sent     {d['requests_sent']} ({d['requests_per_s']} req/s over {d['scoring_s']:.1f}s scoring)",
+        f"  truncated prompts {d['truncated']}",
+    ]
+    for source, (kept, n_in) in sorted(d["kept"].items()):
+        lines.append(f"  kept {source:<16} {kept} of {n_in}")
+    lines.append(f"  wall time         {d['wall_s']:.1f}s")
+    if d["stopped"]:
+        lines.append(f"  STOPPED: {d['stopped']}")
+    return lines
+
+
+def _load(args) -> object:
+    from mira_spark.config import load_settings
+
+    overrides = {}
+    if getattr(args, "engine", None):
+        overrides["engine"] = args.engine
+    return load_settings(args.config, overrides)
+
+
+def cmd_run(args) -> int:
+    from mira_spark.engines import open_session
+    from mira_spark.pipeline import (
+        finish_run,
+        open_run,
+        parse_stage,
+        reliability_stage,
+        score_stage,
+        select_stage,
+    )
+
+    settings = _load(args)
+    started = time.perf_counter()
+    with open_session(settings) as spark:
+        ctx = open_run(spark, settings, args.run_id)
+        if args.command in ("run", "score"):
+            score_stage(ctx)
+        if args.command == "parse":
+            n = parse_stage(ctx, reparse_all=args.all)
+            print(f"parsed {n} raw outputs into scores")
+        if args.command in ("run", "reliability"):
+            reliability_stage(ctx)
+        if args.command in ("run", "select"):
+            select_stage(ctx)
+        summary = finish_run(ctx, started)
+    print("\n".join(_summary_lines(summary)))
+    print(json.dumps({"summary": summary.as_dict()}, default=str))
+    return 3 if summary.stopped else 0
+
+
+def cmd_serve_sim(argv: list[str]) -> int:
+    from mira_spark.simulator.launcher import serve_sim_main
+
+    return serve_sim_main(argv)
+
+
+def cmd_make_sample(argv: list[str]) -> int:
+    from mira_spark.samples import make_sample_main
+
+    return make_sample_main(argv)
+
+
+BENCHES = {
+    "parse": "mira_spark.bench.parse",
+    "throughput": "mira_spark.bench.throughput",
+    "client-overhead": "mira_spark.bench.client_overhead",
+    "faults": "mira_spark.bench.faults",
+}
+
+
+def cmd_bench(argv: list[str]) -> int:
+    import importlib
+
+    if not argv or argv[0] not in BENCHES:
+        print(f"usage: mira-spark bench {{{','.join(BENCHES)}}} [options]", file=sys.stderr)
+        return 2
+    module = importlib.import_module(BENCHES[argv[0]])
+    return module.main(argv[1:])
+
+
+PASSTHROUGH = {"serve-sim": cmd_serve_sim, "make-sample": cmd_make_sample, "bench": cmd_bench}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mira-spark", description=__doc__)
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in [
+        ("run", "the whole pipeline: score, parse, reliability, select"),
+        ("score", "score pending documents (and parse them) wave by wave"),
+        ("parse", "parse raw outputs not yet in scores (--all: re-parse every raw output)"),
+        ("reliability", "recompute the reliability mask from the validation table"),
+        ("select", "composite scores, thresholds, decisions and the selected table"),
+    ]:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", required=True, help="conf/<name>.yaml")
+        p.add_argument("--engine", choices=["sail", "local", "connect", "active"], help="override engine:")
+        p.add_argument("--run-id", default=None, help="id recorded in raw_outputs and run_stats")
+        if name == "parse":
+            p.add_argument("--all", action="store_true", help="re-parse every raw output of this prompt version")
+    for name, help_text in [
+        ("serve-sim", "start simulated scorer endpoints (stand-ins for vLLM; see --help)"),
+        ("make-sample", "write the sample corpus and validation table"),
+        ("bench", "benchmarks: parse | throughput | client-overhead | faults"),
+    ]:
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    level = "WARNING"
+    if len(argv) >= 2 and argv[0] == "--log-level":
+        level, argv = argv[1], argv[2:]
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] in PASSTHROUGH:
+        return PASSTHROUGH[argv[0]](argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return cmd_run(args)
+    except ConfigError as exc:
+        print(f"mira-spark: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from mira_spark.errors import user_message
+
+        message = user_message(exc)
+        if message is None:
+            raise
+        print(f"mira-spark: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""Documents in: check the input table's shape, drop nothing, route each source to its scorer group.
+
+Takes the documents table (``doc_id``, ``source``, ``text``); gives
+
+* ``routed``: one row per unique ``doc_id`` whose source has a scorer, with column ``scorer`` added;
+* ``rejected``: every other input row with a ``reason`` — ``no_scorer`` (source not in
+  ``conf/scorers.yaml``), ``duplicate_doc_id`` (documented policy: the first copy by a hash of
+  ``(source, text)`` is scored, later copies are reported, never silently dropped), ``null_doc_id``.
+
+Together they hold every input row exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+REQUIRED_COLUMNS = ("doc_id", "source", "text")
+
+
+class InputError(ValueError):
+    """The documents table cannot be used as given; the message says how to fix it."""
+
+
+@dataclass
+class RoutedDocuments:
+    routed: DataFrame
+    rejected: DataFrame
+
+
+def check_documents(df: DataFrame, label: str) -> DataFrame:
+    """Validate columns and types; returns ``doc_id, source, text`` with text as string.
+
+    A binary ``text`` column is decoded as UTF-8 (invalid bytes become U+FFFD and the row is then
+    flagged ``invalid_text`` by the scoring stage); any other type is an error, because casting e.g.
+    a struct to string would score its debug representation.
+    """
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    missing = [c for c in REQUIRED_COLUMNS if c not in fields]
+    if missing:
+        raise InputError(
+            f"documents table {label} lacks required columns {missing}; it has {sorted(fields)}. "
+            "Rename your columns to doc_id, source, text (e.g. with a view) or point tables.documents elsewhere."
+        )
+    text_type = fields["text"]
+    if isinstance(text_type, T.BinaryType):
+        text = F.decode(F.col("text"), "UTF-8")
+    elif isinstance(text_type, T.StringType):
+        text = F.col("text")
+    else:
+        raise InputError(
+            f"documents table {label}: column text has type {text_type.simpleString()}, expected string "
+            "(or binary UTF-8). Cast or serialise it to text before scoring."
+        )
+    for col in ("doc_id", "source"):
+        if not isinstance(fields[col], T.StringType | T.IntegerType | T.LongType):
+            raise InputError(
+                f"documents table {label}: column {col} has type {fields[col].simpleString()}, expected string"
+            )
+    return df.select(
+        F.col("doc_id").cast("string").alias("doc_id"),
+        F.col("source").cast("string").alias("source"),
+        text.alias("text"),
+    )
+
+
+def route(spark: SparkSession, docs: DataFrame, source_to_scorer: dict[str, str]) -> RoutedDocuments:
+    """Attach each document's scorer group and split off the rows that cannot be scored."""
+    routing = spark.createDataFrame(
+        sorted(source_to_scorer.items()) or [("", "")], "source string, scorer string"
+    ).filter(F.col("source") != "")
+    tagged = docs.join(F.broadcast(routing), on="source", how="left")
+    order = Window.partitionBy("doc_id").orderBy(
+        F.xxhash64(F.coalesce(F.col("source"), F.lit("")), F.coalesce(F.col("text"), F.lit(""))),
+        F.col("source").asc_nulls_last(),
+    )
+    tagged = tagged.withColumn("_copy", F.row_number().over(order))
+    reason = (
+        F.when(F.col("doc_id").isNull(), F.lit("null_doc_id"))
+        .when(F.col("_copy") > 1, F.lit("duplicate_doc_id"))
+        .when(F.col("scorer").isNull(), F.lit("no_scorer"))
+    )
+    tagged = tagged.withColumn("reason", reason)
+    routed = tagged.filter(F.col("reason").isNull()).select("doc_id", "source", "scorer", "text")
+    rejected = tagged.filter(F.col("reason").isNotNull()).select("doc_id", "source", "scorer", "reason")
+    return RoutedDocuments(routed=routed, rejected=rejected)

@@ -1,0 +1,302 @@
+"""Stage order of a run: documents -> route -> score (waves) -> parse -> reliability -> composite -> select.
+
+Takes :class:`Settings`; gives the tables under ``tables.root`` (or ``tables.schema``) and a
+:class:`RunSummary` of what every stage did. Only this module knows the order of stages.
+
+Exactly-once: each wave of pending documents is scored by one Spark action that appends its raw
+outputs, then the wave's raw outputs are reduced to one row per key, parsed and MERGEd into
+``scores`` before the next wave starts. A document is pending while ``scores`` has no row for its
+``(doc_id, scorer, prompt_version)``, so a rerun (or a restart after a kill) sends only what was not
+committed; raw outputs appended by a run that died before its MERGE are parsed at the next start
+without being requested again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from pyspark.sql import functions as F
+
+from mira_spark.aggregation import add_composite
+from mira_spark.config import Settings
+from mira_spark.documents import check_documents, route
+from mira_spark.engines import default_parallelism, open_session
+from mira_spark.prompts import PromptBuilder
+from mira_spark.reliability import compute_reliability
+from mira_spark.rubric import Rubric, load_rubric
+from mira_spark.scores import parse_raw_outputs
+from mira_spark.scoring import GroupPlan, ScoringPlan, plan_in_flight, score_documents
+from mira_spark.selection import select_documents
+from mira_spark.serving.secrets import resolve_api_key
+from mira_spark.tables import (
+    DECISIONS_SCHEMA,
+    RAW_OUTPUTS_SCHEMA,
+    RELIABILITY_SCHEMA,
+    RUN_STATS_SCHEMA,
+    SCORE_KEYS,
+    SCORES_SCHEMA,
+    THRESHOLDS_SCHEMA,
+    Tables,
+)
+from mira_spark.views import register_views
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+
+class PoolUnavailable(RuntimeError):
+    """Every endpoint of a pool stopped answering mid-run; committed waves are kept."""
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    documents_in: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    pending_before: int = 0
+    recovered_raw: int = 0
+    waves: int = 0
+    requests_sent: int = 0
+    rows_scored: int = 0
+    scored_ok: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    deferred: int = 0
+    truncated: int = 0
+    kept: dict[str, tuple[int, int]] = field(default_factory=dict)  # source -> (kept, n_in)
+    scoring_s: float = 0.0
+    wall_s: float = 0.0
+    stopped: str | None = None
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests_sent / self.scoring_s if self.scoring_s > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["requests_per_s"] = round(self.requests_per_s, 2)
+        return out
+
+
+@dataclass(frozen=True)
+class Groups:
+    rubrics: dict[str, Rubric]
+    versions: dict[str, str]
+
+
+def load_groups(settings: Settings) -> Groups:
+    rubrics, versions = {}, {}
+    for name, g in settings.scorers.groups.items():
+        rubric = load_rubric(name, g.anchors, g.calibration, expected_size=g.dimensions)
+        builder = PromptBuilder(rubric, g.model, settings.serving.max_model_len, settings.sampling.max_tokens)
+        rubrics[name], versions[name] = rubric, builder.version
+    return Groups(rubrics, versions)
+
+
+def make_plan(settings: Settings, groups: Groups, concurrent_tasks: int) -> ScoringPlan:
+    plans, in_flight = {}, {}
+    for name, g in settings.scorers.groups.items():
+        pool = settings.scorers.pools[g.pool]
+        plans[name] = GroupPlan(name=name, model=g.model, rubric=groups.rubrics[name], pool=pool,
+                                prompt_version=groups.versions[name], api_key=resolve_api_key(pool))
+        in_flight[name] = plan_in_flight(pool, concurrent_tasks)
+    return ScoringPlan(groups=plans, sampling=settings.sampling, scoring=settings.scoring,
+                       max_model_len=settings.serving.max_model_len, in_flight_per_task=in_flight)
+
+
+def _versions_df(spark: SparkSession, groups: Groups) -> DataFrame:
+    return spark.createDataFrame(sorted(groups.versions.items()), "scorer string, prompt_version string")
+
+
+def pending_documents(routed: DataFrame, scores: DataFrame, versions: DataFrame) -> DataFrame:
+    """Routed documents without a committed score row for the current prompt version."""
+    keyed = routed.join(F.broadcast(versions), on="scorer", how="inner")
+    return keyed.join(scores.select(*SCORE_KEYS), on=list(SCORE_KEYS), how="left_anti")
+
+
+def recover_unmerged(tables: Tables, groups: Groups) -> int:
+    """Parse and MERGE raw outputs a previous run appended but never merged (killed mid-wave)."""
+    raw = tables.read("raw_outputs").filter(F.col("status").isin("ok", "failed"))
+    orphans = raw.join(tables.read("scores").select(*SCORE_KEYS), on=list(SCORE_KEYS), how="left_anti")
+    orphans = orphans.join(F.broadcast(_versions_df(tables.spark, groups)), ["scorer", "prompt_version"])
+    n = orphans.select(*SCORE_KEYS).distinct().count()
+    if n:
+        log.info("recovering %d raw outputs committed by an earlier run but not merged", n)
+        tables.merge(parse_raw_outputs(orphans, groups.rubrics), "scores", SCORES_SCHEMA, SCORE_KEYS)
+    return n
+
+
+def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: DataFrame, run_id: str,
+                summary: RunSummary) -> None:
+    spark = tables.spark
+    n_pending = summary.pending_before
+    if n_pending == 0:
+        return
+    concurrent = default_parallelism(spark)
+    tasks = settings.scoring.tasks or concurrent
+    plan = make_plan(settings, groups, min(tasks, concurrent))
+    n_waves = math.ceil(n_pending / settings.scoring.wave_size)
+    waved = pending.withColumn("_wave", F.pmod(F.xxhash64(F.col("doc_id"), F.lit("wave")), F.lit(n_waves)))
+    started = time.perf_counter()
+    for wave in range(n_waves):
+        wave_docs = waved.filter(F.col("_wave") == wave).drop("_wave", "prompt_version")
+        raw = score_documents(wave_docs, plan, tasks).select(
+            "*", F.lit(run_id).alias("run_id"), F.lit(wave).alias("wave"), F.current_timestamp().alias("scored_at")
+        )
+        tables.append(raw, "raw_outputs", RAW_OUTPUTS_SCHEMA)  # the wave's one scoring action
+        wave_raw = tables.read("raw_outputs").filter((F.col("run_id") == run_id) & (F.col("wave") == wave))
+        tables.merge(parse_raw_outputs(wave_raw, groups.rubrics), "scores", SCORES_SCHEMA, SCORE_KEYS)
+        summary.waves += 1
+        counts = wave_raw.groupBy("status").agg(F.count(F.lit(1)).alias("n")).collect()
+        deferred = sum(r["n"] for r in counts if r["status"] == "deferred")
+        log.info("wave %d/%d committed: %s", wave + 1, n_waves, {r["status"]: r["n"] for r in counts})
+        if deferred:
+            summary.stopped = (
+                f"every endpoint stopped answering during wave {wave + 1}/{n_waves}: {deferred} documents "
+                "deferred. Committed waves are kept; restart the endpoints and rerun to score the rest."
+            )
+            break
+    summary.scoring_s = time.perf_counter() - started
+
+
+def _collect_run_counts(tables: Tables, run_id: str, summary: RunSummary) -> None:
+    raw = tables.read("raw_outputs").filter(F.col("run_id") == run_id)
+    agg = raw.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum("attempts").alias("attempts"),
+        F.sum("repairs").alias("repairs"),
+        F.sum(F.when(F.col("status") == "ok", 1).otherwise(0)).alias("ok"),
+        F.sum(F.when(F.col("status") == "deferred", 1).otherwise(0)).alias("deferred"),
+        F.sum(F.col("truncated").cast("int")).alias("truncated"),
+    ).collect()[0]
+    summary.rows_scored = int(agg["rows"] or 0)
+    summary.requests_sent = int(agg["attempts"] or 0) + int(agg["repairs"] or 0)
+    summary.scored_ok = int(agg["ok"] or 0)
+    summary.deferred = int(agg["deferred"] or 0)
+    summary.truncated = int(agg["truncated"] or 0)
+    failed = raw.filter(F.col("status") == "failed").groupBy(F.split("error", ":")[0].alias("e")).count().collect()
+    summary.failed = {r["e"]: int(r["count"]) for r in failed}
+
+
+def _write_run_stats(tables: Tables, summary: RunSummary) -> None:
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    rows = [
+        ("input", "documents_in", summary.documents_in), ("score", "pending_before", summary.pending_before),
+        ("score", "requests_sent", summary.requests_sent), ("score", "rows_scored", summary.rows_scored),
+        ("score", "scored_ok", summary.scored_ok), ("score", "deferred", summary.deferred),
+        ("score", "truncated", summary.truncated), ("score", "recovered_raw", summary.recovered_raw),
+        ("score", "seconds", summary.scoring_s),
+    ]
+    rows += [("route", f"rejected:{k}", v) for k, v in summary.rejected.items()]
+    rows += [("score", f"failed:{k}", v) for k, v in summary.failed.items()]
+    rows += [("select", f"kept:{k}", v[0]) for k, v in summary.kept.items()]
+    df = tables.spark.createDataFrame(
+        [(summary.run_id, s, m, float(v), now) for s, m, v in rows], RUN_STATS_SCHEMA
+    )
+    tables.append(df, "run_stats", RUN_STATS_SCHEMA)
+
+
+@dataclass
+class RunContext:
+    """What the stages of one run share: tables, rubrics, routed documents, the summary being filled."""
+
+    spark: SparkSession
+    settings: Settings
+    tables: Tables
+    groups: Groups
+    summary: RunSummary
+    docs: DataFrame
+    routed: DataFrame
+    rejected: DataFrame
+    versions: DataFrame
+
+
+def open_run(spark: SparkSession, settings: Settings, run_id: str | None = None) -> RunContext:
+    """Read and route the documents and make sure the score tables exist."""
+    summary = RunSummary(run_id=run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
+    tables = Tables(spark, settings)
+    groups = load_groups(settings)
+    docs = check_documents(tables.read(tables.documents), tables.documents.label)
+    routing = route(spark, docs, settings.scorers.group_for_source())
+    summary.documents_in = docs.count()
+    summary.rejected = {r["reason"]: int(r["count"]) for r in routing.rejected.groupBy("reason").count().collect()}
+    tables.ensure("raw_outputs", RAW_OUTPUTS_SCHEMA)
+    tables.ensure("scores", SCORES_SCHEMA)
+    return RunContext(spark, settings, tables, groups, summary, docs, routing.routed, routing.rejected,
+                      _versions_df(spark, groups))
+
+
+def score_stage(ctx: RunContext) -> None:
+    """Recover unmerged raw outputs, then score every pending document wave by wave."""
+    ctx.summary.recovered_raw = recover_unmerged(ctx.tables, ctx.groups)
+    pending = pending_documents(ctx.routed, ctx.tables.read("scores"), ctx.versions)
+    ctx.summary.pending_before = pending.count()
+    score_waves(ctx.tables, ctx.settings, ctx.groups, pending, ctx.summary.run_id, ctx.summary)
+    _collect_run_counts(ctx.tables, ctx.summary.run_id, ctx.summary)
+
+
+def parse_stage(ctx: RunContext, reparse_all: bool = False) -> int:
+    """Parse raw outputs into ``scores``: the unmerged ones, or all of them (after a parser fix)."""
+    if not reparse_all:
+        return recover_unmerged(ctx.tables, ctx.groups)
+    raw = ctx.tables.read("raw_outputs").join(F.broadcast(ctx.versions), ["scorer", "prompt_version"])
+    ctx.tables.merge(parse_raw_outputs(raw, ctx.groups.rubrics), "scores", SCORES_SCHEMA, SCORE_KEYS)
+    return ctx.tables.read("scores").count()
+
+
+def _current_scores(ctx: RunContext) -> DataFrame:
+    return ctx.tables.read("scores").join(F.broadcast(ctx.versions), ["scorer", "prompt_version"])
+
+
+def reliability_stage(ctx: RunContext) -> None:
+    tables = ctx.tables
+    validation = tables.read(tables.validation) if tables.validation and tables.exists(tables.validation) else None
+    reliability = compute_reliability(ctx.spark, _current_scores(ctx), validation, ctx.groups.rubrics,
+                                      ctx.settings.reliability)
+    tables.overwrite(reliability, "reliability", RELIABILITY_SCHEMA)
+
+
+def select_stage(ctx: RunContext) -> None:
+    tables = ctx.tables
+    if not tables.exists("reliability"):
+        reliability_stage(ctx)
+    scored = add_composite(_current_scores(ctx), tables.read("reliability"))
+    still_pending = pending_documents(ctx.routed, tables.read("scores"), ctx.versions)
+    selection = select_documents(ctx.spark, scored, ctx.rejected, still_pending, ctx.settings.selection)
+    tables.overwrite(selection.thresholds, "thresholds", THRESHOLDS_SCHEMA)
+    tables.overwrite(selection.decisions, "decisions", DECISIONS_SCHEMA)
+    selected = selection.kept.join(ctx.docs.select("doc_id", "text"), on="doc_id", how="inner").drop("masked_slots")
+    tables.overwrite(selected, "selected", selected.schema)
+    for r in tables.read("thresholds").collect():
+        ctx.summary.kept[r["source"]] = (int(r["n_kept"]), int(r["n_in"]))
+
+
+def finish_run(ctx: RunContext, started: float) -> RunSummary:
+    ctx.summary.wall_s = time.perf_counter() - started
+    _write_run_stats(ctx.tables, ctx.summary)
+    register_views(ctx.spark, ctx.tables, ctx.groups.rubrics)
+    return ctx.summary
+
+
+def run_pipeline(spark: SparkSession, settings: Settings, run_id: str | None = None) -> RunSummary:
+    """The whole job on an open session."""
+    started = time.perf_counter()
+    ctx = open_run(spark, settings, run_id)
+    score_stage(ctx)
+    reliability_stage(ctx)
+    select_stage(ctx)
+    return finish_run(ctx, started)
+
+
+def run(settings: Settings, run_id: str | None = None) -> RunSummary:
+    """Open the configured engine and run the whole job."""
+    with open_session(settings) as spark:
+        return run_pipeline(spark, settings, run_id)

@@ -1,0 +1,243 @@
+"""The scoring stage: routed documents -> raw outputs, one row per document, via ``mapInArrow``.
+
+Takes a DataFrame with ``doc_id, source, scorer, text`` and a :class:`ScoringPlan`; gives a DataFrame in
+``tables.RAW_OUTPUT_STREAM_SCHEMA``: the completion text, status (ok | failed | deferred), error code,
+attempts, endpoint, latency, tokens, finish_reason and what truncation did. Each Spark task runs one
+asyncio loop (``serving.runner``) over its partition with a bounded number of requests in flight;
+documents that cannot be scored (empty, garbled) get a failed row without a request being sent.
+
+The Spark side is thin: prompts, the output check and the runner are pure modules; this file only
+moves Arrow batches between them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from mira_spark.config import PoolConfig, SamplingConfig, ScoringConfig
+from mira_spark.prompts import PromptBuilder, text_problem
+from mira_spark.rubric import Rubric
+from mira_spark.serving.types import OutputVerdict, RunStats, ScoreRequest, ScoreResult
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+log = logging.getLogger(__name__)
+
+OUTPUT_CHUNK_ROWS = 2048
+SHRINK_FACTOR = 0.7  # after a context-length 400, keep this share of the document's estimated tokens
+IN_FLIGHT_HEADROOM = 1.1  # a little above the pool's slots so a slot freed is refilled at once
+
+RAW_ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("source", pa.string()),
+        pa.field("scorer", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("prompt_version", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("attempts", pa.int32(), nullable=False),
+        pa.field("repairs", pa.int32(), nullable=False),
+        pa.field("wasted_requests", pa.int32(), nullable=False),
+        pa.field("endpoint", pa.string()),
+        pa.field("latency_s", pa.float64()),
+        pa.field("prompt_tokens", pa.int64()),
+        pa.field("completion_tokens", pa.int64()),
+        pa.field("finish_reason", pa.string()),
+        pa.field("raw_text", pa.string()),
+        pa.field("truncated", pa.bool_(), nullable=False),
+        pa.field("shrunk", pa.bool_(), nullable=False),
+        pa.field("original_chars", pa.int64()),
+        pa.field("kept_chars", pa.int64()),
+        pa.field("est_prompt_tokens", pa.int64()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """What a task needs to score one scorer group's documents."""
+
+    name: str
+    model: str
+    rubric: Rubric
+    pool: PoolConfig
+    prompt_version: str
+    api_key: str | None = field(default=None, repr=False)  # resolved on the driver; never logged
+
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    groups: dict[str, GroupPlan]
+    sampling: SamplingConfig
+    scoring: ScoringConfig
+    max_model_len: int
+    in_flight_per_task: dict[str, int]  # scorer group -> requests in flight per task
+
+
+def plan_in_flight(pool: PoolConfig, concurrent_tasks: int) -> int:
+    """Requests each task keeps in flight so the pool is saturated but the surplus waits in the job.
+
+    The pool's target (slots x endpoints x headroom, or ``in_flight_target``) is split over the tasks
+    that run at once; queueing beyond the servers' slots would only move the wait into vLLM's queue,
+    where it cannot be re-routed to a faster endpoint.
+
+    >>> from mira_spark.config import PoolConfig, EndpointConfig
+    >>> pool = PoolConfig(endpoints=(EndpointConfig(url="http://a/v1"),) * 4, slots_per_endpoint=256)
+    >>> plan_in_flight(pool, 2)
+    564
+    """
+    target = pool.in_flight_target or math.ceil(len(pool.endpoints) * pool.slots_per_endpoint * IN_FLIGHT_HEADROOM)
+    return max(1, math.ceil(target / max(concurrent_tasks, 1)))
+
+
+def make_check_output(rubric: Rubric, builder: PromptBuilder, policy: str):
+    """The runner's output hook: retry malformed/truncated answers, re-ask only missing slots."""
+    from mira_spark.parsing import missing_slots, parse_output
+
+    def check(request: ScoreRequest, text: str, finish_reason: str | None) -> OutputVerdict:
+        card = parse_output(text, rubric)
+        if finish_reason == "length":
+            return OutputVerdict("retry", reason="truncated_output")
+        if card.parse_status == "failed":
+            return OutputVerdict("retry", reason="malformed_output")
+        missing = missing_slots(card)
+        if missing and policy == "reask" and len(request.messages) <= 2:
+            return OutputVerdict("followup", reason="missing_slots", followup=builder.repair_prompt(missing, text))
+        return OutputVerdict("accept")
+
+    return check
+
+
+def _score_group(
+    plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: RunStats
+) -> list[dict]:
+    from mira_spark.serving.runner import run_requests
+
+    from mira_spark.parsing import merge_followup
+
+    builder = PromptBuilder(group.rubric, group.model, plan.max_model_len, plan.sampling.max_tokens)
+    cap = plan.scoring.max_text_chars
+    out: list[dict] = []
+    requests: list[ScoreRequest] = []
+    pending: list[tuple[dict, dict]] = []  # (input row, output row) awaiting a result
+    docs: dict[int, tuple[str, str]] = {}
+    for row in rows:
+        base = {
+            "doc_id": row["doc_id"],
+            "source": row["source"],
+            "scorer": group.name,
+            "model": group.model,
+            "prompt_version": group.prompt_version,
+            "attempts": 0,
+            "repairs": 0,
+            "wasted_requests": 0,
+            "truncated": False,
+            "shrunk": False,
+            "original_chars": len(row["text"]) if isinstance(row["text"], str) else None,
+        }
+        problem = text_problem(row["text"])
+        if problem:
+            out.append({**base, "status": "failed", "error": problem})
+            continue
+        text = row["text"][:cap]
+        prompt = builder.build(row["source"] or "", text)
+        base.update(
+            truncated=prompt.truncated or len(row["text"]) > cap,
+            kept_chars=prompt.kept_chars,
+            est_prompt_tokens=prompt.est_prompt_tokens,
+        )
+        index = len(requests)
+        docs[index] = (row["source"] or "", text)
+        requests.append(ScoreRequest(index=index, key=f"{row['doc_id']}|{group.name}|{group.prompt_version}",
+                                     messages=prompt.messages, est_prompt_tokens=prompt.est_prompt_tokens))
+        pending.append((row, base))
+
+    def shrink(request: ScoreRequest) -> ScoreRequest | None:
+        source, text = docs[request.index]
+        doc_tokens = request.est_prompt_tokens - builder.static_tokens
+        smaller = builder.build(source, text, token_budget=int(doc_tokens * SHRINK_FACTOR))
+        if smaller.est_prompt_tokens >= request.est_prompt_tokens:
+            return None
+        return ScoreRequest(index=request.index, key=request.key, messages=smaller.messages,
+                            est_prompt_tokens=smaller.est_prompt_tokens)
+
+    if requests:
+        results: list[ScoreResult] = run_requests(
+            requests,
+            pool=group.pool,
+            sampling=plan.sampling,
+            model=group.model,
+            in_flight=plan.in_flight_per_task.get(group.name, 64),
+            api_key=group.api_key,
+            check_output=make_check_output(group.rubric, builder, plan.scoring.partial_policy),
+            shrink=shrink,
+            merge=merge_followup,
+            max_output_repairs=plan.scoring.max_output_repairs,
+            stats=stats,
+        )
+        for (_row, base), result in zip(pending, results, strict=True):
+            out.append(
+                {
+                    **base,
+                    "status": result.status,
+                    "error": result.error,
+                    "attempts": result.attempts,
+                    "repairs": result.repairs,
+                    "wasted_requests": result.wasted_requests,
+                    "endpoint": result.endpoint,
+                    "latency_s": result.latency_s,
+                    "prompt_tokens": result.prompt_tokens,
+                    "completion_tokens": result.completion_tokens,
+                    "finish_reason": result.finish_reason,
+                    "raw_text": result.text,
+                    "shrunk": result.shrunk,
+                    "truncated": base["truncated"] or result.shrunk,
+                }
+            )
+    return out
+
+
+def score_partition(batches: Iterator[pa.RecordBatch], plan: ScoringPlan) -> Iterator[pa.RecordBatch]:
+    """Body of the mapInArrow function: every input row yields exactly one output row."""
+    rows: list[dict] = []
+    for batch in batches:
+        rows.extend(batch.to_pylist())
+    if not rows:
+        return
+    # Longest documents first: they finish last, so starting them first shortens the task's tail.
+    rows.sort(key=lambda r: -(len(r["text"]) if isinstance(r["text"], str) else 0))
+    stats = RunStats()
+    out: list[dict] = []
+    by_group: dict[str, list[dict]] = {}
+    for row in rows:
+        by_group.setdefault(row["scorer"], []).append(row)
+    for name, group_rows in sorted(by_group.items()):
+        out.extend(_score_group(plan, plan.groups[name], group_rows, stats))
+    if len(out) != len(rows):  # the exactly-once invariant of the stage
+        raise RuntimeError(f"scoring produced {len(out)} rows for {len(rows)} inputs")
+    log.info("scoring task: %d rows, %d requests, %d retries, %d repairs", len(rows), stats.requests_sent,
+             stats.retries, stats.repairs)
+    for start in range(0, len(out), OUTPUT_CHUNK_ROWS):
+        yield pa.RecordBatch.from_pylist(out[start : start + OUTPUT_CHUNK_ROWS], schema=RAW_ARROW_SCHEMA)
+
+
+def score_documents(routed: DataFrame, plan: ScoringPlan, tasks: int) -> DataFrame:
+    """Spark stage: ``doc_id, source, scorer, text`` -> raw outputs (``RAW_OUTPUT_STREAM_SCHEMA``)."""
+    from pyspark.sql import functions as F
+
+    from mira_spark.tables import RAW_OUTPUT_STREAM_SCHEMA
+
+    def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return score_partition(batches, plan)
+
+    # Hash partitioning by doc_id spreads long documents evenly and is deterministic on task retry.
+    spread = routed.select("doc_id", "source", "scorer", "text").repartition(tasks, F.xxhash64("doc_id"))
+    return spread.mapInArrow(fn, RAW_OUTPUT_STREAM_SCHEMA)
