@@ -1,0 +1,381 @@
+"""aiohttp app: an OpenAI-compatible *simulated* MIRA scorer endpoint (a stand-in for the 35B model).
+
+Takes chat requests shaped like :class:`mira_spark.prompts.PromptBuilder` builds them; gives answers in
+the scorer's exact format from :func:`.judge.judge_document`, after a latency from the capacity model
+(:class:`.capacity.SlotScheduler`), with faults from the seeded profile (:mod:`.faults`).
+
+Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus
+text with vLLM's metric names plus ``mira_sim_*``), ``GET /sim/stats`` and ``POST /sim/reset``.
+
+Behaviour that mirrors vLLM: a prompt whose tokens plus ``max_tokens`` exceed ``max_model_len`` gets
+vLLM's 400 body; an answer longer than ``max_tokens`` is cut with ``finish_reason="length"``. The
+simulator's token count is lower than :func:`mira_spark.tokens.estimate_tokens` for the same text, so a
+prompt the client budgeted never overflows. A follow-up that starts with the repair text of
+:meth:`PromptBuilder.repair_prompt` is answered with only the requested slot lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import logging
+import time
+from collections import Counter, OrderedDict
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from mira_spark.prompts import DOC_BEGIN, extract_document
+from mira_spark.simulator.capacity import (
+    SIM_MESSAGE_OVERHEAD_TOKENS,
+    CapacityModel,
+    RequestShape,
+    SlotScheduler,
+    sim_tokens,
+)
+from mira_spark.simulator.faults import FAULT_KINDS, FaultInjector, FaultProfile, FaultRule
+from mira_spark.simulator.judge import judge_document, parse_template_dimensions, render_completion
+
+log = logging.getLogger("mira_spark.simulator")
+
+REPAIR_PREFIX = "Your answer above is missing these lines"
+DEFAULT_MODEL = "whw06/MIRA-Text-Group1"
+TOKEN_CACHE_ENTRIES = 64  # static prompt parts (system message, template head) counted once
+STATE_KEY: web.AppKey[SimState] = web.AppKey("sim_state")
+
+
+class SimConfig(BaseModel):
+    """Every knob of one simulated endpoint."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(default="sim", description="Endpoint label in logs, stats and metrics.")
+    model: str = Field(default=DEFAULT_MODEL, description="Model id listed by /v1/models (any name is accepted).")
+    max_model_len: int = Field(default=65536, ge=1, description="Context length (prompt + max_tokens).")
+    slots: int = Field(default=64, ge=1, description="Concurrent sequences (vLLM max_num_seqs).")
+    kv_tokens: int = Field(default=2_097_152, ge=1, description="KV-cache budget over running sequences.")
+    speed: float = Field(default=1.0, gt=0, description="Relative speed (2 = twice as fast).")
+    time_scale: float = Field(default=150.0, gt=0, description="Wall seconds = model seconds / time_scale.")
+    seed: int = Field(default=0, description="Seed of this endpoint's fault decisions.")
+    error_rate: float = Field(default=0.0, ge=0, le=1, description="Shorthand: probability of an HTTP 503.")
+    malformed_rate: float = Field(default=0.0, ge=0, le=1, description="Shorthand: probability of a garbage answer.")
+    faults: FaultProfile = Field(default_factory=FaultProfile, description="Fault rules (checked after shorthands).")
+    capacity: CapacityModel | None = Field(
+        default=None, description="Full capacity model; when None it is built from slots/kv_tokens/speed/time_scale."
+    )
+
+    def capacity_model(self) -> CapacityModel:
+        if self.capacity is not None:
+            return self.capacity
+        return CapacityModel(slots=self.slots, kv_tokens=self.kv_tokens, speed=self.speed,
+                             time_scale=self.time_scale)
+
+    def fault_profile(self) -> FaultProfile:
+        return FaultProfile.shorthand(self.error_rate, self.malformed_rate).plus(self.faults)
+
+
+class SimState:
+    """Counters, scheduler and fault injector of one running endpoint."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.scheduler = SlotScheduler(config.capacity_model())
+        self.profile = config.fault_profile()
+        self.started = time.monotonic()
+        self._token_cache: OrderedDict[str, int] = OrderedDict()
+        self._ids = itertools.count(1)
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero the counters and reseed the faults (so a repeated benchmark sees the same faults)."""
+        self.injector = FaultInjector(self.profile, self.config.seed)
+        self.requests = 0
+        self.requests_by_id: Counter[str] = Counter()
+        self.repairs_by_id: Counter[str] = Counter()
+        self.overflows = 0
+        self.faults: Counter[str] = Counter()
+        self.success: Counter[str] = Counter()  # by finish_reason
+        self.prompt_tokens = 0
+        self.cached_prompt_tokens = 0
+        self.generation_tokens = 0
+        self.scheduler.reset()
+
+    def next_id(self) -> str:
+        return f"chatcmpl-sim-{next(self._ids)}"
+
+    def static_tokens(self, text: str) -> int:
+        """Token count of a text that repeats across requests (cached by content)."""
+        hit = self._token_cache.get(text)
+        if hit is not None:
+            self._token_cache.move_to_end(text)
+            return hit
+        n = sim_tokens(text)
+        self._token_cache[text] = n
+        if len(self._token_cache) > TOKEN_CACHE_ENTRIES:
+            self._token_cache.popitem(last=False)
+        return n
+
+    def stats(self) -> dict[str, Any]:
+        sched = self.scheduler
+        return {
+            "simulator": True,
+            "name": self.config.name,
+            "model": self.config.model,
+            "slots": sched.model.slots,
+            "speed": sched.model.speed,
+            "time_scale": sched.model.time_scale,
+            "requests": self.requests,
+            "requests_by_id": dict(self.requests_by_id),
+            "repairs_by_id": dict(self.repairs_by_id),
+            "overflows": self.overflows,
+            "faults": {kind: self.faults.get(kind, 0) for kind in FAULT_KINDS},
+            "success": dict(self.success),
+            "running": sched.running,
+            "waiting": sched.waiting,
+            "admitted": sched.admitted,
+            "busy_slot_seconds": sched.busy_slot_seconds,
+            "first_start": sched.first_start,
+            "last_start": sched.last_start,
+            "prompt_tokens": self.prompt_tokens,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
+            "generation_tokens": self.generation_tokens,
+            "mix": sched.mix.as_dict(),
+            "uptime_s": time.monotonic() - self.started,
+        }
+
+
+def _error(message: str, status: int, err_type: str, headers: dict[str, str] | None = None) -> web.Response:
+    """vLLM's error body."""
+    body = {"object": "error", "message": message, "type": err_type, "param": None, "code": status}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def overflow_message(max_model_len: int, prompt_tokens: int, max_tokens: int) -> str:
+    """vLLM's context-length message, verbatim shape."""
+    return (
+        f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+        f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
+        "completion). Please reduce the length of the messages or completion."
+    )
+
+
+def _content(message: dict[str, Any]) -> str:
+    content = message.get("content", "")
+    if isinstance(content, list):  # OpenAI content parts
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
+
+
+def _cut_to_tokens(text: str, max_tokens: int) -> str:
+    """Longest prefix of ``text`` within ``max_tokens`` simulator tokens (bisection)."""
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if sim_tokens(text[:mid]) + 1 <= max_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo]
+
+
+async def _apply_request_fault(rule: FaultRule, request: web.Request, state: SimState) -> web.StreamResponse:
+    """Faults that replace the whole response (error status, 429, hang, reset)."""
+    if rule.kind == "rate_limit":
+        wait = f"{rule.retry_after_s:g}"
+        return _error("simulator: rate limit exceeded", 429, "RateLimitError",
+                      headers={"Retry-After": wait, "retry-after-ms": str(int(rule.retry_after_s * 1000))})
+    if rule.kind == "http_error":
+        return _error(f"simulator: injected server error {rule.http_status}", rule.http_status,
+                      "InternalServerError")
+    if rule.kind == "hang":
+        await asyncio.sleep(state.profile.hang_s)
+    # reset (and a hang that outlived its sleep): drop the connection without any response bytes.
+    if request.transport is not None:
+        request.transport.abort()
+    raise asyncio.CancelledError
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    cfg = state.config
+    try:
+        body = await request.json()
+        messages = list(body["messages"])
+    except (ValueError, KeyError, TypeError):
+        return _error("simulator: request body must be JSON with a 'messages' list", 400, "BadRequestError")
+
+    state.requests += 1
+    request_id = request.headers.get("X-Request-Id", "")
+    last = messages[-1] if messages else {}
+    is_repair = last.get("role") == "user" and _content(last).startswith(REPAIR_PREFIX)
+    if request_id:
+        state.requests_by_id[request_id] += 1
+        if is_repair:
+            state.repairs_by_id[request_id] += 1
+
+    # Prompt tokens; the system message and the template head repeat, so they are counted once.
+    prompt_tokens = 0
+    prefix_parts: list[str] = []
+    prefix_tokens = 0
+    doc_message = ""
+    for m in messages:
+        text = _content(m)
+        cut = text.find(DOC_BEGIN)
+        if m.get("role") == "system" or (cut >= 0 and not doc_message):
+            head = text if cut < 0 else text[:cut]
+            head_tokens = state.static_tokens(head)
+            tail_tokens = sim_tokens(text[len(head):])
+            if not doc_message:
+                prefix_parts.append(head)
+                prefix_tokens += head_tokens + SIM_MESSAGE_OVERHEAD_TOKENS
+            if cut >= 0:
+                doc_message = text
+            prompt_tokens += head_tokens + tail_tokens + SIM_MESSAGE_OVERHEAD_TOKENS
+        else:
+            prompt_tokens += sim_tokens(text) + SIM_MESSAGE_OVERHEAD_TOKENS
+
+    max_tokens_raw = body.get("max_tokens") or body.get("max_completion_tokens")
+    max_tokens = int(max_tokens_raw) if max_tokens_raw else 0
+    if prompt_tokens + max_tokens > cfg.max_model_len or prompt_tokens >= cfg.max_model_len:
+        state.overflows += 1
+        log.info("simulator %s: context overflow (%d prompt + %d completion > %d)", cfg.name, prompt_tokens,
+                 max_tokens, cfg.max_model_len)
+        return _error(overflow_message(cfg.max_model_len, prompt_tokens, max_tokens), 400, "BadRequestError")
+    budget = max_tokens or (cfg.max_model_len - prompt_tokens)
+
+    rule = state.injector.decide(time.monotonic() - state.started)
+    if rule is not None:
+        state.faults[rule.kind] += 1
+        log.debug("simulator %s: injecting %s into request %s", cfg.name, rule.kind, request_id or "-")
+        if rule.kind not in ("malformed", "truncated", "missing_dims"):
+            return await _apply_request_fault(rule, request, state)
+
+    # The answer.
+    dims = parse_template_dimensions(doc_message)
+    source, document = extract_document(doc_message)
+    judgement = judge_document(document, source, dims)
+    if is_repair:
+        wanted = [slot for slot, _ in parse_template_dimensions(_content(last))]
+        names = dict(dims)
+        names.update(parse_template_dimensions(_content(last)))
+        text = render_completion(judgement, [(s, names[s]) for s in wanted], slots=wanted)
+    else:
+        text = render_completion(judgement, dims)
+    finish_reason = "stop"
+    if rule is not None and rule.kind == "malformed":
+        text = state.injector.malformed()
+    elif rule is not None and rule.kind == "missing_dims":
+        text, _ = state.injector.drop_dims(text)
+    completion_tokens = sim_tokens(text) + 1  # + end-of-sequence token
+    if rule is not None and rule.kind == "truncated":
+        text = state.injector.truncate(text)
+        finish_reason = "length"
+        completion_tokens = min(budget, max(completion_tokens, sim_tokens(text) + 1))
+    if completion_tokens > budget:
+        text = _cut_to_tokens(text, budget)
+        completion_tokens = budget
+        finish_reason = "length"
+
+    # Latency: wait for a slot, then prefill + decode at the batch's step time.
+    prefix_key = hashlib.blake2b("\x00".join(prefix_parts).encode("utf-8"), digest_size=16).hexdigest()
+    cached = state.scheduler.cached_prefix_tokens(prefix_key, prefix_tokens)
+    shape = RequestShape(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cached_tokens=cached)
+    ticket = await state.scheduler.acquire(prompt_tokens + completion_tokens)
+    served: RequestShape | None = None
+    try:
+        await asyncio.sleep(state.scheduler.model.service_s(shape, running=ticket.running_at_admit))
+        served = shape
+    finally:
+        state.scheduler.release(ticket, served)
+
+    state.prompt_tokens += prompt_tokens
+    state.cached_prompt_tokens += cached
+    state.generation_tokens += completion_tokens
+    state.success[finish_reason] += 1
+    return web.json_response({
+        "id": state.next_id(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model") or cfg.model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    })
+
+
+async def list_models(request: web.Request) -> web.Response:
+    cfg = request.app[STATE_KEY].config
+    return web.json_response({"object": "list", "data": [{
+        "id": cfg.model, "object": "model", "created": 0, "owned_by": "mira-simulator",
+        "max_model_len": cfg.max_model_len,
+    }]})
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+def metrics_text(state: SimState) -> str:
+    """Prometheus exposition with vLLM's metric names plus the simulator's own counters."""
+    label = f'model_name="{state.config.model}"'
+    sched = state.scheduler
+    out = [
+        "# TYPE vllm:num_requests_running gauge",
+        f"vllm:num_requests_running{{{label}}} {sched.running}",
+        "# TYPE vllm:num_requests_waiting gauge",
+        f"vllm:num_requests_waiting{{{label}}} {sched.waiting}",
+        "# TYPE vllm:prompt_tokens_total counter",
+        f"vllm:prompt_tokens_total{{{label}}} {state.prompt_tokens}",
+        "# TYPE vllm:generation_tokens_total counter",
+        f"vllm:generation_tokens_total{{{label}}} {state.generation_tokens}",
+        "# TYPE vllm:request_success_total counter",
+    ]
+    for reason in ("stop", "length"):
+        out.append(f'vllm:request_success_total{{{label},finished_reason="{reason}"}} {state.success.get(reason, 0)}')
+    out += [
+        "# TYPE mira_sim_requests_total counter",
+        f"mira_sim_requests_total{{{label}}} {state.requests}",
+        "# TYPE mira_sim_overflows_total counter",
+        f"mira_sim_overflows_total{{{label}}} {state.overflows}",
+        "# TYPE mira_sim_busy_slot_seconds_total counter",
+        f"mira_sim_busy_slot_seconds_total{{{label}}} {sched.busy_slot_seconds:.6f}",
+        "# TYPE mira_sim_faults_total counter",
+    ]
+    out += [f'mira_sim_faults_total{{{label},kind="{k}"}} {state.faults.get(k, 0)}' for k in FAULT_KINDS]
+    return "\n".join(out) + "\n"
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(text=metrics_text(request.app[STATE_KEY]), content_type="text/plain")
+
+
+async def sim_stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE_KEY].stats())
+
+
+async def sim_reset(request: web.Request) -> web.Response:
+    request.app[STATE_KEY].reset()
+    return web.json_response({"reset": True})
+
+
+def create_app(config: SimConfig) -> web.Application:
+    """The simulator's aiohttp application for one endpoint."""
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app[STATE_KEY] = SimState(config)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/sim/stats", sim_stats)
+    app.router.add_post("/sim/reset", sim_reset)
+    return app
