@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mira_spark.prompts import text_problem
-from mira_spark.tokens import estimate_tokens
+from mira_spark.tokens import OTHER_TOKENS_PER_CHAR, estimate_tokens
 
 SCORED_SOURCES: dict[str, int] = {"html_cpt": 156, "html_cpt_web": 104}
 UNSCORED_SOURCE = "legacy_forum"  # no scorer group lists it: routing must flag it
@@ -39,6 +39,7 @@ UNSCORED_DOCS = 3
 MIN_CHARS = 500
 MAX_CHARS = 30_000
 OVER_BUDGET_TOKENS = 64_000  # an over-budget document estimates above this (max-model-len 65,536)
+MAX_TOKENS_PER_CHAR = OTHER_TOKENS_PER_CHAR  # the highest per-character weight of estimate_tokens
 OVERSIZE_PER_SOURCE = 3
 OVERSIZE_MIN_CHARS = 80_000
 OVERSIZE_MAX_CHARS = 160_000
@@ -477,7 +478,9 @@ def render_forum(rng: random.Random, i: int) -> str:
 def _target_length(rng: random.Random) -> int:
     """Log-uniform between MIN_CHARS and MAX_CHARS, slightly tilted towards the ~8.5K median."""
     lo, hi = math.log(MIN_CHARS * 1.2), math.log(MAX_CHARS * 0.85)
-    return int(math.exp((rng.uniform(lo, hi) + rng.uniform(lo, hi)) / 2 if rng.random() < 0.6 else rng.uniform(lo, hi)))
+    if rng.random() < 0.6:
+        return int(math.exp((rng.uniform(math.log(2_000), hi) + rng.uniform(math.log(2_000), hi)) / 2))
+    return int(math.exp(rng.uniform(lo, hi)))
 
 
 def generate_documents(seed: int = 7) -> list[dict]:
@@ -536,6 +539,8 @@ def document_kind(text: str | None) -> str:
         return "empty"
     if problem is not None:
         return "garbled"
+    if len(text) * MAX_TOKENS_PER_CHAR <= OVER_BUDGET_TOKENS:  # type: ignore[arg-type]
+        return "ok"  # cannot be over budget; skips the regex passes of estimate_tokens
     return "over_budget" if estimate_tokens(text) > OVER_BUDGET_TOKENS else "ok"  # type: ignore[arg-type]
 
 
