@@ -34,6 +34,8 @@ def sail_session(app_name: str = "mira-spark") -> Iterator[SparkSession]:
         raise EngineError("engine: sail needs pysail; install with `pip install 'mira-spark[sail]'`") from None
     from pyspark.sql import SparkSession
 
+    # Sail logs every no-op hint at WARN; keep its log to errors unless the user asked otherwise.
+    os.environ.setdefault("RUST_LOG", "error")
     server = SparkConnectServer(ip="127.0.0.1", port=0)
     server.start(background=True)
     _, port = server.listening_address

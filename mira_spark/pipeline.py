@@ -176,7 +176,7 @@ def _collect_run_counts(tables: Tables, run_id: str, summary: RunSummary) -> Non
         F.sum(F.col("truncated").cast("int")).alias("truncated"),
     ).collect()[0]
     summary.rows_scored = int(agg["rows"] or 0)
-    summary.requests_sent = int(agg["attempts"] or 0) + int(agg["repairs"] or 0)
+    summary.requests_sent = int(agg["attempts"] or 0)  # every HTTP request, repairs included
     summary.scored_ok = int(agg["ok"] or 0)
     summary.deferred = int(agg["deferred"] or 0)
     summary.truncated = int(agg["truncated"] or 0)
