@@ -168,6 +168,20 @@ def _content(message: dict[str, Any]) -> str:
     return content if isinstance(content, str) else ""
 
 
+def document_of(user_content: str) -> tuple[str, str]:
+    """``(source, document)`` of a user message, using the *last* document marker.
+
+    The prompt's own instructions mention the markers before the wrapped document, and a document
+    cannot contain them (they are defused), so the wrapper's marker is the last one; what
+    :func:`extract_document` is given starts at the wrapper's ``Source:`` line.
+    """
+    begin = user_content.rfind(DOC_BEGIN)
+    if begin < 0:
+        return "", ""
+    line_start = user_content.rfind("\n", 0, max(begin - 1, 0)) + 1
+    return extract_document(user_content[line_start:])
+
+
 def _cut_to_tokens(text: str, max_tokens: int) -> str:
     """Longest prefix of ``text`` within ``max_tokens`` simulator tokens (bisection)."""
     lo, hi = 0, len(text)
@@ -254,7 +268,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
     # The answer.
     dims = parse_template_dimensions(doc_message)
-    source, document = extract_document(doc_message)
+    source, document = document_of(doc_message)
     judgement = judge_document(document, source, dims)
     if is_repair:
         wanted = [slot for slot, _ in parse_template_dimensions(_content(last))]
