@@ -308,10 +308,8 @@ def test_http_round_trip_exact_format(sim: SimHandle, builder: PromptBuilder, di
 
 def test_overflow_is_vllm_400(sim: SimHandle, builder: PromptBuilder) -> None:
     before = sim.stats()["overflows"]
-    messages = builder.build("html_cpt", "页" * 200_000, token_budget=10**9).messages
-    assert builder.build("html_cpt", "页").messages  # builder untouched
-    messages[1]["content"] = messages[1]["content"].replace("页" * 10, "页" * 10)  # truncated by budget
-    huge = {"model": MODEL, "messages": [messages[0], {"role": "user", "content": "页" * 80_000}],
+    system = builder.build("html_cpt", "页").messages[0]
+    huge = {"model": MODEL, "messages": [system, {"role": "user", "content": "页" * 80_000}],
             "max_tokens": 2048}
     status, _, body = post(sim, huge)
     assert status == 400
@@ -472,3 +470,35 @@ def test_concurrent_requests_use_the_batch(builder: PromptBuilder) -> None:
     mean_latency = stats["busy_slot_seconds"] / 32
     assert 0.03 < mean_latency < 0.3  # default time_scale: one request ~50-200 ms
     assert elapsed < 32 * mean_latency / 4  # served concurrently, not one by one
+
+
+def test_document_is_read_after_the_last_marker(builder: PromptBuilder) -> None:
+    from mira_spark.simulator.server import document_of
+
+    user = builder.build("html_cpt", GOOD_DOC).messages[1]["content"]
+    assert document_of(user) == ("html_cpt", GOOD_DOC)
+
+
+def test_cli_runs_endpoints_in_processes() -> None:
+    """serve-sim (through start_processes): one URL line per endpoint, stats per endpoint, SIGTERM stops."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from mira_spark.simulator.launcher import free_port
+
+    port = free_port()
+    code = f"import sys; from mira_spark.simulator.launcher import serve_sim_main; sys.exit(serve_sim_main({['--port', str(port), '--speeds', '1,2']!r}))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = [proc.stdout.readline().strip() for _ in range(2)]  # type: ignore[union-attr]
+        assert lines == [f"http://127.0.0.1:{port}/v1", f"http://127.0.0.1:{port + 1}/v1"]
+        speeds = [SimHandle("127.0.0.1", p, lambda: None).stats()["speed"] for p in (port, port + 1)]
+        assert speeds == [1.0, 2.0]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -116,6 +116,11 @@ def start_in_thread(config: SimConfig, port: int = 0, host: str = DEFAULT_HOST) 
             loop.run_forever()
         finally:
             loop.run_until_complete(runner.cleanup())
+            # Handlers whose client already left (a hung request) outlive the cleanup; cancel them.
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
     thread = threading.Thread(target=run, name=f"mira-simulator-{config.name}", daemon=True)
