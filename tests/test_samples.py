@@ -183,10 +183,12 @@ def test_write_sample(tmp_path, fmt):
         from deltalake import DeltaTable
 
         docs_df = DeltaTable(str(tmp_path / "sample" / "documents")).to_pandas()
-        val_df = DeltaTable(str(tmp_path / "sample" / "validation")).to_pandas()
+        # Row count from the log's add actions, not a scan: each delta-rs scan in a process adds a small
+        # chance of the abort-at-exit described in notes/engines.md (seen once in ~10 runs with to_pandas too).
+        val_adds = DeltaTable(str(tmp_path / "sample" / "validation")).get_add_actions(flatten=True)
         assert list(docs_df.columns) == ["doc_id", "source", "text"]
         assert docs_df["text"].isna().sum() == 1
-        docs_n, val_n = len(docs_df), len(val_df)
+        docs_n, val_n = len(docs_df), sum(val_adds.column("num_records").to_pylist())
     assert docs_n == counts["documents"] == sum(counts["per_source"].values())
     assert val_n == counts["validation_rows"] == 2 * 40 * len(SLOTS)
 
