@@ -57,7 +57,8 @@ _LINE_RE = re.compile(
         (?:
             # Dimension name, never checked. Names hold no colon, so the common "name: score" form is
             # one greedy run to the colon; only colon-less lines pay for the char-by-char lazy search.
-            (?:[^\r\n:：]*[:：]|[^\r\n:：]*?)
+            # The greedy run stops at "/" and "分" so that "[A2] 0/10: 1" cannot read "0/10" as a name.
+            (?:[^\r\n:：/／分]*[:：]|[^\r\n:：]*?)
             [ \t*_`]*(?<![\d.])(?P<score>[-+−]?\d+\.?\d*)[ \t*_`]*
             (?:
                 分?[ \t]*[/／][ \t]*10(?:\.0)?(?!\d)[ \t]*分?
