@@ -74,6 +74,7 @@ POOL_DOWN_GRACE_PROBES = 3  # ... or this many probe intervals, whichever is lon
 WAIT_POLL_MAX_S = 0.25
 WAIT_POLL_MIN_S = 0.005
 ERROR_DETAIL_CHARS = 200
+PROBE_CONNECTIONS_PER_ENDPOINT = 2  # one /health and one /metrics at a time
 
 SessionFactory = Callable[[], aiohttp.ClientSession]
 
@@ -113,6 +114,7 @@ class _Runner:
         merge: MergeOutputs | None,
         max_output_repairs: int,
         session: aiohttp.ClientSession,
+        probe_session: aiohttp.ClientSession,
         stats: RunStats,
         rng: random.Random,
         grace_s: float,
@@ -127,6 +129,9 @@ class _Runner:
         self.merge = merge
         self.max_output_repairs = max_output_repairs
         self.session = session
+        # /health and /metrics get their own connections: with every request connection busy, a
+        # scrape queued behind the workers would starve (or, unqueued, steal an in-flight slot).
+        self.probe_session = probe_session
         self.stats = stats
         self.rng = rng
         self.grace_s = grace_s
@@ -161,7 +166,7 @@ class _Runner:
     async def startup_check(self) -> None:
         async def health(ep: EndpointState) -> str | None:
             try:
-                status, _ = await get_status(self.session, ep.base_url + "/health")
+                status, _ = await get_status(self.probe_session, ep.base_url + "/health")
             except APIError as exc:
                 return str(exc)
             return None if status == 200 else f"HTTP {status}"
@@ -182,14 +187,14 @@ class _Runner:
 
     async def _probe_health(self, ep: EndpointState) -> None:
         try:
-            status, _ = await get_status(self.session, ep.base_url + "/health")
+            status, _ = await get_status(self.probe_session, ep.base_url + "/health")
             self.pool.mark_health(ep, healthy=status == 200)
         except APIError:
             self.pool.mark_health(ep, healthy=False)
 
     async def _scrape(self, ep: EndpointState) -> None:
         try:
-            status, text = await get_status(self.session, ep.base_url + "/metrics")
+            status, text = await get_status(self.probe_session, ep.base_url + "/metrics")
         except APIConnectionError:
             self.pool.mark_health(ep, healthy=False)  # refused/reset: the server process is gone
             return
@@ -422,10 +427,19 @@ async def arun_requests(
     register_secret(api_key)  # executors are separate processes: register here too
     stats = stats if stats is not None else RunStats()
     workers = min(in_flight, len(requests))
-    make_session = session_factory or (lambda: client_mod.session_factory(pool, workers))
+    if session_factory is None:
+
+        def make_session() -> aiohttp.ClientSession:
+            return client_mod.session_factory(pool, workers)
+
+        def make_probe_session() -> aiohttp.ClientSession:
+            return client_mod.session_factory(pool, PROBE_CONNECTIONS_PER_ENDPOINT * len(pool.endpoints))
+
+    else:
+        make_session = make_probe_session = session_factory
     results: list[ScoreResult | None] = [None] * len(requests)
 
-    async with make_session() as session:
+    async with make_session() as session, make_probe_session() as probe_session:
         runner = _Runner(
             pool_cfg=pool,
             sampling=sampling,
@@ -436,6 +450,7 @@ async def arun_requests(
             merge=merge,
             max_output_repairs=max_output_repairs,
             session=session,
+            probe_session=probe_session,
             stats=stats,
             rng=random.Random(seed),
             grace_s=default_pool_down_grace(pool) if pool_down_grace_s is None else pool_down_grace_s,
@@ -506,7 +521,8 @@ def run_requests(
         :func:`~mira_spark.serving.secrets.resolve_api_key`. Never logged.
     check_output, shrink, merge : hooks (see :mod:`mira_spark.serving.types`).
     max_output_repairs : re-asks / follow-ups per row for outputs ``check_output`` rejects.
-    session_factory : ``() -> aiohttp.ClientSession``, called inside the loop (tests inject their own).
+    session_factory : ``() -> aiohttp.ClientSession``, called inside the loop, twice: one session for
+        requests, one for /health and /metrics (tests inject their own).
     stats : counts are added to this object.
     seed : seeds the retry-jitter RNG (the server's sampling seed is ``sampling.seed``).
     pool_down_grace_s : defer unfinished rows once every endpoint has been down this long
