@@ -25,7 +25,7 @@ from aiohttp import web
 
 from mira_spark.config import EndpointConfig, PoolConfig, SamplingConfig, SecretRef
 from mira_spark.serving import secrets as secrets_mod
-from mira_spark.serving.runner import PoolUnavailableError, run_requests
+from mira_spark.serving.runner import PoolUnavailableError, default_in_flight, run_requests
 from mira_spark.serving.secrets import (
     RedactingFilter,
     SecretUnavailableError,
@@ -217,7 +217,7 @@ def test_exactly_once_realignment_1000_requests(servers) -> None:
     for req, res in zip(reqs, results, strict=True):
         assert res.status == "ok" and res.text == f"ok {req.key}"
         assert res.attempts == 1 and res.endpoint in (a.url, b.url)
-        assert res.prompt_tokens == 10 and res.completion_tokens == 5
+        assert res.prompt_tokens == 10 and res.completion_tokens == 5 and 0 < res.latency_s < 5
     seen = Counter(h["X-Request-Id"] for s in (a, b) for _, h, _ in s.requests)
     assert len(seen) == 1000 and set(seen.values()) == {1}
     assert stats.requests_sent == 1000 and stats.prompt_tokens == 10_000 and stats.failed_by_reason == {}
@@ -244,6 +244,11 @@ def test_payload_and_headers(servers) -> None:
     assert body["messages"] == reqs[0].messages or body["messages"] == reqs[1].messages
     assert "Authorization" not in headers  # no key configured
     assert {h["X-Request-Id"] for _, h, _ in a.requests} == {"doc-0", "doc-1"}
+
+
+def test_default_in_flight() -> None:
+    assert default_in_flight(pool_for(dead_url(), dead_url(), slots_per_endpoint=100)) == 220
+    assert default_in_flight(pool_for(dead_url(), in_flight_target=7)) == 7
 
 
 def test_empty_input_sends_nothing() -> None:

@@ -16,7 +16,7 @@ from mira_spark.serving.client import (
     session_factory,
 )
 from mira_spark.serving.endpoints import EndpointPool, EndpointState
-from mira_spark.serving.runner import PoolUnavailableError, arun_requests, run_requests
+from mira_spark.serving.runner import PoolUnavailableError, arun_requests, default_in_flight, run_requests
 from mira_spark.serving.secrets import (
     RedactingFilter,
     SecretUnavailableError,
@@ -53,6 +53,7 @@ __all__ = [
     "SecretUnavailableError",
     "ShrinkRequest",
     "arun_requests",
+    "default_in_flight",
     "post_chat",
     "register_secret",
     "resolve_api_key",

@@ -108,7 +108,9 @@ class EndpointPool:
         rates = [e.rate for e in self.endpoints if e.rate]
         return sum(rates) / len(rates) if rates else None
 
-    def expected_wait(self, ep: EndpointState, now: float | None = None) -> float:
+    def expected_wait(
+        self, ep: EndpointState, now: float | None = None, mean_rate: float | None = None
+    ) -> float:
         """Relative time a new request placed on ``ep`` would take (see module docstring)."""
         now = self.clock() if now is None else now
         backlog = 0.0
@@ -117,7 +119,7 @@ class EndpointPool:
         )
         if fresh and ep.server_load is not None:
             backlog = max(0.0, ep.server_load - ep.outstanding)
-        mean = self._mean_rate()
+        mean = self._mean_rate() if mean_rate is None else mean_rate
         norm = 1.0
         if mean and ep.rate:
             norm = min(MAX_NORMALISED_RATE, max(MIN_NORMALISED_RATE, ep.rate / mean))
@@ -140,11 +142,12 @@ class EndpointPool:
         n = len(self.endpoints)
         best: EndpointState | None = None
         best_wait = float("inf")
+        mean_rate = self._mean_rate()
         for i in range(n):
             ep = self.endpoints[(self._rr + i) % n]
             if not self._usable(ep, now):
                 continue
-            wait = self.expected_wait(ep, now)
+            wait = self.expected_wait(ep, now, mean_rate)
             if wait < best_wait:  # strict: the first of equals in rotated order wins -> round robin
                 best, best_wait = ep, wait
         if best is None:

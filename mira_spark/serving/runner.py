@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -74,6 +75,7 @@ POOL_DOWN_GRACE_PROBES = 3  # ... or this many probe intervals, whichever is lon
 WAIT_POLL_MAX_S = 0.25
 WAIT_POLL_MIN_S = 0.005
 ERROR_DETAIL_CHARS = 200
+IN_FLIGHT_HEADROOM = 1.1
 PROBE_CONNECTIONS_PER_ENDPOINT = 2  # one /health and one /metrics at a time
 
 SessionFactory = Callable[[], aiohttp.ClientSession]
@@ -95,6 +97,16 @@ class _Final:
 def _detail(code: str, detail: str) -> str:
     detail = redact(" ".join(detail.split()))[:ERROR_DETAIL_CHARS]
     return f"{code}: {detail}" if detail else code
+
+
+def default_in_flight(pool: PoolConfig) -> int:
+    """Requests to keep outstanding across the pool: ``in_flight_target``, else slots x endpoints x
+    ``IN_FLIGHT_HEADROOM`` (a little over the slots, so a slot freed by a finished sequence is refilled
+    from the server's queue instead of waiting a network round trip). Divide it among concurrent tasks.
+    """
+    if pool.in_flight_target is not None:
+        return pool.in_flight_target
+    return max(1, math.ceil(round(pool.slots_per_endpoint * len(pool.endpoints) * IN_FLIGHT_HEADROOM, 6)))
 
 
 def default_pool_down_grace(pool: PoolConfig) -> float:
@@ -139,6 +151,7 @@ class _Runner:
         self.pool = EndpointPool.from_config(pool_cfg, clock=clock)
         self.stopped: str | None = None  # set once the pool has been down past the grace period
         self.in_flight = 0
+        self._first_send: dict[int, float] = {}  # request index -> time of its first POST
 
     # ---- pool health ---------------------------------------------------------------------------
 
@@ -252,6 +265,8 @@ class _Runner:
                 await asyncio.sleep(min(WAIT_POLL_MAX_S, max(WAIT_POLL_MIN_S, wait)))
                 continue
             attempt += 1
+            if res.attempts == 0:  # latency runs from the first send, not from waiting for the pool
+                self._first_send[res.index] = self.clock()
             res.attempts += 1
             self.stats.requests_sent += 1
             self.in_flight += 1
@@ -315,7 +330,6 @@ class _Runner:
 
     async def score(self, request: ScoreRequest) -> ScoreResult:
         res = ScoreResult(index=request.index, status="failed")
-        first_send = self.clock()
         try:
             return await self._score(request, res)
         except Exception as exc:  # a bug in a hook must cost one row, not the partition
@@ -323,7 +337,8 @@ class _Runner:
             res.status, res.error = "failed", _detail("internal_error", f"{type(exc).__name__}: {exc}")
             return res
         finally:
-            if res.attempts:
+            first_send = self._first_send.pop(res.index, None)
+            if first_send is not None:
                 res.latency_s = self.clock() - first_send
 
     def _end(self, res: ScoreResult, final: _Final) -> ScoreResult:

@@ -39,7 +39,7 @@ def register_secret(value: str | None) -> None:
 
 def redact(text: str) -> str:
     """``text`` with every registered secret replaced by ``***``."""
-    for secret in _secrets:
+    for secret in tuple(_secrets):  # snapshot: another partition thread may register meanwhile
         if secret in text:
             text = text.replace(secret, REDACTED)
     return text
