@@ -68,14 +68,14 @@ _LINE_RE = re.compile(
               | (?=[ \t]*(?:[—–\-|,;，；(（]|\r?\n))
             )
             [*_`.]*[ \t*_`]*[—–\-:：|~]*[ \t]*
-            (?P<rat>[^\r\n]*)
+            (?P<rat>.*)                                     # '.' stops at \n and is sre's fastest loop
           |
-            [^\r\n]*                                        # a slot line without a readable score
+            .*                                              # a slot line without a readable score
         )
       |
         (?P<key>(?i:overall(?:[ _]score)?|training[ _]recommendation|recommendation|domain[ _]tag|brief))
         [*_`]*[ \t]*[:：][ \t*_`]*
-        (?P<val>[^\r\n]*)
+        (?P<val>.*)
     )
     """,
     re.MULTILINE | re.VERBOSE,
@@ -105,8 +105,8 @@ _KEY_FIELD = {
     "domain tag": "domain_tag",
     "brief": "brief",
 }
-_VALUE_STRIP = " \t*_`\"'“”‘’"
-_RATIONALE_STRIP = " \t*_`"
+_VALUE_STRIP = " \t\r*_`\"'“”‘’"  # \r: CRLF line ends are left on captured values
+_RATIONALE_STRIP = " \t\r*_`"
 
 
 class ScoreCard(BaseModel):
@@ -189,6 +189,10 @@ def _format_number(value: float) -> str:
 
 
 def _parse_overall(raw: str) -> tuple[int | None, str | None]:
+    if raw.isdigit() and len(raw) <= 3:  # "72": the usual case, no regex needed
+        value = int(raw)
+        if value <= OVERALL_MAX:
+            return value, None
     match = _OVERALL_RE.match(raw)
     if match is None:
         return None, f"overall: not a 0-100 number {_short(raw)}"
@@ -199,6 +203,9 @@ def _parse_overall(raw: str) -> tuple[int | None, str | None]:
 
 
 def _parse_recommendation(raw: str) -> tuple[str | None, str | None]:
+    exact = _RECOMMENDATION_ALIASES.get(raw.lower())
+    if exact is not None:  # "keep": the usual case, no regex needed
+        return exact, None
     found = {_RECOMMENDATION_ALIASES[(a or b).lower()] for a, b in _RECOMMENDATION_RE.findall(raw)}
     if len(found) == 1:
         return found.pop(), None
@@ -230,6 +237,7 @@ def _parse(text: str | None, layout: _Layout) -> _Row:
     key_errors: dict[str, str] = {}  # field -> first error, reported only if no valid value follows
     overall: int | None = None
     recommendation: str | None = None
+    score_min, score_max, rationale_strip = SCORE_MIN, SCORE_MAX, _RATIONALE_STRIP  # locals: hot loop
 
     # findall gives plain tuples ("" for a group that did not take part): no Match objects to build.
     for idx, score, rat, key, val in _LINE_RE.findall(text):
@@ -261,7 +269,10 @@ def _parse(text: str | None, layout: _Layout) -> _Row:
         if not score:
             seen_unscored.add(pos)
             continue
-        value = _number(score)
+        try:
+            value = float(score)
+        except ValueError:
+            value = _number(score)
         if claimed[pos]:
             kept = scores[pos]
             if kept != value:
@@ -269,10 +280,10 @@ def _parse(text: str | None, layout: _Layout) -> _Row:
                 errors.append(f"{slots[pos]}: duplicate, kept {kept_text}, ignored {_format_number(value)}")
             continue
         claimed[pos] = True
-        if SCORE_MIN <= value <= SCORE_MAX:
+        if score_min <= value <= score_max:
             scores[pos] = value
             scored += 1
-            rationales[pos] = rat.strip(_RATIONALE_STRIP) or None
+            rationales[pos] = rat.strip(rationale_strip) or None
         else:
             errors.append(
                 f"{slots[pos]}: score {_format_number(value)} out of range "
