@@ -81,7 +81,8 @@ _LINE_RE = re.compile(
     re.MULTILINE | re.VERBOSE,
 )
 
-_OVERALL_RE = re.compile(r"([-+−]?\d+(?:\.\d+)?)[ \t]*(?:分)?(?:[/／][ \t]*100(?:\.0+)?(?!\d))?[ \t]*分?\.?$")
+# A trailing remark ("72 — solid") is fine; "7/10" is not: it is on the wrong scale.
+_OVERALL_RE = re.compile(r"([-+−]?\d+(?:\.\d+)?)[ \t]*分?(?:[/／][ \t]*100(?:\.0+)?(?!\d))?(?![\d./／])")
 _RECOMMENDATION_RE = re.compile(r"(?i:\b(keep|downsample|drop)\b)|(保留|降采样|下采样|丢弃|舍弃|删除)")
 _RECOMMENDATION_ALIASES = {
     "keep": "keep",

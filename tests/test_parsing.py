@@ -166,6 +166,9 @@ def test_truncated_last_line(text: str, score: float | None) -> None:
         ("overall: -5", None, "overall: -5 out of range 0-100"),
         ("overall: high", None, "overall: not a 0-100 number 'high'"),
         ("overall: 7/10", None, "overall: not a 0-100 number '7/10'"),
+        ("overall: 72 — solid page", 72, None),
+        ("overall: 72/100 (good)", 72, None),
+        ("overall: 1000", None, "overall: 1000 out of range 0-100"),
         ("overall:", None, "overall: not a 0-100 number ''"),
     ],
 )
