@@ -104,6 +104,11 @@ def test_golden(name: str) -> None:
         ("[A1] Accessibility (a11y) Compliance: 6/10 — x", 6.0, "x"),
         ("[A1] Accessibility (a11y) Compliance 6/10 — x", 6.0, "x"),
         ("[A1] Chinese Description Quality: ７/10 — 全角数字", 7.0, "全角数字"),
+        ("[A1] HTML/CSS Quality: 7/10 — x", 7.0, "x"),
+        ("[A1] 中文描述评分：8/10", 8.0, None),
+        ("[A1] Chinese Description Quality: 8/10 | good", 8.0, "good"),
+        ("[A1]\t**Chinese**：**8**/10 —— 好", 8.0, "好"),
+        ("- A1 — 6/10 — z", 6.0, "z"),
     ],
 )
 def test_slot_line_formats(line: str, score: float, rationale: str | None) -> None:
