@@ -41,6 +41,7 @@ from mira_spark.tables import (
     SCORE_KEYS,
     SCORES_SCHEMA,
     THRESHOLDS_SCHEMA,
+    WORK_QUEUE_SCHEMA,
     Tables,
 )
 from mira_spark.views import register_views
@@ -133,7 +134,7 @@ def recover_unmerged(tables: Tables, groups: Groups) -> int:
 
 
 def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: DataFrame, run_id: str,
-                summary: RunSummary) -> None:
+                summary: RunSummary, routed: DataFrame) -> None:
     spark = tables.spark
     n_pending = summary.pending_before
     if n_pending == 0:
@@ -142,7 +143,15 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
     tasks = settings.scoring.tasks or concurrent
     plan = make_plan(settings, groups, min(tasks, concurrent))
     n_waves = math.ceil(n_pending / settings.scoring.wave_size)
-    waved = pending.withColumn("_wave", F.pmod(F.xxhash64(F.col("doc_id"), F.lit("wave")), F.lit(n_waves)))
+    # The work list is materialised once per run: each wave's action then reads a fixed table instead
+    # of re-deriving "not yet in scores" from a table the previous wave just changed.
+    # Keyed by run_id so concurrent runs on one table root never read each other's lists.
+    work = pending.select("doc_id", "scorer", "prompt_version", F.lit(run_id).alias("run_id")).withColumn(
+        "wave", F.pmod(F.xxhash64(F.col("doc_id"), F.lit("wave")), F.lit(n_waves)).cast("int")
+    )
+    tables.append(work, "work_queue", WORK_QUEUE_SCHEMA)
+    queue = tables.read("work_queue").filter(F.col("run_id") == run_id).drop("run_id")
+    waved = routed.join(queue.withColumnRenamed("wave", "_wave"), ["doc_id", "scorer"])
     started = time.perf_counter()
     for wave in range(n_waves):
         wave_docs = waved.filter(F.col("_wave") == wave).drop("_wave", "prompt_version")
@@ -239,7 +248,7 @@ def score_stage(ctx: RunContext) -> None:
     ctx.summary.recovered_raw = recover_unmerged(ctx.tables, ctx.groups)
     pending = pending_documents(ctx.routed, ctx.tables.read("scores"), ctx.versions)
     ctx.summary.pending_before = pending.count()
-    score_waves(ctx.tables, ctx.settings, ctx.groups, pending, ctx.summary.run_id, ctx.summary)
+    score_waves(ctx.tables, ctx.settings, ctx.groups, pending, ctx.summary.run_id, ctx.summary, ctx.routed)
     _collect_run_counts(ctx.tables, ctx.summary.run_id, ctx.summary)
 
 

@@ -13,6 +13,7 @@ instructions" or carries its own ``[A1] ...: 10/10`` lines stays data. Pure logi
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from mira_spark.rubric import Rubric
@@ -192,7 +193,9 @@ class PromptBuilder:
 def extract_document(user_content: str) -> tuple[str, str]:
     """Inverse of :func:`wrap_document` (used by the simulator): ``(source, document)``."""
     source = ""
-    start = user_content.find(DOC_BEGIN)
+    # The instructions name both markers before the document; the document cannot contain them
+    # (defused), so the last begin marker is the real one.
+    start = user_content.rfind(DOC_BEGIN)
     end = user_content.rfind(DOC_END)
     if start < 0 or end < start:
         return source, ""
@@ -205,6 +208,7 @@ def extract_document(user_content: str) -> tuple[str, str]:
 
 # Share of characters that mark a text as garbled (replacement characters and C0 controls).
 GARBLED_SHARE = 0.05
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 def text_problem(text: object) -> str | None:
@@ -222,7 +226,7 @@ def text_problem(text: object) -> str | None:
         return "non_string_text"
     if not text.strip():
         return "empty_text"
-    bad = text.count("\ufffd") + sum(1 for ch in text if ord(ch) < 32 and ch not in "\n\r\t")
+    bad = text.count("\ufffd") + len(_CONTROL_CHARS.findall(text))
     if bad / len(text) > GARBLED_SHARE:
         return "invalid_text"
     return None

@@ -43,7 +43,7 @@ _CONFLICT_MARKERS = (
     "VersionAlreadyExists",
 )
 
-TABLES = ("raw_outputs", "scores", "reliability", "thresholds", "decisions", "selected", "run_stats")
+TABLES = ("raw_outputs", "scores", "reliability", "thresholds", "decisions", "selected", "run_stats", "work_queue")
 
 DOCUMENTS_SCHEMA = T.StructType(
     [
@@ -161,6 +161,17 @@ DECISIONS_SCHEMA = T.StructType(
         T.StructField("composite", T.DoubleType(), True),
         T.StructField("source_rank", T.LongType(), True),
         T.StructField("threshold", T.DoubleType(), True),
+    ]
+)
+
+# Documents a run will score and the wave each belongs to (appended once at the start of a run).
+WORK_QUEUE_SCHEMA = T.StructType(
+    [
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("doc_id", T.StringType(), False),
+        T.StructField("scorer", T.StringType(), False),
+        T.StructField("prompt_version", T.StringType(), False),
+        T.StructField("wave", T.IntegerType(), False),
     ]
 )
 

@@ -171,8 +171,7 @@ def test_rerun_sends_nothing_and_adds_nothing(runs: Runs) -> None:
     assert runs.second.kept == runs.first.kept
 
 
-def test_sample_has_documents_over_the_budget(sample_dir: Path) -> None:
-    from deltalake import DeltaTable
-
-    texts = DeltaTable(str(sample_dir / "documents")).to_pandas()["text"].dropna()
+def test_sample_has_documents_over_the_budget(spark: Any, runs: Runs) -> None:
+    tables = Tables(spark, runs.settings)
+    texts = [r["text"] for r in tables.read(tables.documents).select("text").collect() if r["text"]]
     assert sum(estimate_tokens(t) > 63_000 for t in texts) >= 5
