@@ -105,7 +105,14 @@ def cmd_bench(argv: list[str]) -> int:
     return module.main(argv[1:])
 
 
-PASSTHROUGH = {"serve-sim": cmd_serve_sim, "make-sample": cmd_make_sample, "bench": cmd_bench}
+def cmd_estimate(argv: list[str]) -> int:
+    from mira_spark.estimate import main as estimate_main
+
+    return estimate_main(argv)
+
+
+PASSTHROUGH = {"serve-sim": cmd_serve_sim, "make-sample": cmd_make_sample, "bench": cmd_bench,
+               "estimate": cmd_estimate}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("serve-sim", "start simulated scorer endpoints (stand-ins for vLLM; see --help)"),
         ("make-sample", "write the sample corpus and validation table"),
         ("bench", "benchmarks: parse | throughput | client-overhead | faults"),
+        ("estimate", "GPU-hours and wall time for a documents table, before anything is sent"),
     ]:
         sub.add_parser(name, help=help_text, add_help=False)
     return parser

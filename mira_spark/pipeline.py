@@ -32,6 +32,7 @@ from mira_spark.rubric import Rubric, load_rubric
 from mira_spark.scores import parse_raw_outputs
 from mira_spark.scoring import GroupPlan, ScoringPlan, plan_in_flight, score_documents
 from mira_spark.selection import select_documents
+from mira_spark.serving.runner import check_pool_reachable
 from mira_spark.serving.secrets import resolve_api_key
 from mira_spark.tables import (
     DECISIONS_SCHEMA,
@@ -142,6 +143,10 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
     concurrent = default_parallelism(spark)
     tasks = settings.scoring.tasks or concurrent
     plan = make_plan(settings, groups, min(tasks, concurrent))
+    for name, group in plan.groups.items():
+        if group.pool.startup_check:
+            healthy = check_pool_reachable(group.pool)
+            log.info("group %s: %d of %d endpoints healthy", name, len(healthy), len(group.pool.endpoints))
     n_waves = math.ceil(n_pending / settings.scoring.wave_size)
     # The work list is materialised once per run: each wave's action then reads a fixed table instead
     # of re-deriving "not yet in scores" from a table the previous wave just changed.

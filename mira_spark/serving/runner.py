@@ -43,6 +43,7 @@ from mira_spark.serving.client import (
     build_headers,
     get_status,
     post_chat,
+    session_factory,
 )
 from mira_spark.serving.endpoints import BreakerState, EndpointPool, EndpointState, Outcome
 from mira_spark.serving.metrics import parse_server_load
@@ -572,3 +573,34 @@ def run_requests(
         return asyncio.run(coro)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as executor:
         return executor.submit(asyncio.run, coro).result()
+
+
+def check_pool_reachable(pool: PoolConfig) -> list[str]:
+    """Driver-side preflight: GET /health on every endpoint; returns the healthy URLs.
+
+    Raises :class:`PoolUnavailableError` (nothing sent) when none answers, so a run with a wrong URL
+    or servers still loading fails in seconds with a message, not inside a Spark task.
+    """
+
+    async def probe() -> list[str | None]:
+        async with session_factory(pool, 0) as session:
+
+            async def one(url: str) -> str | None:
+                base = url.removesuffix("/v1")
+                try:
+                    status, _ = await get_status(session, base + "/health")
+                except APIError as exc:
+                    return str(exc)
+                return None if status == 200 else f"HTTP {status}"
+
+            return list(await asyncio.gather(*(one(e.url) for e in pool.endpoints)))
+
+    problems = asyncio.run(probe())
+    healthy = [e.url for e, p in zip(pool.endpoints, problems, strict=True) if p is None]
+    if not healthy:
+        listing = "; ".join(f"{e.url} ({p})" for e, p in zip(pool.endpoints, problems, strict=True))
+        raise PoolUnavailableError(
+            f"no endpoint answered GET /health: {listing}. Start the vLLM servers (or wait until they have "
+            "loaded the model), or fix the endpoint urls in conf/scorers.yaml. Nothing was sent."
+        )
+    return healthy
