@@ -183,7 +183,10 @@ class SlotScheduler:
     """Continuous-batching admission for one endpoint: slots, KV budget, FIFO queue, prefix cache.
 
     Counts ``running``, ``waiting``, ``busy_slot_seconds`` (slot time actually held, by the scheduler's
-    clock), ``admitted`` and the wall-clock ``first_start`` / ``last_start`` of admitted requests.
+    clock), ``admitted`` and the wall-clock ``first_start`` / ``last_start`` of admitted requests. Over the
+    steady window (first to last admission, scheduler clock) it integrates running and running + waiting,
+    so the busy-slot fraction and mean load of that window are exact (``steady_*`` attributes); the drain
+    after the last admission, when the client has nothing left to send, is not part of it.
     ``clock`` and ``wall`` are injectable so the accounting can be tested without sleeping.
     """
 
@@ -210,6 +213,14 @@ class SlotScheduler:
         self.last_start: float | None = None
         self.mix = RequestMix()
         self._prefixes.clear()
+        self._tick_at = self._clock()
+        self._running_area = 0.0  # integral of running over time since reset
+        self._load_area = 0.0  # integral of running + waiting
+        self._first_clock: float | None = None
+        self._areas_at_first = (0.0, 0.0)
+        self.steady_window_s = 0.0
+        self.steady_busy_slot_seconds = 0.0
+        self.steady_load_seconds = 0.0
 
     @property
     def waiting(self) -> int:
@@ -227,6 +238,15 @@ class SlotScheduler:
             self._prefixes.popitem(last=False)
         return 0
 
+    def _tick(self) -> None:
+        """Advance the running / load integrals to now (call before ``running`` or the queue changes)."""
+        now = self._clock()
+        dt = now - self._tick_at
+        if dt > 0:
+            self._running_area += self.running * dt
+            self._load_area += (self.running + len(self._queue)) * dt
+        self._tick_at = now
+
     def _fits(self, kv_tokens: int) -> bool:
         if self.running >= self.model.slots:
             return False
@@ -234,6 +254,13 @@ class SlotScheduler:
         return self.running == 0 or self.kv_used + kv_tokens <= self.model.kv_tokens
 
     def _admit(self, kv_tokens: int) -> Ticket:
+        self._tick()
+        if self._first_clock is None:
+            self._first_clock = self._tick_at
+            self._areas_at_first = (self._running_area, self._load_area)
+        self.steady_window_s = self._tick_at - self._first_clock
+        self.steady_busy_slot_seconds = self._running_area - self._areas_at_first[0]
+        self.steady_load_seconds = self._load_area - self._areas_at_first[1]
         self.running += 1
         self.kv_used += kv_tokens
         self.admitted += 1
@@ -256,6 +283,7 @@ class SlotScheduler:
             return ticket
         future: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
         entry = (kv_tokens, future)
+        self._tick()
         self._queue.append(entry)
         try:
             return await future
@@ -263,12 +291,14 @@ class SlotScheduler:
             if future.done() and not future.cancelled():
                 self.release(future.result(), shape=None)
             elif entry in self._queue:
+                self._tick()
                 self._queue.remove(entry)
                 self._wake()
             raise
 
     def release(self, ticket: Ticket, shape: RequestShape | None) -> None:
         """Free the slot, count the slot time held and (if served) the request's shape; wake waiters."""
+        self._tick()
         self.running -= 1
         self.kv_used -= ticket.kv_tokens
         self.busy_slot_seconds += self._clock() - ticket.started
