@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -119,9 +120,8 @@ def make_check_output(rubric: Rubric, builder: PromptBuilder, policy: str):
 def _score_group(
     plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: RunStats
 ) -> list[dict]:
-    from mira_spark.serving.runner import run_requests
-
     from mira_spark.parsing import merge_followup
+    from mira_spark.serving.runner import run_requests
 
     builder = PromptBuilder(group.rubric, group.model, plan.max_model_len, plan.sampling.max_tokens)
     cap = plan.scoring.max_text_chars
@@ -214,17 +214,23 @@ def score_partition(batches: Iterator[pa.RecordBatch], plan: ScoringPlan) -> Ite
         return
     # Longest documents first: they finish last, so starting them first shortens the task's tail.
     rows.sort(key=lambda r: -(len(r["text"]) if isinstance(r["text"], str) else 0))
-    stats = RunStats()
-    out: list[dict] = []
     by_group: dict[str, list[dict]] = {}
     for row in rows:
         by_group.setdefault(row["scorer"], []).append(row)
-    for name, group_rows in sorted(by_group.items()):
-        out.extend(_score_group(plan, plan.groups[name], group_rows, stats))
+    # Each scorer group has its own endpoint pool: score the groups side by side (one event loop per
+    # thread) so one group's tail never leaves another group's GPUs idle.
+    stats = {name: RunStats() for name in by_group}
+    out: list[dict] = []
+    with ThreadPoolExecutor(max_workers=len(by_group), thread_name_prefix="mira-group") as pool:
+        futures = [pool.submit(_score_group, plan, plan.groups[name], group_rows, stats[name])
+                   for name, group_rows in sorted(by_group.items())]
+        for future in futures:
+            out.extend(future.result())
     if len(out) != len(rows):  # the exactly-once invariant of the stage
         raise RuntimeError(f"scoring produced {len(out)} rows for {len(rows)} inputs")
-    log.info("scoring task: %d rows, %d requests, %d retries, %d repairs", len(rows), stats.requests_sent,
-             stats.retries, stats.repairs)
+    log.info("scoring task: %d rows, %d requests, %d retries, %d repairs", len(rows),
+             sum(s.requests_sent for s in stats.values()), sum(s.retries for s in stats.values()),
+             sum(s.repairs for s in stats.values()))
     for start in range(0, len(out), OUTPUT_CHUNK_ROWS):
         yield pa.RecordBatch.from_pylist(out[start : start + OUTPUT_CHUNK_ROWS], schema=RAW_ARROW_SCHEMA)
 
