@@ -72,6 +72,10 @@ class PoolConfig(_Frozen):
     breaker_failures: int = Field(default=5, ge=1, description="Consecutive failures that take an endpoint out.")
     breaker_probe_s: float = Field(default=5.0, gt=0, description="Seconds before an open endpoint is probed.")
     startup_check: bool = Field(default=True, description="Fail fast when no endpoint answers /health at start.")
+    exact_token_count: bool = Field(
+        default=False,
+        description="Count truncated prompts exactly with the server's /tokenize and keep more of the document.",
+    )
 
 
 class ScorerGroupConfig(_Frozen):

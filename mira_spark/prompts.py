@@ -25,6 +25,7 @@ DOC_END = "<<<MIRA_DOCUMENT_END>>>"
 TRUNCATION_MARK = "\n\n[…… 中间省略 {omitted} 个字符 / {omitted} characters omitted ……]\n\n"
 HEAD_SHARE = 0.7  # of the document budget kept from the start; the rest from the end
 SAFETY_TOKENS = 256  # slack for estimate error and the chat template's special tokens
+REFIT_SAFETY = 0.98  # share of the exact-count headroom a refit uses
 
 SYSTEM_INTRO = (
     "You are {model}, a MIRA anchored data-quality judge for the scorer group '{group}'. "
@@ -165,9 +166,12 @@ class PromptBuilder:
                 "raise max_model_len or shorten the calibration references"
             )
 
-    def build(self, source: str, text: str, token_budget: int | None = None) -> Prompt:
-        """Messages for ``text``; ``token_budget`` overrides the document budget (used to shrink on a 400)."""
+    def build(self, source: str, text: str, token_budget: int | None = None,
+              _budget_override: int | None = None) -> Prompt:
+        """Messages for ``text``; ``token_budget`` lowers the document budget (used to shrink on a 400)."""
         budget = self.budget if token_budget is None else min(token_budget, self.budget)
+        if _budget_override is not None:  # only refit(), after an exact count, may exceed the estimate
+            budget = _budget_override
         safe = defuse_markers(text)
         kept, truncated = truncate_head_tail(safe, budget)
         user = self.head + "\n" + wrap_document(source, kept)
@@ -179,6 +183,21 @@ class PromptBuilder:
             kept_chars=len(kept),
             est_prompt_tokens=est,
         )
+
+    def refit(self, source: str, text: str, estimated: Prompt, exact_tokens: int) -> Prompt:
+        """A truncated prompt rebuilt with the budget the exact token count allows.
+
+        The estimate leans high, so ``estimated.est_prompt_tokens / exact_tokens`` (>= 1 in practice) says
+        how much more document fits; the caller must confirm the result with a second exact count.
+        """
+        if exact_tokens <= 0 or not estimated.truncated:
+            return estimated
+        scale = estimated.est_prompt_tokens / exact_tokens
+        if scale <= 1.0:
+            return estimated
+        budget = int(self.budget * scale * REFIT_SAFETY)
+        rebuilt = self.build(source, text, token_budget=None, _budget_override=budget)
+        return rebuilt if rebuilt.kept_chars > estimated.kept_chars else estimated
 
     def repair_prompt(self, missing_slots: list[str], previous_answer: str) -> str:
         """Follow-up user message asking only for the slots a partial answer left out."""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from mira_spark.config import PoolConfig, SamplingConfig, ScoringConfig
-from mira_spark.prompts import PromptBuilder, text_problem
+from mira_spark.prompts import Prompt, PromptBuilder, text_problem
 from mira_spark.rubric import Rubric
 from mira_spark.serving.types import OutputVerdict, RunStats, ScoreRequest, ScoreResult
 
@@ -117,6 +117,37 @@ def make_check_output(rubric: Rubric, builder: PromptBuilder, policy: str):
     return check
 
 
+def _refit_truncated(builder: PromptBuilder, group: GroupPlan, plan: ScoringPlan,
+                     prompts: list[tuple[Prompt, str, str, dict, dict]]) -> list[tuple[Prompt, str, str, dict, dict]]:
+    """Let truncated documents keep more text when the server's exact count shows room.
+
+    Two ``/tokenize`` calls per truncated document (the estimate, then the refit); a refit is used only
+    when its exact count fits ``max_model_len`` with the completion budget, so no request is sent that is
+    known to overflow. Any counting failure keeps the conservative prompt.
+    """
+    from mira_spark.serving.tokenize import count_prompt_tokens
+
+    limit = plan.max_model_len - plan.sampling.max_tokens
+    todo = [i for i, p in enumerate(prompts) if p[0].truncated]
+    if not todo:
+        return prompts
+    first = count_prompt_tokens(group.pool, group.model, group.api_key, [prompts[i][0].messages for i in todo])
+    refits: dict[int, Prompt] = {}
+    for i, exact in zip(todo, first, strict=True):
+        prompt, source, text, _, _ = prompts[i]
+        if exact is not None:
+            candidate = builder.refit(source, text, prompt, exact)
+            if candidate is not prompt:
+                refits[i] = candidate
+    second = count_prompt_tokens(group.pool, group.model, group.api_key, [p.messages for p in refits.values()])
+    out = list(prompts)
+    for (i, candidate), exact in zip(refits.items(), second, strict=True):
+        if exact is not None and exact <= limit:
+            _, source, text, row, base = prompts[i]
+            out[i] = (candidate, source, text, row, base)
+    return out
+
+
 def _score_group(
     plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: RunStats
 ) -> list[dict]:
@@ -129,6 +160,7 @@ def _score_group(
     requests: list[ScoreRequest] = []
     pending: list[tuple[dict, dict]] = []  # (input row, output row) awaiting a result
     docs: dict[int, tuple[str, str]] = {}
+    prompts: list[tuple[Prompt, str, str, dict, dict]] = []
     for row in rows:
         base = {
             "doc_id": row["doc_id"],
@@ -148,14 +180,19 @@ def _score_group(
             out.append({**base, "status": "failed", "error": problem})
             continue
         text = row["text"][:cap]
-        prompt = builder.build(row["source"] or "", text)
+        source = row["source"] or ""
+        prompts.append((builder.build(source, text), source, text, row, base))
+
+    if group.pool.exact_token_count:
+        prompts = _refit_truncated(builder, group, plan, prompts)
+    for prompt, source, text, row, base in prompts:
         base.update(
             truncated=prompt.truncated or len(row["text"]) > cap,
             kept_chars=prompt.kept_chars,
             est_prompt_tokens=prompt.est_prompt_tokens,
         )
         index = len(requests)
-        docs[index] = (row["source"] or "", text)
+        docs[index] = (source, text)
         requests.append(ScoreRequest(index=index, key=f"{row['doc_id']}|{group.name}|{group.prompt_version}",
                                      messages=prompt.messages, est_prompt_tokens=prompt.est_prompt_tokens))
         pending.append((row, base))

@@ -98,6 +98,7 @@ class SimState:
         self.faults: Counter[str] = Counter()
         self.success: Counter[str] = Counter()  # by finish_reason
         self.prompt_tokens = 0
+        self.tokenize_requests = 0
         self.cached_prompt_tokens = 0
         self.generation_tokens = 0
         self.scheduler.reset()
@@ -127,6 +128,7 @@ class SimState:
             "speed": sched.model.speed,
             "time_scale": sched.model.time_scale,
             "requests": self.requests,
+            "tokenize_requests": self.tokenize_requests,
             "requests_by_id": dict(self.requests_by_id),
             "repairs_by_id": dict(self.repairs_by_id),
             "overflows": self.overflows,
@@ -372,6 +374,33 @@ def metrics_text(state: SimState) -> str:
     return "\n".join(out) + "\n"
 
 
+def prompt_token_count(state: SimState, messages: list[dict[str, Any]]) -> int:
+    """The simulator's exact prompt tokens, counted as ``chat_completions`` counts them."""
+    total = 0
+    for m in messages:
+        text = _content(m)
+        cut = text.find(DOC_BEGIN)
+        head = text if cut < 0 else text[:cut]
+        total += state.static_tokens(head) + sim_tokens(text[len(head):]) + SIM_MESSAGE_OVERHEAD_TOKENS
+    return total
+
+
+async def tokenize(request: web.Request) -> web.Response:
+    """vLLM's ``POST /tokenize`` for chat messages: ``{"count", "max_model_len", "tokens"}``.
+
+    Token ids are not simulated (an empty list); clients use ``count``.
+    """
+    state = request.app[STATE_KEY]
+    try:
+        body = await request.json()
+        messages = list(body["messages"])
+    except (ValueError, KeyError, TypeError):
+        return _error("simulator: /tokenize body must be JSON with a 'messages' list", 400, "BadRequestError")
+    state.tokenize_requests += 1
+    count = prompt_token_count(state, messages)
+    return web.json_response({"count": count, "max_model_len": state.config.max_model_len, "tokens": []})
+
+
 async def metrics(request: web.Request) -> web.Response:
     return web.Response(text=metrics_text(request.app[STATE_KEY]), content_type="text/plain")
 
@@ -390,6 +419,7 @@ def create_app(config: SimConfig) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[STATE_KEY] = SimState(config)
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/tokenize", tokenize)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
