@@ -15,6 +15,12 @@ import time
 
 from mira_spark.config import ConfigError
 
+log = logging.getLogger(__name__)
+
+EXIT_USER_ERROR = 2  # bad config, input, rubric, unreachable pool: the message says what to fix
+EXIT_STOPPED = 3  # the pool died mid-run: committed waves are kept, rerun to finish
+EXIT_SPARK_ERROR = 1  # Spark failed for a reason that is not one of ours
+
 
 def _summary_lines(summary) -> list[str]:
     d = summary.as_dict()
@@ -72,7 +78,10 @@ def cmd_run(args) -> int:
         summary = finish_run(ctx, started)
     print("\n".join(_summary_lines(summary)))
     print(json.dumps({"summary": summary.as_dict()}, default=str))
-    return 3 if summary.stopped else 0
+    if summary.stopped:
+        print(f"mira-spark: stopped: {summary.stopped}", file=sys.stderr)
+        return EXIT_STOPPED
+    return 0
 
 
 def cmd_serve_sim(argv: list[str]) -> int:
@@ -152,19 +161,26 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in PASSTHROUGH:
         return PASSTHROUGH[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
+    from mira_spark.serving.secrets import install_redaction
+
+    install_redaction(log)
     try:
         return cmd_run(args)
     except ConfigError as exc:
         print(f"mira-spark: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except Exception as exc:
-        from mira_spark.errors import user_message
+        from mira_spark.errors import USER_ERROR_NAMES, user_message
 
         message = user_message(exc)
         if message is None:
             raise
+        log.debug("full error behind the message below", exc_info=True)
         print(f"mira-spark: {message}", file=sys.stderr)
-        return 2
+        wrapped_user_error = any(name in str(exc) for name in USER_ERROR_NAMES)
+        if type(exc).__name__ in USER_ERROR_NAMES or wrapped_user_error:
+            return EXIT_USER_ERROR
+        return EXIT_SPARK_ERROR
 
 
 if __name__ == "__main__":

@@ -38,9 +38,11 @@ class RoutedDocuments:
 def check_documents(df: DataFrame, label: str) -> DataFrame:
     """Validate columns and types; returns ``doc_id, source, text`` with text as string.
 
-    A binary ``text`` column is decoded as UTF-8 (invalid bytes become U+FFFD and the row is then
-    flagged ``invalid_text`` by the scoring stage); any other type is an error, because casting e.g.
-    a struct to string would score its debug representation.
+    A binary ``text`` column is decoded as UTF-8 in Python (invalid bytes become U+FFFD and the row
+    is then flagged ``invalid_text`` by the scoring stage, or scored when only a few bytes were bad);
+    Spark's own ``decode`` cannot be used, because on Sail (and Spark 4) it fails the whole job on the
+    first invalid byte. Any other type is an error, because casting e.g. a struct to string would
+    score its debug representation.
     """
     fields = {f.name: f.dataType for f in df.schema.fields}
     missing = [c for c in REQUIRED_COLUMNS if c not in fields]
@@ -51,24 +53,39 @@ def check_documents(df: DataFrame, label: str) -> DataFrame:
         )
     text_type = fields["text"]
     if isinstance(text_type, T.BinaryType):
-        text = F.decode(F.col("text"), "UTF-8")
+        text = _decode_utf8_lenient()(F.col("text"))
     elif isinstance(text_type, T.StringType):
         text = F.col("text")
     else:
         raise InputError(
             f"documents table {label}: column text has type {text_type.simpleString()}, expected string "
-            "(or binary UTF-8). Cast or serialise it to text before scoring."
+            "(or binary UTF-8). Cast or serialise it to text before scoring (e.g. a view with "
+            "CAST(text AS STRING) or to_json(text))."
         )
     for col in ("doc_id", "source"):
         if not isinstance(fields[col], T.StringType | T.IntegerType | T.LongType):
             raise InputError(
-                f"documents table {label}: column {col} has type {fields[col].simpleString()}, expected string"
+                f"documents table {label}: column {col} has type {fields[col].simpleString()}, expected "
+                "string (integers are accepted and cast); cast it to string in a view over the table"
             )
     return df.select(
         F.col("doc_id").cast("string").alias("doc_id"),
         F.col("source").cast("string").alias("source"),
         text.alias("text"),
     )
+
+
+def _decode_utf8_lenient():
+    """A pandas UDF ``binary -> string`` that replaces invalid UTF-8 bytes with U+FFFD.
+
+    Built on call: a UDF needs a session to exist when it is defined.
+    """
+    import pandas as pd
+
+    def decode(values: pd.Series) -> pd.Series:
+        return values.map(lambda b: None if b is None else bytes(b).decode("utf-8", errors="replace"))
+
+    return F.pandas_udf(decode, T.StringType())
 
 
 def route(spark: SparkSession, docs: DataFrame, source_to_scorer: dict[str, str]) -> RoutedDocuments:
