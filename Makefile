@@ -29,7 +29,7 @@ demo: install
 	$(BIN)/mira-spark run --config $(DEMO_CONFIG)
 
 lint: install
-	$(BIN)/ruff check mira_spark tests benchmarks jobs
+	$(BIN)/ruff check .
 
 test: install lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
