@@ -17,7 +17,7 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
@@ -32,7 +32,7 @@ from mira_spark.rubric import Rubric, load_rubric
 from mira_spark.scores import parse_raw_outputs
 from mira_spark.scoring import GroupPlan, ScoringPlan, plan_in_flight, score_documents
 from mira_spark.selection import select_documents
-from mira_spark.serving.runner import check_pool_reachable
+from mira_spark.serving.runner import PoolUnavailableError, check_pool_reachable
 from mira_spark.serving.secrets import resolve_api_key
 from mira_spark.tables import (
     DECISIONS_SCHEMA,
@@ -143,10 +143,15 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
     concurrent = default_parallelism(spark)
     tasks = settings.scoring.tasks or concurrent
     plan = make_plan(settings, groups, min(tasks, concurrent))
-    for name, group in plan.groups.items():
-        if group.pool.startup_check:
-            healthy = check_pool_reachable(group.pool)
-            log.info("group %s: %d of %d endpoints healthy", name, len(healthy), len(group.pool.endpoints))
+    checked = {name: g.pool for name, g in plan.groups.items() if g.pool.startup_check}
+    for name, pool in checked.items():
+        healthy = check_pool_reachable(pool)
+        log.info("group %s: %d of %d endpoints healthy", name, len(healthy), len(pool.endpoints))
+    # The driver checks before every wave; tasks skip their own start-up check, so a pool that dies
+    # between waves stops the run cleanly (here, or as deferred rows) instead of failing a Spark job.
+    plan = replace(plan, groups={
+        name: replace(g, pool=g.pool.model_copy(update={"startup_check": False})) for name, g in plan.groups.items()
+    })
     n_waves = math.ceil(n_pending / settings.scoring.wave_size)
     # The work list is materialised once per run: each wave's action then reads a fixed table instead
     # of re-deriving "not yet in scores" from a table the previous wave just changed.
@@ -159,6 +164,16 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
     waved = routed.join(queue.withColumnRenamed("wave", "_wave"), ["doc_id", "scorer"])
     started = time.perf_counter()
     for wave in range(n_waves):
+        if wave > 0 and checked:
+            try:
+                for pool in checked.values():
+                    check_pool_reachable(pool)
+            except PoolUnavailableError as exc:
+                summary.stopped = (
+                    f"every endpoint stopped answering before wave {wave + 1}/{n_waves} ({exc}) Committed "
+                    "waves are kept; restart the endpoints and rerun to score the rest."
+                )
+                break
         wave_docs = waved.filter(F.col("_wave") == wave).drop("_wave", "prompt_version")
         raw = score_documents(wave_docs, plan, tasks).select(
             "*", F.lit(run_id).alias("run_id"), F.lit(wave).alias("wave"), F.current_timestamp().alias("scored_at")
