@@ -44,7 +44,15 @@ def check_documents(df: DataFrame, label: str) -> DataFrame:
     first invalid byte. Any other type is an error, because casting e.g. a struct to string would
     score its debug representation.
     """
-    fields = {f.name: f.dataType for f in df.schema.fields}
+    try:
+        schema = df.schema  # Spark Connect reads lazily: this is where a missing table fails
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise InputError(
+            f"cannot read documents table {label}: {first}. Check tables.documents in the run config "
+            "(a Delta table path, or a catalog name) and that the table exists."
+        ) from None
+    fields = {f.name: f.dataType for f in schema.fields}
     missing = [c for c in REQUIRED_COLUMNS if c not in fields]
     if missing:
         raise InputError(
@@ -85,6 +93,8 @@ def _decode_utf8_lenient():
     def decode(values: pd.Series) -> pd.Series:
         return values.map(lambda b: None if b is None else bytes(b).decode("utf-8", errors="replace"))
 
+    # Real classes, not the strings ``from __future__ import annotations`` leaves: Spark reads them.
+    decode.__annotations__ = {"values": pd.Series, "return": pd.Series}
     return F.pandas_udf(decode, T.StringType())
 
 
