@@ -370,6 +370,11 @@ class _Runner:
                 res.status, res.text, res.error = "ok", text, None
                 return res
             if res.repairs >= self.max_output_repairs:
+                if verdict.action == "followup":
+                    # Still missing slots after the last follow-up: the scores it has are usable
+                    # (parsed as partial); failing the row would throw away paid-for answers.
+                    res.status, res.text, res.error = "ok", text, None
+                    return res
                 res.text = text
                 res.wasted_requests += 1  # billed, but the row fails: nothing downstream uses it
                 return self._end(res, _Final(_detail(ERR_OUTPUT_INVALID, verdict.reason)))
