@@ -41,6 +41,8 @@ _CONFLICT_MARKERS = (
     "Transaction conflict",
     "version already exists",
     "VersionAlreadyExists",
+    # Sail/delta-rs, when another writer checkpoints (every 10 commits) while this commit re-reads the log.
+    "Missing commit file",
 )
 
 TABLES = ("raw_outputs", "scores", "reliability", "thresholds", "decisions", "selected", "run_stats", "work_queue")
