@@ -352,18 +352,24 @@ class ScenarioResult:
         return asdict(self)
 
 
-def reask_savings(rows: list[dict[str, Any]]) -> int:
+def reask_savings(rows: list[dict[str, Any]], followups_by_key: Counter[str] | None = None) -> int:
     """Completion tokens saved by asking only for missing slots instead of re-scoring from scratch.
 
     ``rows``: ok raw outputs with ``repairs > 0`` of a run whose repairs were slot follow-ups. The
     merged answer holds the first answer, then the follow-up lines; the full answer's cost is
     estimated by the simulator's token count of the merged text, the follow-ups' cost as the billed
     completion tokens minus the first answer's. An estimate: the tokenizer is not additive to the token.
+    With ``followups_by_key`` (the simulators' ``repairs_by_id``), rows whose repairs were not all slot
+    follow-ups (a malformed answer re-asked from scratch) are left out.
     """
     from mira_spark.simulator.capacity import sim_tokens
 
     saved = 0
     for r in rows:
+        if followups_by_key is not None:
+            key = f"{r['doc_id']}|{r['scorer']}|{r['prompt_version']}"
+            if followups_by_key[key] != r["repairs"]:
+                continue
         text, billed = r["raw_text"] or "", r["completion_tokens"] or 0
         cut = text.find("\nbrief:")
         end = text.find("\n", cut + 1) if cut >= 0 else -1
@@ -422,8 +428,9 @@ def measure(spark: SparkSession, settings: Settings, run_id: str, sims: SimTotal
     res.sim_repair_requests = sum(sims.repairs_by_id.values())
     res.faults = dict(sims.faults)
     if reask and res.sim_repair_requests:
-        rows = raw.filter("status = 'ok' AND repairs > 0").select("raw_text", "completion_tokens", "repairs")
-        res.reask_tokens_saved = reask_savings([r.asDict() for r in rows.collect()])
+        rows = raw.filter("status = 'ok' AND repairs > 0").select(
+            "doc_id", "scorer", "prompt_version", "raw_text", "completion_tokens", "repairs")
+        res.reask_tokens_saved = reask_savings([r.asDict() for r in rows.collect()], sims.repairs_by_id)
     return res
 
 
@@ -473,10 +480,15 @@ def _row(r: ScenarioResult) -> list[str]:
             str(r.sim_requests), str(r.retries), str(r.repairs), str(r.wasted_requests), saved, f"{r.wall_s:.1f}"]
 
 
+WIDTHS = (17, 4, 4, 3, 4, 44, 8, 7, 7, 7, 6, 9, 6)  # fixed, so rows printed one at a time line up
+
+
+def format_row(cells: list[str] | tuple[str, ...]) -> str:
+    return "  ".join(cell.ljust(w) for cell, w in zip(cells, WIDTHS, strict=True)).rstrip()
+
+
 def format_table(results: list[ScenarioResult]) -> str:
-    rows = [list(COLUMNS)] + [_row(r) for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
+    return "\n".join([format_row(COLUMNS), *(format_row(_row(r)) for r in results)])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -523,9 +535,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # breaker open/close lines would drown the table; the counts are in it
         logging.getLogger("mira_spark.serving.runner").setLevel(logging.ERROR)
     results: list[ScenarioResult] = []
+    print(format_row(COLUMNS), flush=True)
     for res in run_many(names, args.docs, args.wave_size):
         results.append(res)
-        print(format_table([res]).splitlines()[-1] if len(results) > 1 else format_table([res]), flush=True)
+        print(format_row(_row(res)), flush=True)
     clean = all(r.clean for r in results)
     print(json.dumps({
         "bench": "faults",
