@@ -167,6 +167,11 @@ class TablesConfig(_Frozen):
     schema_name: str | None = Field(default=None, alias="schema", description="catalog.schema for named tables.")
     documents: str = Field(description="Input documents table: a path, or a name when it has no '/'.")
     validation: str | None = Field(default=None, description="Teacher scores for reliability (path or name).")
+    staging: str | None = Field(
+        default=None,
+        description="Directory for each wave's scored rows before they are committed; default <root>/_staging. "
+        "With tables.schema set it a Volume or cloud path so a commit retry never re-sends a wave.",
+    )
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -263,9 +268,9 @@ def load_settings(path: str | Path, overrides: Mapping[str, Any] | None = None) 
     raw = deep_merge(_read_yaml(path), overrides or {})
     tables = raw.get("tables")
     if isinstance(tables, dict):
-        for key in ("root", "documents", "validation"):
+        for key in ("root", "documents", "validation", "staging"):
             value = tables.get(key)
-            if isinstance(value, str) and (key == "root" or _is_path(value)):
+            if isinstance(value, str) and (key in ("root", "staging") or _is_path(value)):
                 tables[key] = _resolve(path.parent, value)
     scorers_ref = raw.get("scorers_file", "scorers.yaml")
     scorers_path = Path(_resolve(path.parent, str(scorers_ref)) or "")

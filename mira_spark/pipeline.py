@@ -123,10 +123,23 @@ def pending_documents(routed: DataFrame, scores: DataFrame, versions: DataFrame)
 
 
 def recover_unmerged(tables: Tables, groups: Groups) -> int:
-    """Parse and MERGE raw outputs a previous run appended but never merged (killed mid-wave)."""
+    """Commit what a run that was killed mid-wave had already paid for, without requesting it again.
+
+    Two windows: scored rows staged but never appended to ``raw_outputs`` (killed during the append),
+    and raw outputs appended but never merged into ``scores`` (killed between append and MERGE).
+    """
+    versions = F.broadcast(_versions_df(tables.spark, groups))
+    staged = tables.read_staged(RAW_OUTPUTS_SCHEMA)
+    if staged is not None:
+        logged = tables.read("raw_outputs").select("run_id", "wave", *SCORE_KEYS)
+        lost = staged.join(logged, on=["run_id", "wave", *SCORE_KEYS], how="left_anti")
+        n_staged = lost.count()
+        if n_staged:
+            log.info("recovering %d staged raw outputs of a run killed before its append", n_staged)
+            tables.append(lost, "raw_outputs", RAW_OUTPUTS_SCHEMA)
     raw = tables.read("raw_outputs").filter(F.col("status").isin("ok", "failed"))
     orphans = raw.join(tables.read("scores").select(*SCORE_KEYS), on=list(SCORE_KEYS), how="left_anti")
-    orphans = orphans.join(F.broadcast(_versions_df(tables.spark, groups)), ["scorer", "prompt_version"])
+    orphans = orphans.join(versions, ["scorer", "prompt_version"])
     n = orphans.select(*SCORE_KEYS).distinct().count()
     if n:
         log.info("recovering %d raw outputs committed by an earlier run but not merged", n)
@@ -178,10 +191,17 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
         raw = score_documents(wave_docs, plan, tasks).select(
             "*", F.lit(run_id).alias("run_id"), F.lit(wave).alias("wave"), F.current_timestamp().alias("scored_at")
         )
-        tables.append(raw, "raw_outputs", RAW_OUTPUTS_SCHEMA)  # the wave's one scoring action
+        staging = tables.staging_path(run_id, wave)
+        if staging:
+            staged = tables.write_staging(raw, staging, RAW_OUTPUTS_SCHEMA)  # the wave's one scoring action
+            tables.append(staged, "raw_outputs", RAW_OUTPUTS_SCHEMA)  # retry-safe: re-reads the files
+        else:
+            tables.append(raw, "raw_outputs", RAW_OUTPUTS_SCHEMA)  # the wave's one scoring action
         wave_raw = tables.read("raw_outputs").filter((F.col("run_id") == run_id) & (F.col("wave") == wave))
         tables.merge(parse_raw_outputs(wave_raw, groups.rubrics), "scores", SCORES_SCHEMA, SCORE_KEYS)
         summary.waves += 1
+        if staging:
+            tables.drop_staging(staging)
         counts = wave_raw.groupBy("status").agg(F.count(F.lit(1)).alias("n")).collect()
         deferred = sum(r["n"] for r in counts if r["status"] == "deferred")
         log.info("wave %d/%d committed: %s", wave + 1, n_waves, {r["status"]: r["n"] for r in counts})

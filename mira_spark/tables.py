@@ -231,6 +231,49 @@ class Tables:
         return TableRef(path=f"{cfg.root.rstrip('/')}/{table}")  # type: ignore[union-attr]
 
     @property
+    def staging_root(self) -> str | None:
+        cfg = self.settings.tables
+        if cfg.staging:
+            return cfg.staging.rstrip("/")
+        return f"{cfg.root.rstrip('/')}/_staging" if cfg.root else None
+
+    def staging_path(self, run_id: str, wave: int) -> str | None:
+        root = self.staging_root
+        # No "key=value" directory names: partition discovery would fight the columns in the files.
+        return f"{root}/raw_outputs/run-{run_id}/wave-{wave}" if root else None
+
+    def write_staging(self, df: DataFrame, path: str, schema: T.StructType) -> DataFrame:
+        """Write ``df`` once as plain parquet files at ``path`` and return a DataFrame over those files.
+
+        A plain file write has no transaction to conflict with; the Delta commit that follows reads the
+        files, so retrying that commit never re-runs the (billed) computation that produced them.
+        """
+        conform(df, schema).write.format("parquet").mode("overwrite").save(path)
+        return self.spark.read.schema(schema).format("parquet").load(path)
+
+    def read_staged(self, schema: T.StructType) -> DataFrame | None:
+        """Every staged row still on disk (None when nothing is staged)."""
+        root = self.staging_root
+        if not root:
+            return None
+        try:
+            df = (
+                self.spark.read.schema(schema).format("parquet")
+                .option("recursiveFileLookup", "true").load(f"{root}/raw_outputs")
+            )
+            df.limit(1).collect()
+            return df
+        except Exception:  # no staging directory yet
+            return None
+
+    def drop_staging(self, path: str) -> None:
+        """Remove a committed wave's staging files (local paths; elsewhere they are left for cleanup)."""
+        import shutil
+
+        if "://" not in path or path.startswith("file://"):
+            shutil.rmtree(path.removeprefix("file://"), ignore_errors=True)
+
+    @property
     def documents(self) -> TableRef:
         return ref_from_string(self.settings.tables.documents)
 
