@@ -43,11 +43,13 @@ def _summary_lines(summary) -> list[str]:
 
 
 def _load(args) -> object:
-    from mira_spark.config import load_settings
+    from mira_spark.config import TRANSIENT_ERRORS, load_settings
 
-    overrides = {}
+    overrides: dict = {}
     if getattr(args, "engine", None):
         overrides["engine"] = args.engine
+    if getattr(args, "retry_failed", False):
+        overrides["scoring"] = {"rescore_errors": list(TRANSIENT_ERRORS)}
     return load_settings(args.config, overrides)
 
 
@@ -139,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", required=True, help="conf/<name>.yaml")
         p.add_argument("--engine", choices=["sail", "local", "connect", "active"], help="override engine:")
         p.add_argument("--run-id", default=None, help="id recorded in raw_outputs and run_stats")
+        if name in ("run", "score"):
+            p.add_argument("--retry-failed", action="store_true",
+                           help="send again documents whose scoring failed transiently (5xx, 429, timeouts)")
         if name == "parse":
             p.add_argument("--all", action="store_true", help="re-parse every raw output of this prompt version")
     for name, help_text in [

@@ -133,9 +133,19 @@ class ScoringConfig(_Frozen):
     partial_policy: Literal["reask", "keep"] = Field(
         default="reask", description="Output missing some slots: re-ask only those slots, or keep as partial."
     )
+    rescore_errors: tuple[str, ...] = Field(
+        default=(),
+        description="Error codes of failed score rows to send again (e.g. http_503, timeout); "
+        "`mira-spark run --retry-failed` sets the transient ones.",
+    )
     max_text_chars: int = Field(
         default=1_000_000, ge=1000, description="Longer texts are cut to this many characters before prompting."
     )
+
+
+# Failures a later run may fix: overload, outages and timeouts (not 4xx, bad input or bad outputs).
+TRANSIENT_ERRORS = ("http_408", "http_429", "http_500", "http_502", "http_503", "http_504", "timeout",
+                    "connection_error")
 
 
 class ReliabilityConfig(_Frozen):

@@ -116,10 +116,19 @@ def _versions_df(spark: SparkSession, groups: Groups) -> DataFrame:
     return spark.createDataFrame(sorted(groups.versions.items()), "scorer string, prompt_version string")
 
 
-def pending_documents(routed: DataFrame, scores: DataFrame, versions: DataFrame) -> DataFrame:
-    """Routed documents without a committed score row for the current prompt version."""
+def pending_documents(routed: DataFrame, scores: DataFrame, versions: DataFrame,
+                      rescore_errors: tuple[str, ...] = ()) -> DataFrame:
+    """Routed documents without a committed score row for the current prompt version.
+
+    ``rescore_errors`` (error codes such as ``http_503``, ``timeout``) makes failed rows with those codes
+    pending again: a rerun with ``--retry-failed`` re-sends what a long outage exhausted, nothing else.
+    """
     keyed = routed.join(F.broadcast(versions), on="scorer", how="inner")
-    return keyed.join(scores.select(*SCORE_KEYS), on=list(SCORE_KEYS), how="left_anti")
+    done = scores
+    if rescore_errors:
+        code = F.split(F.coalesce(F.col("error"), F.lit("")), ":")[0]
+        done = scores.filter(~((F.col("status") == "failed") & code.isin(*rescore_errors)))
+    return keyed.join(done.select(*SCORE_KEYS), on=list(SCORE_KEYS), how="left_anti")
 
 
 def recover_unmerged(tables: Tables, groups: Groups) -> int:
@@ -286,7 +295,8 @@ def open_run(spark: SparkSession, settings: Settings, run_id: str | None = None)
 def score_stage(ctx: RunContext) -> None:
     """Recover unmerged raw outputs, then score every pending document wave by wave."""
     ctx.summary.recovered_raw = recover_unmerged(ctx.tables, ctx.groups)
-    pending = pending_documents(ctx.routed, ctx.tables.read("scores"), ctx.versions)
+    pending = pending_documents(ctx.routed, ctx.tables.read("scores"), ctx.versions,
+                                tuple(ctx.settings.scoring.rescore_errors))
     ctx.summary.pending_before = pending.count()
     score_waves(ctx.tables, ctx.settings, ctx.groups, pending, ctx.summary.run_id, ctx.summary, ctx.routed)
     _collect_run_counts(ctx.tables, ctx.summary.run_id, ctx.summary)
