@@ -124,7 +124,6 @@ def test_calibration_file_loads(rubric):
 
 @pytest.fixture(scope="module")
 def validation(docs, rubric) -> list[dict]:
-    pytest.importorskip("mira_spark.simulator.judge")
     return generate_validation(docs, SLOTS, dimensions=[(d.slot, d.dimension) for d in rubric.dimensions])
 
 
@@ -167,7 +166,6 @@ def test_noise_slots_are_independent(docs, validation, rubric):
 
 @pytest.mark.parametrize("fmt", ["parquet", "delta"])
 def test_write_sample(tmp_path, fmt):
-    pytest.importorskip("mira_spark.simulator.judge")
     if fmt == "delta":  # a parquet layout left by an earlier run is replaced, and overwrite is idempotent
         write_sample(tmp_path / "sample", fmt="parquet")
     counts = write_sample(tmp_path / "sample", fmt=fmt)
@@ -194,7 +192,6 @@ def test_write_sample(tmp_path, fmt):
 
 
 def test_cli_prints_counts(tmp_path, capsys):
-    pytest.importorskip("mira_spark.simulator.judge")
     assert make_sample_main(["--out", str(tmp_path / "s"), "--format", "parquet", "--seed", "7"]) == 0
     out = capsys.readouterr().out
     assert '"garbled": 3' in out and '"validation_rows": 1200' in out
