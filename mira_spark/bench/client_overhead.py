@@ -1,0 +1,181 @@
+"""``mira-spark bench client-overhead``: requests/s one core of the scoring loop drives, 30 KB prompts.
+
+Takes ``--requests N [--prompt-kb 30] [--in-flight 64] [--servers 1] [--check]``; starts a zero-latency
+OpenAI-compatible endpoint in separate processes (aiohttp: read the body, answer a fixed ~1.7 KB scorer
+completion at once — no capacity model, no judging, so the server costs as little as possible), pins
+this process to one core (the servers to the others where there are any) and runs
+:func:`~mira_spark.serving.runner.run_requests` over N requests with ~30 KB prompts. ``--check`` adds the
+scoring stage's output check (the parse of every answer), as in the real loop.
+
+Gives a small table and a final JSON line ``{"bench": "client-overhead", "requests_per_cpu_s": ...}``:
+requests per CPU-second of this process (the per-core figure; CPU time counts every thread), per
+wall-second, and CPU ms per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from typing import Any
+
+from mira_spark.bench.common import CpuTimer, print_table
+from mira_spark.config import EndpointConfig, PoolConfig, SamplingConfig
+from mira_spark.serving.types import RunStats, ScoreRequest
+
+DEFAULT_REQUESTS = 5000
+SERVER_START_TIMEOUT_S = 30.0
+RATIONALE = "结构清晰，语义标签使用得当，但缺少无障碍属性与响应式细节 (missing aria labels)。"
+
+
+def answer_text() -> str:
+    """A well-formed scorer answer for the sample rubric (15 slot lines + summary), ~1.7 KB."""
+    from mira_spark.bench.common import bench_rubric
+
+    lines = [f"[{d.slot}] {d.dimension}: 7/10 — {RATIONALE}" for d in bench_rubric().dimensions]
+    lines += ["overall: 70", "training_recommendation: keep", "domain_tag: landing-page", "brief: 一个落地页。"]
+    return "\n".join(lines)
+
+
+def _answer_body(text: str) -> bytes:
+    return json.dumps({
+        "id": "chatcmpl-echo", "object": "chat.completion", "created": 0, "model": "echo",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 8000, "completion_tokens": 600, "total_tokens": 8600},
+    }).encode()
+
+
+def _serve(port: int, cpus: list[int], text: str) -> None:
+    """Entry point of a spawned echo-server process."""
+
+    from aiohttp import web
+
+    if cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(cpus))
+    body = _answer_body(text)
+
+    async def chat(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=body, content_type="application/json")
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/health", ok)
+    app.router.add_get("/metrics", ok)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, handle_signals=True)
+
+
+def _wait_ready(port: int, proc: Any) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.exitcode is not None:
+            raise RuntimeError(f"echo server on port {port} exited with code {proc.exitcode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"echo server on port {port} not ready within {SERVER_START_TIMEOUT_S:g}s")
+
+
+def prompt_messages(prompt_kb: float) -> list[dict[str, str]]:
+    """System + user messages of about ``prompt_kb`` KB of UTF-8, mixed Chinese, HTML and English."""
+    unit = "<section class=\"card\"><h2>产品介绍</h2><p>This landing page uses flexbox 布局与媒体查询。</p></section>\n"
+    target = int(prompt_kb * 1024)
+    system = "You are a MIRA anchored data-quality judge. " * 40
+    user = unit * max(1, (target - len(system.encode())) // len(unit.encode()))
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mira_spark.simulator.launcher import free_port
+
+    parser = argparse.ArgumentParser(prog="mira-spark bench client-overhead", description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, help="requests to send")
+    parser.add_argument("--prompt-kb", type=float, default=30.0, help="prompt size in KB")
+    parser.add_argument("--in-flight", type=int, default=64, help="requests kept outstanding")
+    parser.add_argument("--servers", type=int, default=1, help="echo server processes (one endpoint each)")
+    parser.add_argument("--check", action="store_true", help="also run the scoring stage's output check")
+    parser.add_argument("--json-only", action="store_true", help="print only the final JSON line")
+    args = parser.parse_args(argv)
+    if args.requests < 1 or args.in_flight < 1 or args.servers < 1 or args.prompt_kb <= 0:
+        parser.error("sizes must be positive")
+
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    client_cpu, server_cpus = (cpus[:1], cpus[1:] or cpus) if cpus else ([], [])
+    ctx = multiprocessing.get_context("spawn")
+    ports = [free_port() for _ in range(args.servers)]
+    procs = [ctx.Process(target=_serve, args=(p, server_cpus, answer_text()), daemon=True, name=f"mira-echo-{p}") for p in ports]
+    for proc in procs:
+        proc.start()
+    try:
+        for port, proc in zip(ports, procs, strict=True):
+            _wait_ready(port, proc)
+        if client_cpu and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, set(client_cpu))
+        row = _run(args, ports)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        if cpus and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, set(cpus))
+
+    if not args.json_only:
+        print_table([row], [("requests", "requests", "d"), ("prompt_kb", "prompt KB", ".1f"),
+                            ("requests_per_cpu_s", "req/CPU-s", ".0f"), ("requests_per_s", "req/s wall", ".0f"),
+                            ("cpu_ms_per_request", "cpu ms/req", ".3f"), ("failed", "failed", "d")])
+    print(json.dumps({"bench": "client-overhead", **row}))
+    return 0
+
+
+def _run(args: argparse.Namespace, ports: list[int]) -> dict[str, Any]:
+    from mira_spark.serving.runner import run_requests
+
+    pool = PoolConfig(endpoints=tuple(EndpointConfig(url=f"http://127.0.0.1:{p}/v1") for p in ports),
+                      slots_per_endpoint=args.in_flight, api_key_env=None, metrics_poll_s=0)
+    messages = prompt_messages(args.prompt_kb)
+    prompt_bytes = len(json.dumps(messages, ensure_ascii=False).encode())
+    requests = [ScoreRequest(index=i, key=f"doc-{i}", messages=messages) for i in range(args.requests)]
+    check = None
+    if args.check:
+        from mira_spark.bench.common import bench_builder
+        from mira_spark.scoring import make_check_output
+
+        builder = bench_builder()
+        check = make_check_output(builder.rubric, builder, "keep")
+    sampling = SamplingConfig()
+    warm = requests[: min(len(requests), args.in_flight)]
+    run_requests(warm, pool=pool, sampling=sampling, model="echo", in_flight=args.in_flight, check_output=check)
+    stats = RunStats()
+    with CpuTimer() as t:
+        results = run_requests(requests, pool=pool, sampling=sampling, model="echo", in_flight=args.in_flight,
+                               check_output=check, stats=stats)
+    n = len(results)
+    return {
+        "requests": n,
+        "prompt_kb": round(prompt_bytes / 1024, 1),
+        "in_flight": args.in_flight,
+        "check_output": bool(args.check),
+        "requests_per_cpu_s": round(n / t.cpu, 1) if t.cpu > 0 else 0.0,
+        "requests_per_s": round(n / t.wall, 1),
+        "cpu_ms_per_request": round(1000 * t.cpu / n, 4),
+        "failed": sum(r.status != "ok" for r in results),
+        "wall_s": round(t.wall, 3),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
