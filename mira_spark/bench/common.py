@@ -123,8 +123,12 @@ class SimPool:
 
     @classmethod
     def start(cls, speeds: Sequence[float], slots: int, time_scale: float) -> SimPool:
+        # KV room for every slot at full context: the slot count binds, not the KV budget, so busy slots
+        # and pool_capacity (which prices the mean request) are exact. With the model card's ~2.1M-token
+        # KV per 8xH200 node and ~12K-token prompts, a real 256-slot server runs ~170 sequences at once.
         configs = [SimConfig(name=f"sim-{i}", slots=slots, speed=s, time_scale=time_scale,
-                             max_model_len=MAX_MODEL_LEN, seed=i) for i, s in enumerate(speeds)]
+                             kv_tokens=slots * MAX_MODEL_LEN, max_model_len=MAX_MODEL_LEN, seed=i)
+                   for i, s in enumerate(speeds)]
         before = {p.pid for p in multiprocessing.active_children()}
         handles = start_processes(configs)
         pids = [p.pid for p in multiprocessing.active_children()

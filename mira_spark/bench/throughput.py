@@ -17,8 +17,10 @@ reset in between), each client over the same N sample documents with the real pr
   endpoint (it takes one URL), if ``datatrove`` is importable (``pip install 'mira-spark[peers]'``).
 
 Gives a table and a final JSON line ``{"bench": "throughput", "clients": {...}}`` with, per client,
-utilization (achieved requests/s in the steady window ÷ pool capacity for the mix served), busy-slot
-fraction, requests/s, mean requests at the servers vs slots, p50/p99 latency, client CPU per request
+utilization (capacity-weighted busy-slot fraction over the steady window, first to last admission —
+the issue's definition), rate utilization (requests admitted in that window per second ÷
+``pool_capacity`` for the mix served; biased high on runs only a few service times long, because the
+first batch is admitted at once), requests/s, mean requests at the servers vs slots, p50/p99 latency, client CPU per request
 (process CPU delta ÷ requests: the loop for ``ours``, the whole in-process Sail job for ``spark``),
 the simulators' CPU share, and overflows (requests over max_model_len; must be 0).
 
@@ -67,7 +69,7 @@ DEFAULT_DOCS = 4096
 DEFAULT_NAIVE_DOCS = 48
 DATATROVE_TIMEOUT_S = 1800.0
 GROUP = "text_group_b"
-JSON_KEYS = ("utilization", "busy", "requests_per_s", "capacity_rps", "mean_load", "slots_total",
+JSON_KEYS = ("utilization", "rate_utilization", "requests_per_s", "capacity_rps", "mean_load", "slots_total",
              "load_per_slot", "p50_s", "p99_s", "cpu_ms_per_request", "sim_cpu_share_max", "overflows",
              "requests", "docs", "failed", "wall_s", "max_client_in_flight")
 
@@ -268,8 +270,8 @@ def _summarise(name: str, run: dict[str, Any], sims: SimPool, sim_cpu: float) ->
     lat = run.get("latencies", [])
     row: dict[str, Any] = {
         "client": name,
-        "utilization": round(m.utilization, 4),
-        "busy": round(m.busy, 4),
+        "utilization": round(m.busy, 4),
+        "rate_utilization": round(m.utilization, 4),
         "requests_per_s": round(m.requests_per_s, 2),
         "capacity_rps": round(m.capacity_rps, 2),
         "mean_load": round(m.mean_load, 1),
@@ -379,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.json_only:
         print_table(rows, [
-            ("client", "client", ""), ("utilization", "util", ".3f"), ("busy", "busy", ".3f"),
+            ("client", "client", ""), ("utilization", "util", ".3f"), ("rate_utilization", "rate util", ".3f"),
             ("requests_per_s", "req/s", ".1f"), ("capacity_rps", "capacity", ".1f"),
             ("load_per_slot", "load/slots", ".2f"), ("p50_s", "p50 s", ".2f"), ("p99_s", "p99 s", ".2f"),
             ("cpu_ms_per_request", "cpu ms/req", ".2f"), ("sim_cpu_share_max", "sim cpu", ".2f"),
