@@ -13,6 +13,13 @@ Expected wait of a new request on an endpoint::
 last fresh ``/metrics`` scrape, which also counts other clients' requests (hence the ``max``);
 ``normalised_rate`` is the endpoint's EWMA service rate divided by the pool's mean (1.0 until known).
 The ``+ 1`` counts the request being placed, so an idle fast endpoint beats an idle slow one.
+
+When the pool knows each endpoint's batch size (``slots``, vLLM ``max_num_seqs``), a request that would
+find a free slot is placed before any that would queue: with a bounded number of requests in flight,
+a free slot anywhere adds a whole slot of throughput, whereas equalising expected latency piles the
+budget onto the fastest endpoint's queue and leaves the slower ones' batches part-empty. Free slots
+score ``(position / slots - 1) * weight * normalised_rate`` (negative: emptiest and fastest first);
+a queued request scores ``(position - slots) / (weight * normalised_rate)``, its wait in the queue.
 """
 
 from __future__ import annotations
@@ -82,6 +89,7 @@ class EndpointPool:
         breaker_probe_s: float = 5.0,
         metrics_poll_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        slots: int | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("an endpoint pool needs at least one endpoint")
@@ -90,6 +98,7 @@ class EndpointPool:
         self.breaker_probe_s = breaker_probe_s
         self.stale_after_s = STALE_AFTER_POLLS * metrics_poll_s if metrics_poll_s > 0 else 0.0
         self.clock = clock
+        self.slots = slots
         self._rr = 0  # rotates the starting point so ties are spread round robin
 
     @classmethod
@@ -100,6 +109,7 @@ class EndpointPool:
             breaker_probe_s=pool.breaker_probe_s,
             metrics_poll_s=pool.metrics_poll_s,
             clock=clock,
+            slots=pool.slots_per_endpoint,
         )
 
     # ---- routing -------------------------------------------------------------------------------
@@ -123,7 +133,12 @@ class EndpointPool:
         norm = 1.0
         if mean and ep.rate:
             norm = min(MAX_NORMALISED_RATE, max(MIN_NORMALISED_RATE, ep.rate / mean))
-        return (ep.outstanding + 1 + backlog) / (ep.weight * norm)
+        position = ep.outstanding + 1 + backlog
+        if self.slots:
+            if position <= self.slots:
+                return (position / self.slots - 1.0) * (ep.weight * norm)
+            return (position - self.slots) / (ep.weight * norm)
+        return position / (ep.weight * norm)
 
     def _usable(self, ep: EndpointState, now: float) -> bool:
         if ep.state is BreakerState.CLOSED:

@@ -110,6 +110,13 @@ def default_in_flight(pool: PoolConfig) -> int:
     return max(1, math.ceil(round(pool.slots_per_endpoint * len(pool.endpoints) * IN_FLIGHT_HEADROOM, 6)))
 
 
+def task_slots(pool: PoolConfig, in_flight: int) -> int:
+    """This task's share of each endpoint's slots, for routing: several tasks share the pool, each
+    with its share of the in-flight target, so each fills free slots only up to its share."""
+    share = min(1.0, in_flight / (pool.slots_per_endpoint * len(pool.endpoints)))
+    return max(1, math.ceil(pool.slots_per_endpoint * share))
+
+
 def default_pool_down_grace(pool: PoolConfig) -> float:
     return max(POOL_DOWN_GRACE_MIN_S, POOL_DOWN_GRACE_PROBES * pool.breaker_probe_s)
 
@@ -477,6 +484,7 @@ async def arun_requests(
             grace_s=default_pool_down_grace(pool) if pool_down_grace_s is None else pool_down_grace_s,
             clock=clock,
         )
+        runner.pool.slots = task_slots(pool, in_flight)
         if pool.startup_check:
             await runner.startup_check()
         next_request = iter(requests)  # shared: a free worker takes the next request at once
