@@ -71,7 +71,7 @@ DATATROVE_TIMEOUT_S = 1800.0
 GROUP = "text_group_b"
 JSON_KEYS = ("utilization", "rate_utilization", "requests_per_s", "capacity_rps", "mean_load", "slots_total",
              "load_per_slot", "p50_s", "p99_s", "cpu_ms_per_request", "sim_cpu_share_max", "overflows",
-             "requests", "docs", "failed", "wall_s", "max_client_in_flight")
+             "requests", "docs", "failed", "wall_s")
 
 log = logging.getLogger(__name__)
 
