@@ -55,6 +55,7 @@ from mira_spark.bench.common import (
     expected_mix,
     mean,
     measure,
+    own_sail_session,
     parse_speeds,
     percentile,
     print_table,
@@ -350,9 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     spark = None
     try:
         if {"spark", "naive"} & set(clients):
-            from mira_spark.engines import sail_session
-
-            spark_cm = sail_session("mira-bench")
+            spark_cm = own_sail_session("mira-bench")
             spark = spark_cm.__enter__()
         for name in clients:
             if name == "datatrove" and not datatrove_available():
