@@ -39,7 +39,9 @@ def sail_session(app_name: str = "mira-spark") -> Iterator[SparkSession]:
     server = SparkConnectServer(ip="127.0.0.1", port=0)
     server.start(background=True)
     _, port = server.listening_address
-    spark = SparkSession.builder.remote(f"sc://127.0.0.1:{port}").appName(app_name).getOrCreate()
+    # create(), not getOrCreate(): a second caller in the same process (a test suite's shared session, a
+    # benchmark) must get its own session, and stopping ours must not stop theirs.
+    spark = SparkSession.builder.remote(f"sc://127.0.0.1:{port}").appName(app_name).create()
     log.info("engine sail: in-process Spark Connect server on 127.0.0.1:%s", port)
     try:
         yield spark

@@ -22,7 +22,7 @@ import multiprocessing
 import os
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,28 +216,11 @@ def measure(stats: Sequence[dict[str, Any]], speeds: Sequence[float], slots: int
     )
 
 
-@contextlib.contextmanager
-def own_sail_session(app_name: str = "mira-bench") -> Iterator[Any]:
-    """A Sail server and a *new* session on it, both stopped afterwards.
+def own_sail_session(app_name: str = "mira-bench") -> contextlib.AbstractContextManager[Any]:
+    """A Sail server and a *new* session on it, both stopped afterwards (never a caller's session)."""
+    from mira_spark.engines import sail_session
 
-    Unlike ``engines.sail_session`` (``getOrCreate``), this never picks up a session another caller
-    already holds in this process (a test suite's shared fixture), so stopping it cannot break theirs.
-    """
-    os.environ.setdefault("RUST_LOG", "error")
-    from pysail.spark import SparkConnectServer
-    from pyspark.sql import SparkSession
-
-    server = SparkConnectServer(ip="127.0.0.1", port=0)
-    server.start(background=True)
-    _, port = server.listening_address
-    spark = SparkSession.builder.remote(f"sc://127.0.0.1:{port}").appName(app_name).create()
-    try:
-        yield spark
-    finally:
-        with contextlib.suppress(Exception):
-            spark.stop()
-        with contextlib.suppress(Exception):
-            server.stop()
+    return sail_session(app_name)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
