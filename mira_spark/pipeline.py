@@ -156,6 +156,23 @@ def recover_unmerged(tables: Tables, groups: Groups) -> int:
     return n
 
 
+WAVE_TAIL_IDLE_WARN = 0.02
+
+
+def wave_tail_idle(wave_docs: int, in_flight: int) -> float:
+    """Share of a wave the pool spends draining: the last ~in-flight requests finish one by one.
+
+    A wave lasts about ``wave_docs / in_flight`` service times and its tail about half of one, so the idle
+    share is ``in_flight / (2 * wave_docs)`` (capped at 1).
+
+    >>> round(wave_tail_idle(20000, 1127), 3), wave_tail_idle(10, 100)
+    (0.028, 1.0)
+    """
+    if wave_docs <= 0:
+        return 0.0
+    return min(1.0, in_flight / (2 * wave_docs))
+
+
 def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: DataFrame, run_id: str,
                 summary: RunSummary, routed: DataFrame) -> None:
     spark = tables.spark
@@ -175,6 +192,15 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
         name: replace(g, pool=g.pool.model_copy(update={"startup_check": False})) for name, g in plan.groups.items()
     })
     n_waves = math.ceil(n_pending / settings.scoring.wave_size)
+    for name in plan.groups:
+        in_flight = plan.in_flight_per_task[name] * min(tasks, concurrent)
+        idle = wave_tail_idle(min(settings.scoring.wave_size, n_pending), in_flight)
+        if n_waves > 1 and idle > WAVE_TAIL_IDLE_WARN:
+            log.warning(
+                "group %s: waves of %d documents with %d requests in flight leave the pool idle ~%.0f%% of "
+                "the time while each wave drains; raise scoring.wave_size to >= %d to keep that under 1%%",
+                name, settings.scoring.wave_size, in_flight, 100 * idle, math.ceil(in_flight / 0.02),
+            )
     # The work list is materialised once per run: each wave's action then reads a fixed table instead
     # of re-deriving "not yet in scores" from a table the previous wave just changed.
     # Keyed by run_id so concurrent runs on one table root never read each other's lists.
