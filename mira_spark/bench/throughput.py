@@ -135,11 +135,17 @@ def _spark_plan(pool: PoolConfig, builder: PromptBuilder, sampling: SamplingConf
                        max_model_len=MAX_MODEL_LEN, in_flight_per_task={GROUP: plan_in_flight(pool, concurrent)})
 
 
-def _docs_frame(spark: Any, docs: Sequence[dict]) -> Any:
+def _docs_frame(spark: Any, docs: Sequence[dict], directory: str) -> Any:
+    """The documents as a parquet table the job reads, like the real job reads its Delta table.
+
+    (``createDataFrame`` would ship every document through one gRPC message, capped at 128 MiB.)
+    """
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     table = pa.table({k: [d[k] for d in docs] for k in ("doc_id", "source", "scorer", "text")})
-    return spark.createDataFrame(table.to_pandas())
+    pq.write_table(table, f"{directory}/docs.parquet", row_group_size=512)
+    return spark.read.parquet(directory)
 
 
 def run_spark(spark: Any, pool: PoolConfig, docs: Sequence[dict], builder: PromptBuilder,
@@ -149,9 +155,16 @@ def run_spark(spark: Any, pool: PoolConfig, docs: Sequence[dict], builder: Promp
 
     concurrent = min(tasks, default_parallelism(spark))
     plan = _spark_plan(pool, builder, sampling, concurrent)
-    frame = _docs_frame(spark, docs)
-    with CpuTimer() as t:
-        rows = score_documents(frame, plan, tasks).select("status", "latency_s").collect()
+    import shutil
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="mira-bench-docs-")
+    try:
+        frame = _docs_frame(spark, docs, directory)
+        with CpuTimer() as t:
+            rows = score_documents(frame, plan, tasks).select("status", "latency_s").collect()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
     return {"cpu": t.cpu, "wall": t.wall, "latencies": [r["latency_s"] for r in rows if r["status"] == "ok"],
             "failed": sum(r["status"] != "ok" for r in rows), "docs": len(docs),
             "in_flight_per_task": plan.in_flight_per_task[GROUP], "concurrent_tasks": concurrent}
@@ -190,13 +203,20 @@ def _naive_udf(urls: list[str], sampling: SamplingConfig) -> Callable[[Iterator[
 
 
 def run_naive(spark: Any, pool: PoolConfig, docs: Sequence[dict], sampling: SamplingConfig) -> dict[str, Any]:
+    import shutil
+    import tempfile
+
     from pyspark.sql import functions as F
 
     tasks = os.cpu_count() or 2
-    frame = _docs_frame(spark, docs).repartition(tasks, F.xxhash64("doc_id"))
     fn = _naive_udf([e.url for e in pool.endpoints], sampling)
-    with CpuTimer() as t:
-        rows = frame.mapInArrow(fn, "doc_id string, status int, latency_s double").collect()
+    directory = tempfile.mkdtemp(prefix="mira-bench-docs-")
+    try:
+        frame = _docs_frame(spark, docs, directory).repartition(tasks, F.xxhash64("doc_id"))
+        with CpuTimer() as t:
+            rows = frame.mapInArrow(fn, "doc_id string, status int, latency_s double").collect()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
     return {"cpu": t.cpu, "wall": t.wall, "latencies": [r["latency_s"] for r in rows if r["status"] == 200],
             "failed": sum(r["status"] != 200 for r in rows), "docs": len(docs)}
 
