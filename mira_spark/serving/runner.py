@@ -185,26 +185,13 @@ class _Runner:
         return self.stopped is not None
 
     async def startup_check(self) -> None:
-        async def health(ep: EndpointState) -> str | None:
-            try:
-                status, _ = await get_status(self.probe_session, ep.base_url + "/health")
-            except APIError as exc:
-                return str(exc)
-            return None if status == 200 else f"HTTP {status}"
-
-        problems = await asyncio.gather(*(health(ep) for ep in self.pool.endpoints))
+        urls = [ep.url for ep in self.pool.endpoints]
+        problems = await health_problems(self.probe_session, urls)
         for ep, problem in zip(self.pool.endpoints, problems, strict=True):
             if problem is not None:
                 logger.warning("endpoint %s failed its startup health check: %s", ep.url, problem)
                 self.pool.mark_health(ep, healthy=False)
-        if all(p is not None for p in problems):
-            listing = "; ".join(
-                f"{ep.url} ({p})" for ep, p in zip(self.pool.endpoints, problems, strict=True)
-            )
-            raise PoolUnavailableError(
-                f"no endpoint answered GET /health: {listing}. Start the vLLM servers (or wait until they "
-                "have loaded the model), or fix the endpoint urls in conf/scorers.yaml. Nothing was sent."
-            )
+        raise_if_none_healthy(urls, problems)
 
     async def _probe_health(self, ep: EndpointState) -> None:
         try:
@@ -588,32 +575,41 @@ def run_requests(
         return executor.submit(asyncio.run, coro).result()
 
 
+async def health_problems(session: aiohttp.ClientSession, urls: Sequence[str]) -> list[str | None]:
+    """GET ``/health`` of every endpoint (base URL without ``/v1``): None when healthy, else why not."""
+
+    async def one(url: str) -> str | None:
+        try:
+            status, _ = await get_status(session, url.removesuffix("/v1") + "/health")
+        except APIError as exc:
+            return str(exc)
+        return None if status == 200 else f"HTTP {status}"
+
+    return list(await asyncio.gather(*(one(u) for u in urls)))
+
+
+def raise_if_none_healthy(urls: Sequence[str], problems: Sequence[str | None]) -> None:
+    if any(p is None for p in problems):
+        return
+    listing = "; ".join(f"{u} ({p})" for u, p in zip(urls, problems, strict=True))
+    raise PoolUnavailableError(
+        f"no endpoint answered GET /health: {listing}. Start the vLLM servers (or wait until they have "
+        "loaded the model), or fix the endpoint urls in conf/scorers.yaml. Nothing was sent."
+    )
+
+
 def check_pool_reachable(pool: PoolConfig) -> list[str]:
     """Driver-side preflight: GET /health on every endpoint; returns the healthy URLs.
 
     Raises :class:`PoolUnavailableError` (nothing sent) when none answers, so a run with a wrong URL
     or servers still loading fails in seconds with a message, not inside a Spark task.
     """
+    urls = [e.url for e in pool.endpoints]
 
     async def probe() -> list[str | None]:
         async with session_factory(pool, 0) as session:
-
-            async def one(url: str) -> str | None:
-                base = url.removesuffix("/v1")
-                try:
-                    status, _ = await get_status(session, base + "/health")
-                except APIError as exc:
-                    return str(exc)
-                return None if status == 200 else f"HTTP {status}"
-
-            return list(await asyncio.gather(*(one(e.url) for e in pool.endpoints)))
+            return await health_problems(session, urls)
 
     problems = asyncio.run(probe())
-    healthy = [e.url for e, p in zip(pool.endpoints, problems, strict=True) if p is None]
-    if not healthy:
-        listing = "; ".join(f"{e.url} ({p})" for e, p in zip(pool.endpoints, problems, strict=True))
-        raise PoolUnavailableError(
-            f"no endpoint answered GET /health: {listing}. Start the vLLM servers (or wait until they have "
-            "loaded the model), or fix the endpoint urls in conf/scorers.yaml. Nothing was sent."
-        )
-    return healthy
+    raise_if_none_healthy(urls, problems)
+    return [u for u, p in zip(urls, problems, strict=True) if p is None]

@@ -216,13 +216,20 @@ async def _apply_request_fault(rule: FaultRule, request: web.Request, state: Sim
     raise asyncio.CancelledError
 
 
+async def _read_messages(request: web.Request) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """The JSON body and its ``messages`` list (None when the body is not of that shape)."""
+    try:
+        body = await request.json()
+        return body, list(body["messages"])
+    except (ValueError, KeyError, TypeError):
+        return {}, None
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     cfg = state.config
-    try:
-        body = await request.json()
-        messages = list(body["messages"])
-    except (ValueError, KeyError, TypeError):
+    body, messages = await _read_messages(request)
+    if messages is None:
         return _error("simulator: request body must be JSON with a 'messages' list", 400, "BadRequestError")
 
     state.requests += 1
@@ -391,10 +398,8 @@ async def tokenize(request: web.Request) -> web.Response:
     Token ids are not simulated (an empty list); clients use ``count``.
     """
     state = request.app[STATE_KEY]
-    try:
-        body = await request.json()
-        messages = list(body["messages"])
-    except (ValueError, KeyError, TypeError):
+    _, messages = await _read_messages(request)
+    if messages is None:
         return _error("simulator: /tokenize body must be JSON with a 'messages' list", 400, "BadRequestError")
     state.tokenize_requests += 1
     count = prompt_token_count(state, messages)
