@@ -160,7 +160,7 @@ def _score_group(
     requests: list[ScoreRequest] = []
     pending: list[tuple[dict, dict]] = []  # (input row, output row) awaiting a result
     docs: dict[int, tuple[str, str]] = {}
-    prompts: list[tuple[Prompt, str, str, dict, dict]] = []
+    candidates: list[tuple[str, str, dict, dict]] = []  # (source, capped text, input row, output row)
     for row in rows:
         base = {
             "doc_id": row["doc_id"],
@@ -179,23 +179,36 @@ def _score_group(
         if problem:
             out.append({**base, "status": "failed", "error": problem})
             continue
-        text = row["text"][:cap]
-        source = row["source"] or ""
-        prompts.append((builder.build(source, text), source, text, row, base))
+        candidates.append((row["source"] or "", row["text"][:cap], row, base))
 
-    if group.pool.exact_token_count:
-        prompts = _refit_truncated(builder, group, plan, prompts)
-    for prompt, source, text, row, base in prompts:
-        base.update(
-            truncated=prompt.truncated or len(row["text"]) > cap,
-            kept_chars=prompt.kept_chars,
-            est_prompt_tokens=prompt.est_prompt_tokens,
-        )
-        index = len(requests)
+    # What the prompt did to each document (small fields only: prompts themselves are built when a
+    # worker takes the request and dropped when it is answered, so a task holds only in-flight prompts).
+    fitted: dict[int, tuple[bool, int, int]] = {}
+    eager: dict[int, Prompt] = {}
+    if group.pool.exact_token_count:  # exact counting needs the prompts up front, in one batch
+        refits = _refit_truncated(builder, group, plan,
+                                  [(builder.build(s_, t_), s_, t_, r_, b_) for s_, t_, r_, b_ in candidates])
+        eager = {i: item[0] for i, item in enumerate(refits)}
+    for index, (source, text, row, base) in enumerate(candidates):
         docs[index] = (source, text)
-        requests.append(ScoreRequest(index=index, key=f"{row['doc_id']}|{group.name}|{group.prompt_version}",
-                                     messages=prompt.messages, est_prompt_tokens=prompt.est_prompt_tokens))
+        key = f"{row['doc_id']}|{group.name}|{group.prompt_version}"
+        prompt = eager.get(index)
+        if prompt is not None:
+            fitted[index] = (prompt.truncated, prompt.kept_chars, prompt.est_prompt_tokens)
+            requests.append(ScoreRequest(index=index, key=key, messages=prompt.messages,
+                                         est_prompt_tokens=prompt.est_prompt_tokens))
+        else:
+            requests.append(ScoreRequest(index=index, key=key, messages=[]))
         pending.append((row, base))
+
+    def prepare(request: ScoreRequest) -> ScoreRequest:
+        if request.messages:
+            return request
+        source, text = docs[request.index]
+        prompt = builder.build(source, text)
+        fitted[request.index] = (prompt.truncated, prompt.kept_chars, prompt.est_prompt_tokens)
+        return ScoreRequest(index=request.index, key=request.key, messages=prompt.messages,
+                            est_prompt_tokens=prompt.est_prompt_tokens)
 
     def shrink(request: ScoreRequest) -> ScoreRequest | None:
         source, text = docs[request.index]
@@ -216,11 +229,15 @@ def _score_group(
             api_key=group.api_key,
             check_output=make_check_output(group.rubric, builder, plan.scoring.partial_policy),
             shrink=shrink,
+            prepare=prepare,
             merge=merge_followup,
             max_output_repairs=plan.scoring.max_output_repairs,
             stats=stats,
         )
-        for (_row, base), result in zip(pending, results, strict=True):
+        for index, ((row, base), result) in enumerate(zip(pending, results, strict=True)):
+            truncated, kept_chars, est_tokens = fitted.get(index, (False, None, None))
+            base.update(truncated=truncated or len(row["text"]) > cap, kept_chars=kept_chars,
+                        est_prompt_tokens=est_tokens)
             out.append(
                 {
                     **base,

@@ -59,6 +59,7 @@ from mira_spark.serving.types import (
     CheckOutput,
     MergeOutputs,
     OutputVerdict,
+    PrepareRequest,
     RunStats,
     ScoreRequest,
     ScoreResult,
@@ -131,6 +132,7 @@ class _Runner:
         api_key: str | None,
         check_output: CheckOutput | None,
         shrink: ShrinkRequest | None,
+        prepare: PrepareRequest | None,
         merge: MergeOutputs | None,
         max_output_repairs: int,
         session: aiohttp.ClientSession,
@@ -146,6 +148,7 @@ class _Runner:
         self.api_key = api_key
         self.check_output = check_output
         self.shrink = shrink
+        self.prepare = prepare
         self.merge = merge
         self.max_output_repairs = max_output_repairs
         self.session = session
@@ -326,6 +329,8 @@ class _Runner:
     async def score(self, request: ScoreRequest) -> ScoreResult:
         res = ScoreResult(index=request.index, status="failed")
         try:
+            if self.prepare is not None:  # build the prompt only when a worker takes the request
+                request = self.prepare(request)
             return await self._score(request, res)
         except Exception as exc:  # a bug in a hook must cost one row, not the partition
             logger.exception("request %s: unexpected error", request.key)
@@ -423,6 +428,7 @@ async def arun_requests(
     api_key: str | None = None,
     check_output: CheckOutput | None = None,
     shrink: ShrinkRequest | None = None,
+    prepare: PrepareRequest | None = None,
     merge: MergeOutputs | None = None,
     max_output_repairs: int = 2,
     session_factory: SessionFactory | None = None,
@@ -462,6 +468,7 @@ async def arun_requests(
             api_key=api_key,
             check_output=check_output,
             shrink=shrink,
+            prepare=prepare,
             merge=merge,
             max_output_repairs=max_output_repairs,
             session=session,
@@ -518,6 +525,7 @@ def run_requests(
     api_key: str | None = None,
     check_output: CheckOutput | None = None,
     shrink: ShrinkRequest | None = None,
+    prepare: PrepareRequest | None = None,
     merge: MergeOutputs | None = None,
     max_output_repairs: int = 2,
     session_factory: SessionFactory | None = None,
@@ -535,7 +543,9 @@ def run_requests(
     in_flight : requests kept outstanding across the pool (e.g. ``pool.in_flight_target``).
     api_key : sent as ``Authorization: Bearer``; resolve it on the driver with
         :func:`~mira_spark.serving.secrets.resolve_api_key`. Never logged.
-    check_output, shrink, merge : hooks (see :mod:`mira_spark.serving.types`).
+    check_output, shrink, merge, prepare : hooks (see :mod:`mira_spark.serving.types`); ``prepare``
+        turns a placeholder request into the real one when a worker takes it, so a task holds only its
+        in-flight prompts in memory and sends its first request without building every prompt first.
     max_output_repairs : re-asks / follow-ups per row for outputs ``check_output`` rejects.
     session_factory : ``() -> aiohttp.ClientSession``, called inside the loop, twice: one session for
         requests, one for /health and /metrics (tests inject their own).
@@ -560,6 +570,7 @@ def run_requests(
         api_key=api_key,
         check_output=check_output,
         shrink=shrink,
+        prepare=prepare,
         merge=merge,
         max_output_repairs=max_output_repairs,
         session_factory=session_factory,

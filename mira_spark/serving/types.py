@@ -73,6 +73,8 @@ ShrinkRequest = Callable[[ScoreRequest], "ScoreRequest | None"]
 """Rebuild a request with a smaller document after a context-length 400; None when it cannot shrink."""
 MergeOutputs = Callable[[str, str], str]
 """(first answer, follow-up answer) -> merged answer text."""
+PrepareRequest = Callable[[ScoreRequest], ScoreRequest]
+"""Placeholder request -> the request to send (prompt built lazily, when a worker takes it)."""
 
 
 @dataclass
