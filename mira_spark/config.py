@@ -128,7 +128,10 @@ class ServingConfig(_Frozen):
 
 class ScoringConfig(_Frozen):
     wave_size: int = Field(default=20000, ge=1, description="Documents per committed wave.")
-    tasks: int | None = Field(default=None, ge=1, description="Spark tasks per wave; default the session's parallelism.")
+    tasks: int | None = Field(
+        default=None, ge=1,
+        description="Spark tasks per wave; default: as few as carry the in-flight target (~2,000 per task), at most the session's parallelism.",
+    )
     max_output_repairs: int = Field(default=2, ge=0, description="Re-asks for malformed or truncated outputs.")
     partial_policy: Literal["reask", "keep"] = Field(
         default="reask", description="Output missing some slots: re-ask only those slots, or keep as partial."

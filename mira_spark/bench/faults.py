@@ -142,8 +142,9 @@ def _scenarios() -> dict[str, Scenario]:
         FaultRule(kind="rate_limit", probability=0.05, retry_after_s=0.3),
         FaultRule(kind="hang", probability=0.02, end_s=w),
         FaultRule(kind="reset", probability=0.04),
-        FaultRule(kind="malformed", probability=0.05),
-        FaultRule(kind="truncated", probability=0.05),
+        # 0.1 each so that even the test suite's 80-document run sees every kind (P(none) ~ e^-8)
+        FaultRule(kind="malformed", probability=0.1),
+        FaultRule(kind="truncated", probability=0.1),
         FaultRule(kind="missing_dims", probability=0.1),
     )
     out.append(Scenario("all", "every fault at once, plus an endpoint restart", _same(every),
