@@ -198,7 +198,7 @@ def wave_tail_idle(wave_docs: int, in_flight: int) -> float:
 
 
 def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: DataFrame, run_id: str,
-                summary: RunSummary, routed: DataFrame) -> None:
+                summary: RunSummary) -> None:
     spark = tables.spark
     n_pending = summary.pending_before
     if n_pending == 0:
@@ -225,15 +225,24 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
                 "the time while each wave drains; raise scoring.wave_size to >= %d to keep that under 1%%",
                 name, settings.scoring.wave_size, in_flight, 100 * idle, math.ceil(in_flight / 0.02),
             )
-    # The work list is materialised once per run: each wave's action then reads a fixed table instead
-    # of re-deriving "not yet in scores" from a table the previous wave just changed.
+    # The pending documents, text included, are materialised once per run, partitioned by wave: each
+    # wave then reads its own partition instead of re-reading, re-routing and re-joining the whole
+    # corpus, and never re-derives "not yet in scores" from a table the previous wave just changed.
     # Keyed by run_id so concurrent runs on one table root never read each other's lists.
-    work = pending.select("doc_id", "scorer", "prompt_version", F.lit(run_id).alias("run_id")).withColumn(
+    work = pending.select("doc_id", "source", "scorer", "prompt_version", "text",
+                          F.lit(run_id).alias("run_id")).withColumn(
         "wave", F.pmod(F.xxhash64(F.col("doc_id"), F.lit("wave")), F.lit(n_waves)).cast("int")
     )
-    tables.append(work, "work_queue", WORK_QUEUE_SCHEMA)
-    queue = tables.read("work_queue").filter(F.col("run_id") == run_id).drop("run_id")
-    waved = routed.join(queue.withColumnRenamed("wave", "_wave"), ["doc_id", "scorer"])
+    tables.append(work, "work_queue", WORK_QUEUE_SCHEMA, partition_by=("run_id", "wave"))
+    queue = tables.read("work_queue").filter(F.col("run_id") == run_id)
+    try:
+        _run_waves(tables, settings, groups, queue, plan, tasks, checked, n_waves, run_id, summary)
+    finally:
+        tables.delete_run("work_queue", run_id)
+
+
+def _run_waves(tables: Tables, settings: Settings, groups: Groups, queue: DataFrame, plan: ScoringPlan,
+               tasks: int, checked: dict, n_waves: int, run_id: str, summary: RunSummary) -> None:
     started = time.perf_counter()
     for wave in range(n_waves):
         if wave > 0 and checked:
@@ -246,7 +255,7 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
                     "waves are kept; restart the endpoints and rerun to score the rest."
                 )
                 break
-        wave_docs = waved.filter(F.col("_wave") == wave).drop("_wave", "prompt_version")
+        wave_docs = queue.filter(F.col("wave") == wave).select("doc_id", "source", "scorer", "text")
         raw = score_documents(wave_docs, plan, tasks).select(
             "*", F.lit(run_id).alias("run_id"), F.lit(wave).alias("wave"), F.current_timestamp().alias("scored_at")
         )
@@ -348,7 +357,7 @@ def score_stage(ctx: RunContext) -> None:
     pending = pending_documents(ctx.routed, ctx.tables.read("scores"), ctx.versions,
                                 tuple(ctx.settings.scoring.rescore_errors))
     ctx.summary.pending_before = pending.count()
-    score_waves(ctx.tables, ctx.settings, ctx.groups, pending, ctx.summary.run_id, ctx.summary, ctx.routed)
+    score_waves(ctx.tables, ctx.settings, ctx.groups, pending, ctx.summary.run_id, ctx.summary)
     _collect_run_counts(ctx.tables, ctx.summary.run_id, ctx.summary)
 
 

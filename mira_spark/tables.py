@@ -171,8 +171,10 @@ WORK_QUEUE_SCHEMA = T.StructType(
     [
         T.StructField("run_id", T.StringType(), False),
         T.StructField("doc_id", T.StringType(), False),
+        T.StructField("source", T.StringType(), True),
         T.StructField("scorer", T.StringType(), False),
         T.StructField("prompt_version", T.StringType(), False),
+        T.StructField("text", T.StringType(), True),
         T.StructField("wave", T.IntegerType(), False),
     ]
 )
@@ -323,10 +325,34 @@ class Tables:
         writer = self._writer(out, "overwrite").option("overwriteSchema", "true")
         self._retry_conflicts(lambda: self._save(writer, ref), f"overwrite {ref.label}")
 
-    def append(self, df: DataFrame, table: str, schema: T.StructType) -> None:
+    def append(self, df: DataFrame, table: str, schema: T.StructType,
+               partition_by: Sequence[str] = ()) -> None:
         ref = self.ref(table)
         out = conform(df, schema)
-        self._retry_conflicts(lambda: self._save(self._writer(out, "append"), ref), f"append {ref.label}")
+
+        def save() -> None:
+            writer = self._writer(out, "append")
+            if partition_by:
+                writer = writer.partitionBy(*partition_by)
+            self._save(writer, ref)
+
+        self._retry_conflicts(save, f"append {ref.label}")
+
+    def delete_run(self, table: str, run_id: str) -> None:
+        """Remove one run's rows from a table partitioned by ``run_id`` (the work queue)."""
+        ref = self.ref(table)
+        if not self.exists(table):
+            return
+        if self.fmt == "delta":
+            literal = run_id.replace("'", "''")
+            self._retry_conflicts(
+                lambda: self.spark.sql(f"DELETE FROM {ref.sql} WHERE run_id = '{literal}'").collect(),
+                f"delete run {run_id} from {ref.label}",
+            )
+        elif ref.path:  # parquet (local parity suite): the run is one partition directory
+            import shutil
+
+            shutil.rmtree(f"{ref.path}/run_id={run_id}", ignore_errors=True)
 
     def ensure(self, table: str, schema: T.StructType) -> None:
         """Create ``table`` empty with ``schema`` if it does not exist, so MERGE always has a target.

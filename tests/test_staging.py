@@ -26,11 +26,11 @@ def test_commit_failure_after_staging_is_recovered_without_new_requests(
     real_append = Tables.append
     calls = {"raw": 0}
 
-    def failing_append(self: Tables, df: Any, table: str, schema: Any) -> None:
+    def failing_append(self: Tables, df: Any, table: str, schema: Any, **kwargs: Any) -> None:
         if table == "raw_outputs":
             calls["raw"] += 1
             raise RuntimeError("simulated crash during the raw_outputs commit")
-        real_append(self, df, table, schema)
+        real_append(self, df, table, schema, **kwargs)
 
     monkeypatch.setattr(Tables, "append", failing_append)
     before = _requests(sim_pool)
@@ -55,3 +55,5 @@ def test_committed_waves_leave_no_staging_files(spark: Any, make_config: Any, tm
     run_pipeline(spark, settings, run_id="clean")
     leftovers = list((tmp_path / "tables" / "_staging").rglob("*.parquet"))
     assert leftovers == []
+    # the run's work queue (pending documents with their text) is removed when the run ends
+    assert Tables(spark, settings).read("work_queue").filter("run_id = 'clean'").count() == 0
