@@ -391,7 +391,10 @@ def select_stage(ctx: RunContext) -> None:
     selection = select_documents(ctx.spark, scored, ctx.rejected, still_pending, ctx.settings.selection)
     tables.overwrite(selection.thresholds, "thresholds", THRESHOLDS_SCHEMA)
     tables.overwrite(selection.decisions, "decisions", DECISIONS_SCHEMA)
-    selected = selection.kept.join(ctx.docs.select("doc_id", "text"), on="doc_id", how="inner").drop("masked_slots")
+    # Text from the routed copy: with duplicate doc_ids in the input, joining the raw documents would
+    # attach every copy's text to the one kept score row.
+    selected = selection.kept.join(ctx.routed.select("doc_id", "scorer", "text"), on=["doc_id", "scorer"],
+                                   how="inner").drop("masked_slots")
     tables.overwrite(selected, "selected", selected.schema)
     for r in tables.read("thresholds").collect():
         ctx.summary.kept[r["source"]] = (int(r["n_kept"]), int(r["n_in"]))

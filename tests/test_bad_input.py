@@ -344,3 +344,13 @@ def test_errors_inside_spark_surface_as_our_messages(spark: Any) -> None:
     assert "no_such_column" in message and len(message) < 800
     _no_java_trace(message)
     assert user_message(ValueError("a bug of ours")) is None
+
+
+def test_selected_holds_each_kept_document_once_with_the_scored_copys_text(spark: Any, bad_run: BadRun) -> None:
+    selected = Tables(spark, bad_run.settings).read("selected").collect()
+    ids = [r["doc_id"] for r in selected]
+    assert len(ids) == len(set(ids))
+    kept = {d["doc_id"] for d in bad_run.decisions if d["decision"] == "kept"}
+    assert set(ids) == kept
+    for row in selected:  # the text is the copy that was scored, not another copy with the same id
+        assert len(row["text"]) == bad_run.raw[row["doc_id"]]["original_chars"]
