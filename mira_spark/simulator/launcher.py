@@ -148,6 +148,7 @@ async def _serve_until_signal(config: SimConfig, host: str, port: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
+        # Loops without Unix signal support (Windows) raise here; the process is then stopped by terminate().
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     runner, _ = await _start_site(config, host, port)
