@@ -483,12 +483,26 @@ def test_cli_runs_endpoints_in_processes() -> None:
     """serve-sim (through start_processes): one URL line per endpoint, stats per endpoint, SIGTERM stops."""
     import os
     import signal
+    import socket
     import subprocess
     import sys
 
     from mira_spark.simulator.launcher import free_port
 
-    port = free_port()
+    def consecutive_free_ports() -> int:
+        # serve-sim takes port and port + 1; a bare free_port() may sit next to a port already in use
+        # (the session's simulators), so check both.
+        for _ in range(100):
+            port = free_port()
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+        raise RuntimeError("no two consecutive free ports on 127.0.0.1")
+
+    port = consecutive_free_ports()
     code = f"import sys; from mira_spark.simulator.launcher import serve_sim_main; sys.exit(serve_sim_main({['--port', str(port), '--speeds', '1,2']!r}))"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
