@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mira_spark.constrained import CONSTRAINT_KEYS, ConstrainedOutput, StructuredOutputAPI, check_mode
+
 Engine = Literal["sail", "local", "connect", "active"]
 TableFormat = Literal["delta", "parquet"]
 
@@ -120,6 +122,20 @@ class SamplingConfig(_Frozen):
     top_p: float = Field(default=0.95, gt=0, le=1)
     max_tokens: int = Field(default=2048, ge=64, description="Completion budget per request.")
     seed: int | None = Field(default=None, description="Sampling seed sent to the server (vLLM honours it).")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra fields merged into every request body (server-specific options such as top_k); "
+        "scoring.constrained_output adds its structured-output field here per scorer group.",
+    )
+
+    @field_validator("extra_body")
+    @classmethod
+    def _extra_body_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        core = {"model", "messages", "temperature", "top_p", "max_tokens", "seed"}
+        clash = sorted(core & set(value))
+        if clash:
+            raise ValueError(f"extra_body may not set {clash}: set sampling.<key> (or the group's model) instead")
+        return value
 
 
 class ServingConfig(_Frozen):
@@ -144,6 +160,27 @@ class ScoringConfig(_Frozen):
     max_text_chars: int = Field(
         default=1_000_000, ge=1000, description="Longer texts are cut to this many characters before prompting."
     )
+    constrained_output: ConstrainedOutput = Field(
+        default="off",
+        description="Decode under the seed's line format: off, regex or grammar (built from the rubric; "
+        "mira_spark/constrained.py), sent in the field structured_output_api names.",
+    )
+    structured_output_api: StructuredOutputAPI = Field(
+        default="structured_outputs",
+        description="Request field for constrained output: structured_outputs (vLLM >= 0.10.2), guided "
+        "(guided_regex/guided_grammar, vLLM < 0.12), llama_cpp (top-level GBNF grammar; no regex).",
+    )
+    rationale_max_chars: int = Field(
+        default=120, ge=8, le=4000,
+        description="Longest rationale per slot line that constrained output allows (keeps completions short).",
+    )
+
+    @model_validator(mode="after")
+    def _constraint_fits_server(self) -> ScoringConfig:
+        problem = check_mode(self.constrained_output, self.structured_output_api)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 # Failures a later run may fix: overload, outages and timeouts (not 4xx, bad input or bad outputs).
@@ -214,6 +251,12 @@ class Settings(_Frozen):
             raise ValueError("engine: connect needs connect_url: sc://host:port")
         if self.table_format == "parquet" and self.engine != "local":
             raise ValueError("table_format: parquet is only for engine: local (the parity suite); use delta")
+        set_by_hand = sorted(set(CONSTRAINT_KEYS) & set(self.sampling.extra_body))
+        if self.scoring.constrained_output != "off" and set_by_hand:
+            raise ValueError(
+                f"sampling.extra_body sets {set_by_hand} and scoring.constrained_output is "
+                f"{self.scoring.constrained_output!r}: remove them from extra_body, or set constrained_output: off"
+            )
         return self
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from mira_spark.config import PoolConfig, SamplingConfig, ScoringConfig
+from mira_spark.constrained import OutputLimits, request_fields
 from mira_spark.prompts import Prompt, PromptBuilder, text_problem
 from mira_spark.rubric import Rubric
 from mira_spark.serving.types import OutputVerdict, RunStats, ScoreRequest, ScoreResult
@@ -115,6 +116,16 @@ def make_check_output(rubric: Rubric, builder: PromptBuilder, policy: str):
         return OutputVerdict("accept")
 
     return check
+
+
+def group_sampling(sampling: SamplingConfig, rubric: Rubric, scoring: ScoringConfig) -> SamplingConfig:
+    """Sampling of one group's requests: the configured one plus, when ``scoring.constrained_output`` is
+    on, the structured-output field built from this group's rubric (``mira_spark.constrained``)."""
+    fields = request_fields(rubric, scoring.constrained_output, scoring.structured_output_api,
+                            OutputLimits(rationale_chars=scoring.rationale_max_chars))
+    if not fields:
+        return sampling
+    return sampling.model_copy(update={"extra_body": {**sampling.extra_body, **fields}})
 
 
 def _refit_truncated(builder: PromptBuilder, group: GroupPlan, plan: ScoringPlan,
@@ -223,7 +234,7 @@ def _score_group(
         results: list[ScoreResult] = run_requests(
             requests,
             pool=group.pool,
-            sampling=plan.sampling,
+            sampling=group_sampling(plan.sampling, group.rubric, plan.scoring),
             model=group.model,
             in_flight=plan.in_flight_per_task.get(group.name, 64),
             api_key=group.api_key,

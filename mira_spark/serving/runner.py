@@ -243,6 +243,9 @@ class _Runner:
         if self.sampling.seed is not None:
             # A re-ask with the same seed would reproduce the rejected answer token for token.
             payload["seed"] = self.sampling.seed + seed_offset
+        # Server-specific fields, e.g. the constrained-output grammar (mira_spark.constrained); the
+        # config forbids them to override the keys above.
+        payload.update(self.sampling.extra_body)
         return payload
 
     async def _send(
