@@ -20,6 +20,12 @@ The model, in *model seconds* (what a real 8×GPU server would take), divided by
   ``achieved requests/s / pool_capacity(...)`` is the pool's utilization, and ``busy_slot_seconds /
   (slots × elapsed)`` the same figure per endpoint.
 
+A second regime stands in for a server the project did not write (issue 7): ``service="fixed"`` holds each
+request's slot for a *wall-second* service time drawn from a seeded distribution (``constant``,
+``exponential`` or ``lognormal`` with mean ``fixed_service_s``), divided by ``speed``, independent of tokens,
+batch size and ``time_scale``; ``fifo=True`` is plain slots behind a strict FIFO queue (no KV budget).
+The busy-slot and load integrals are the scheduler's either way, so they stay exact.
+
 >>> m = CapacityModel(time_scale=1.0)
 >>> round(m.service_s(RequestShape(prompt_tokens=4000, completion_tokens=500), running=1), 3)
 7.8
@@ -28,12 +34,16 @@ The model, in *model seconds* (what a real 8×GPU server would take), divided by
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 import time
+from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from mira_spark.tokens import char_classes
 
@@ -45,6 +55,12 @@ SIM_SPACE_TOKENS = 0.05
 SIM_SYMBOL_TOKENS = 0.6
 SIM_OTHER_TOKENS = 1.0
 SIM_MESSAGE_OVERHEAD_TOKENS = 8
+# Change points (time, running, waiting) one scheduler keeps between resets: 16 bytes each, so at most
+# ~16 MB for an endpoint that is never reset; beyond it the log stops and says it was truncated.
+CHANGE_LOG_MAX_POINTS = 1_000_000
+
+ServiceKind = Literal["tokens", "fixed"]
+ServiceDistribution = Literal["constant", "exponential", "lognormal"]
 
 
 def sim_tokens(text: str) -> int:
@@ -78,16 +94,62 @@ class CapacityModel(BaseModel):
     speed: float = Field(default=1.0, gt=0, description="Relative speed of this endpoint (2 = twice as fast).")
     time_scale: float = Field(default=150.0, gt=0, description="Wall seconds = model seconds / time_scale.")
     prefix_cache_entries: int = Field(default=256, ge=0, description="LRU size of cached prompt prefixes.")
+    service: ServiceKind = Field(
+        default="tokens",
+        description="tokens: prefill + decode from the request's tokens and the batch size; fixed: a service "
+        "time in wall seconds drawn per request, independent of tokens, batch size and time_scale.")
+    fixed_service_s: float = Field(default=2.0, gt=0,
+                                   description="fixed: mean wall seconds a request holds its slot at speed 1.")
+    service_distribution: ServiceDistribution = Field(
+        default="constant", description="fixed: distribution of the service time around its mean.")
+    service_sigma: float = Field(default=0.5, gt=0, description="fixed + lognormal: sigma of log(service time).")
+    service_seed: int = Field(default=0, description="fixed: seed of the service-time draws (reseeded on reset).")
+    fifo: bool = Field(default=False, description="Strict FIFO: plain slots behind a FIFO queue, no KV budget.")
+    _rng: random.Random = PrivateAttr(default_factory=random.Random)
+
+    def model_post_init(self, context: Any, /) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        """Restart the service-time draws (a reset simulator serves the same sequence again)."""
+        self._rng.seed(self.service_seed)
 
     def step_s(self, running: int) -> float:
         """Model seconds of one decode step with ``running`` sequences in the batch."""
         return self.base_step_s + self.per_seq_step_s * max(running, 1)
 
-    def service_s(self, shape: RequestShape, running: int, speed: float | None = None) -> float:
-        """Wall seconds a request holds its slot: uncached prefill plus decode at the batch's step time."""
+    def mean_service_s(self, shape: RequestShape, running: int, speed: float | None = None) -> float:
+        """Expected wall seconds a request holds its slot (no draw; what :func:`pool_capacity` prices)."""
+        speed = self.speed if speed is None else speed
+        if self.service == "fixed":
+            return self.fixed_service_s / speed
         uncached = max(shape.prompt_tokens - shape.cached_tokens, 0)
         model_s = uncached / self.prefill_tokens_per_s + shape.completion_tokens * self.step_s(running)
-        return model_s / (self.speed if speed is None else speed) / self.time_scale
+        return model_s / speed / self.time_scale
+
+    def service_s(self, shape: RequestShape, running: int, speed: float | None = None) -> float:
+        """Wall seconds one request holds its slot.
+
+        ``tokens``: uncached prefill plus decode at the batch's step time. ``fixed``: one draw of the
+        seeded stream (the simulator calls this once per admitted request), divided by the speed.
+
+        >>> m = CapacityModel(service="fixed", fixed_service_s=2.0, speed=4.0)
+        >>> m.service_s(RequestShape(4000, 500), running=64)
+        0.5
+        """
+        if self.service != "fixed":
+            return self.mean_service_s(shape, running, speed)
+        return self.draw_fixed_s() / (self.speed if speed is None else speed)
+
+    def draw_fixed_s(self) -> float:
+        """One service time at speed 1 from the configured distribution (mean ``fixed_service_s``)."""
+        mean_s = self.fixed_service_s
+        if self.service_distribution == "exponential":
+            return self._rng.expovariate(1.0 / mean_s)
+        if self.service_distribution == "lognormal":
+            sigma = self.service_sigma
+            return self._rng.lognormvariate(math.log(mean_s) - sigma * sigma / 2, sigma)
+        return mean_s
 
 
 @dataclass(frozen=True)
@@ -135,7 +197,7 @@ class RequestMix:
 
 def effective_concurrency(model: CapacityModel, mean_kv_tokens: float) -> int:
     """Sequences that can run at once: slots, unless the KV budget fits fewer average requests."""
-    if mean_kv_tokens <= 0:
+    if mean_kv_tokens <= 0 or model.fifo:
         return model.slots
     return max(1, min(model.slots, int(model.kv_tokens // mean_kv_tokens)))
 
@@ -165,7 +227,7 @@ def pool_capacity(
     concurrency = effective_concurrency(base, mean.prompt_tokens + mean.completion_tokens)
     total = 0.0
     for speed in endpoint_speeds:
-        service = base.service_s(mean, running=concurrency, speed=speed)
+        service = base.mean_service_s(mean, running=concurrency, speed=speed)
         total += concurrency / service if service > 0 else float("inf")
     return total
 
@@ -188,6 +250,12 @@ class SlotScheduler:
     so the busy-slot fraction and mean load of that window are exact (``steady_*`` attributes); the drain
     after the last admission, when the client has nothing left to send, is not part of it.
     ``clock`` and ``wall`` are injectable so the accounting can be tested without sleeping.
+
+    It also logs every change of ``(running, waiting)`` with the scheduler clock (:meth:`change_log`):
+    with the default ``time.monotonic`` (CLOCK_MONOTONIC, one clock for every process of a Linux machine)
+    the logs of several simulator processes merge into one pool-wide timeline, from which the bench
+    computes "queued here while another endpoint had a free slot" (:mod:`mira_spark.bench.pool_view`).
+    A release that hands its slot straight to the head of the queue is logged once, after the hand-over.
     """
 
     def __init__(
@@ -213,6 +281,7 @@ class SlotScheduler:
         self.last_start: float | None = None
         self.mix = RequestMix()
         self._prefixes.clear()
+        self.model.reseed()
         self._tick_at = self._clock()
         self._running_area = 0.0  # integral of running over time since reset
         self._load_area = 0.0  # integral of running + waiting
@@ -221,6 +290,33 @@ class SlotScheduler:
         self.steady_window_s = 0.0
         self.steady_busy_slot_seconds = 0.0
         self.steady_load_seconds = 0.0
+        self.first_start_clock: float | None = None
+        self.last_start_clock: float | None = None
+        self._log_t = array("d")
+        self._log_running = array("i")
+        self._log_waiting = array("i")
+        self.change_log_truncated = False
+        self._log()
+
+    def _log(self) -> None:
+        """Record ``(last tick, running, waiting)`` if it differs from the last point logged."""
+        running, waiting = self.running, len(self._queue)
+        if self._log_t and self._log_running[-1] == running and self._log_waiting[-1] == waiting:
+            return
+        if len(self._log_t) >= CHANGE_LOG_MAX_POINTS:
+            self.change_log_truncated = True
+            return
+        self._log_t.append(self._tick_at)
+        self._log_running.append(running)
+        self._log_waiting.append(waiting)
+
+    def change_log(self) -> dict[str, Any]:
+        """Change points since the last reset, columnar: ``{"t", "running", "waiting", "truncated"}``.
+
+        ``t`` is the scheduler clock; the state holds from each point until the next one.
+        """
+        return {"t": self._log_t.tolist(), "running": self._log_running.tolist(),
+                "waiting": self._log_waiting.tolist(), "truncated": self.change_log_truncated}
 
     @property
     def waiting(self) -> int:
@@ -250,6 +346,8 @@ class SlotScheduler:
     def _fits(self, kv_tokens: int) -> bool:
         if self.running >= self.model.slots:
             return False
+        if self.model.fifo:
+            return True
         # A request bigger than the whole budget runs alone rather than never.
         return self.running == 0 or self.kv_used + kv_tokens <= self.model.kv_tokens
 
@@ -258,6 +356,8 @@ class SlotScheduler:
         if self._first_clock is None:
             self._first_clock = self._tick_at
             self._areas_at_first = (self._running_area, self._load_area)
+            self.first_start_clock = self._tick_at
+        self.last_start_clock = self._tick_at
         self.steady_window_s = self._tick_at - self._first_clock
         self.steady_busy_slot_seconds = self._running_area - self._areas_at_first[0]
         self.steady_load_seconds = self._load_area - self._areas_at_first[1]
@@ -274,7 +374,9 @@ class SlotScheduler:
         """Admit now if nobody waits ahead and a slot and KV room are free; else None."""
         if self._queue or not self._fits(kv_tokens):
             return None
-        return self._admit(kv_tokens)
+        ticket = self._admit(kv_tokens)
+        self._log()
+        return ticket
 
     async def acquire(self, kv_tokens: int) -> Ticket:
         """Wait (FIFO) for a slot and KV room; cancellation leaves the queue consistent."""
@@ -285,6 +387,7 @@ class SlotScheduler:
         entry = (kv_tokens, future)
         self._tick()
         self._queue.append(entry)
+        self._log()
         try:
             return await future
         except asyncio.CancelledError:
@@ -294,6 +397,7 @@ class SlotScheduler:
                 self._tick()
                 self._queue.remove(entry)
                 self._wake()
+                self._log()
             raise
 
     def release(self, ticket: Ticket, shape: RequestShape | None) -> None:
@@ -305,6 +409,7 @@ class SlotScheduler:
         if shape is not None:
             self.mix = self.mix + RequestMix.of([shape])
         self._wake()
+        self._log()
 
     def _wake(self) -> None:
         while self._queue and self._fits(self._queue[0][0]):

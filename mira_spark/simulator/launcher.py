@@ -61,9 +61,9 @@ class SimHandle:
         with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:
             return json.loads(resp.read().decode("utf-8"))
 
-    def stats(self) -> dict[str, Any]:
-        """The endpoint's ``/sim/stats`` counters."""
-        return self._call("GET", "/sim/stats")
+    def stats(self, changes: bool = False) -> dict[str, Any]:
+        """The endpoint's ``/sim/stats`` counters (``changes``: with its change-point log)."""
+        return self._call("GET", "/sim/stats?changes=1" if changes else "/sim/stats")
 
     def reset(self) -> None:
         """Zero the endpoint's counters (``POST /sim/reset``)."""
@@ -236,8 +236,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-profile", default=None, help="YAML file with fault rules")
     p.add_argument("--max-model-len", type=int, default=65536)
     p.add_argument("--model", default=None, help="model id listed by /v1/models")
-    p.add_argument("--seed", type=int, default=0, help="fault seed of the first endpoint (others: seed + i)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="fault and service-time seed of the first endpoint (others: seed + i)")
+    add_service_arguments(p)
     return p
+
+
+def add_service_arguments(p: argparse.ArgumentParser) -> None:
+    """``--service``, ``--service-s``, ``--service-dist``, ``--fifo`` (shared with ``bench throughput``)."""
+    p.add_argument("--service", choices=["tokens", "fixed"], default="tokens",
+                   help="tokens: service time from tokens and batch size (default); fixed: a drawn wall time "
+                   "per request, independent of load and --time-scale")
+    p.add_argument("--service-s", type=float, default=2.0,
+                   help="--service fixed: mean wall seconds per request at speed 1 (divided by the speed)")
+    p.add_argument("--service-dist", choices=["constant", "exponential", "lognormal"], default="constant",
+                   help="--service fixed: distribution of the service time around --service-s")
+    p.add_argument("--fifo", action="store_true",
+                   help="strict FIFO: plain slots behind a FIFO queue, no KV budget (vLLM-like)")
+
+
+def service_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`SimConfig` fields of the service arguments."""
+    if args.service_s <= 0:
+        raise ValueError("--service-s must be positive")
+    return {"service": args.service, "service_s": args.service_s,
+            "service_distribution": args.service_dist, "fifo": args.fifo}
 
 
 def configs_from_args(args: argparse.Namespace) -> list[SimConfig]:
@@ -249,7 +272,7 @@ def configs_from_args(args: argparse.Namespace) -> list[SimConfig]:
     if speeds is not None and len(speeds) != n:
         raise ValueError(f"--speeds lists {len(speeds)} speeds for {n} endpoints")
     profile = FaultProfile.from_yaml(args.fault_profile) if args.fault_profile else FaultProfile()
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = service_settings(args)
     if args.time_scale is not None:
         extra["time_scale"] = args.time_scale
     if args.model:

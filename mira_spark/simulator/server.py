@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import json
 import logging
+import random
 import time
 from collections import Counter, OrderedDict
 from typing import Any
@@ -32,17 +34,21 @@ from mira_spark.simulator.capacity import (
     SIM_MESSAGE_OVERHEAD_TOKENS,
     CapacityModel,
     RequestShape,
+    ServiceDistribution,
+    ServiceKind,
     SlotScheduler,
     sim_tokens,
 )
 from mira_spark.simulator.faults import FAULT_KINDS, FaultInjector, FaultProfile, FaultRule
-from mira_spark.simulator.judge import judge_document, parse_template_dimensions, render_completion
+from mira_spark.simulator.judge import Judgement, judge_document, parse_template_dimensions, render_completion
+from mira_spark.simulator.sampling import document_digest, sample_judgement
 
 log = logging.getLogger("mira_spark.simulator")
 
 REPAIR_PREFIX = "Your answer above is missing these lines"
 DEFAULT_MODEL = "whw06/MIRA-Text-Group1"
 TOKEN_CACHE_ENTRIES = 64  # static prompt parts (system message, template head) counted once
+DEFAULT_TEMPERATURE = 1.0  # vLLM's (and OpenAI's) when a request sends none
 STATE_KEY: web.AppKey[SimState] = web.AppKey("sim_state")
 
 
@@ -59,18 +65,30 @@ class SimConfig(BaseModel):
     speed: float = Field(default=1.0, gt=0, description="Relative speed (2 = twice as fast).")
     time_scale: float = Field(default=150.0, gt=0, description="Wall seconds = model seconds / time_scale.")
     seed: int = Field(default=0, description="Seed of this endpoint's fault decisions.")
+    sampling_noise: bool = Field(
+        default=False,
+        description="Perturb scores per choice at temperature > 0 (seeded by the request's seed, the document and "
+        "the choice index); off: every answer is the deterministic judgement, whatever the temperature.")
     error_rate: float = Field(default=0.0, ge=0, le=1, description="Shorthand: probability of an HTTP 503.")
     malformed_rate: float = Field(default=0.0, ge=0, le=1, description="Shorthand: probability of a garbage answer.")
     faults: FaultProfile = Field(default_factory=FaultProfile, description="Fault rules (checked after shorthands).")
     capacity: CapacityModel | None = Field(
         default=None, description="Full capacity model; when None it is built from slots/kv_tokens/speed/time_scale."
     )
+    service: ServiceKind = Field(
+        default="tokens", description="tokens: service time from tokens and batch size; fixed: a drawn wall time.")
+    service_s: float = Field(default=2.0, gt=0, description="fixed: mean wall seconds per request at speed 1.")
+    service_distribution: ServiceDistribution = Field(
+        default="constant", description="fixed: constant, exponential or lognormal around service_s.")
+    fifo: bool = Field(default=False, description="Strict FIFO: plain slots behind a FIFO queue, no KV budget.")
 
     def capacity_model(self) -> CapacityModel:
         if self.capacity is not None:
             return self.capacity
         return CapacityModel(slots=self.slots, kv_tokens=self.kv_tokens, speed=self.speed,
-                             time_scale=self.time_scale)
+                             time_scale=self.time_scale, service=self.service, fixed_service_s=self.service_s,
+                             service_distribution=self.service_distribution, service_seed=self.seed,
+                             fifo=self.fifo)
 
     def fault_profile(self) -> FaultProfile:
         return FaultProfile.shorthand(self.error_rate, self.malformed_rate).plus(self.faults)
@@ -91,6 +109,7 @@ class SimState:
     def reset(self) -> None:
         """Zero the counters and reseed the faults (so a repeated benchmark sees the same faults)."""
         self.injector = FaultInjector(self.profile, self.config.seed)
+        self.sampling_rng = random.Random(self.config.seed)  # noise seeds of requests that send no seed
         self.requests = 0
         self.requests_by_id: Counter[str] = Counter()
         self.repairs_by_id: Counter[str] = Counter()
@@ -118,9 +137,10 @@ class SimState:
             self._token_cache.popitem(last=False)
         return n
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, changes: bool = False) -> dict[str, Any]:
+        """Counters for ``/sim/stats``; ``changes`` adds the scheduler's change-point log (monotonic clock)."""
         sched = self.scheduler
-        return {
+        out = {
             "simulator": True,
             "name": self.config.name,
             "model": self.config.model,
@@ -143,12 +163,19 @@ class SimState:
             "steady_window_s": sched.steady_window_s,
             "steady_busy_slot_seconds": sched.steady_busy_slot_seconds,
             "steady_load_seconds": sched.steady_load_seconds,
+            "first_start_clock": sched.first_start_clock,
+            "last_start_clock": sched.last_start_clock,
+            "service": sched.model.service,
+            "fifo": sched.model.fifo,
             "prompt_tokens": self.prompt_tokens,
             "cached_prompt_tokens": self.cached_prompt_tokens,
             "generation_tokens": self.generation_tokens,
             "mix": sched.mix.as_dict(),
             "uptime_s": time.monotonic() - self.started,
         }
+        if changes:
+            out["changes"] = sched.change_log()
+        return out
 
 
 def _error(message: str, status: int, err_type: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -411,7 +438,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def sim_stats(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STATE_KEY].stats())
+    changes = request.query.get("changes", "") not in ("", "0", "false")
+    return web.json_response(request.app[STATE_KEY].stats(changes=changes))
 
 
 async def sim_reset(request: web.Request) -> web.Response:
