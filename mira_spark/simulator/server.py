@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-import json
 import logging
-import random
 import time
 from collections import Counter, OrderedDict
 from typing import Any
@@ -40,15 +38,13 @@ from mira_spark.simulator.capacity import (
     sim_tokens,
 )
 from mira_spark.simulator.faults import FAULT_KINDS, FaultInjector, FaultProfile, FaultRule
-from mira_spark.simulator.judge import Judgement, judge_document, parse_template_dimensions, render_completion
-from mira_spark.simulator.sampling import document_digest, sample_judgement
+from mira_spark.simulator.judge import judge_document, parse_template_dimensions, render_completion
 
 log = logging.getLogger("mira_spark.simulator")
 
 REPAIR_PREFIX = "Your answer above is missing these lines"
 DEFAULT_MODEL = "whw06/MIRA-Text-Group1"
 TOKEN_CACHE_ENTRIES = 64  # static prompt parts (system message, template head) counted once
-DEFAULT_TEMPERATURE = 1.0  # vLLM's (and OpenAI's) when a request sends none
 STATE_KEY: web.AppKey[SimState] = web.AppKey("sim_state")
 
 
@@ -65,10 +61,6 @@ class SimConfig(BaseModel):
     speed: float = Field(default=1.0, gt=0, description="Relative speed (2 = twice as fast).")
     time_scale: float = Field(default=150.0, gt=0, description="Wall seconds = model seconds / time_scale.")
     seed: int = Field(default=0, description="Seed of this endpoint's fault decisions.")
-    sampling_noise: bool = Field(
-        default=False,
-        description="Perturb scores per choice at temperature > 0 (seeded by the request's seed, the document and "
-        "the choice index); off: every answer is the deterministic judgement, whatever the temperature.")
     error_rate: float = Field(default=0.0, ge=0, le=1, description="Shorthand: probability of an HTTP 503.")
     malformed_rate: float = Field(default=0.0, ge=0, le=1, description="Shorthand: probability of a garbage answer.")
     faults: FaultProfile = Field(default_factory=FaultProfile, description="Fault rules (checked after shorthands).")
@@ -109,7 +101,6 @@ class SimState:
     def reset(self) -> None:
         """Zero the counters and reseed the faults (so a repeated benchmark sees the same faults)."""
         self.injector = FaultInjector(self.profile, self.config.seed)
-        self.sampling_rng = random.Random(self.config.seed)  # noise seeds of requests that send no seed
         self.requests = 0
         self.requests_by_id: Counter[str] = Counter()
         self.repairs_by_id: Counter[str] = Counter()
