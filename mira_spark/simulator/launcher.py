@@ -233,6 +233,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--time-scale", type=float, default=None, help="wall s = model s / time-scale (default 150)")
     p.add_argument("--error-rate", type=float, default=0.0, help="probability of an injected HTTP 503")
     p.add_argument("--malformed-rate", type=float, default=0.0, help="probability of a garbage answer")
+    p.add_argument("--sampling-noise", action="store_true",
+                   help="at temperature > 0 perturb each choice's scores (seeded by the request's seed, the "
+                   "document and the choice); default: deterministic scores at any temperature")
     p.add_argument("--fault-profile", default=None, help="YAML file with fault rules")
     p.add_argument("--max-model-len", type=int, default=65536)
     p.add_argument("--model", default=None, help="model id listed by /v1/models")
@@ -280,7 +283,8 @@ def configs_from_args(args: argparse.Namespace) -> list[SimConfig]:
     return [
         SimConfig(name=f"sim-{i}", slots=args.slots, speed=speeds[i] if speeds else args.speed,
                   error_rate=args.error_rate, malformed_rate=args.malformed_rate, faults=profile,
-                  max_model_len=args.max_model_len, seed=args.seed + i, **extra)
+                  max_model_len=args.max_model_len, seed=args.seed + i, sampling_noise=args.sampling_noise,
+                  **extra)
         for i in range(n)
     ]
 

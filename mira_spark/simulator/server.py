@@ -8,7 +8,11 @@ Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``, ``GE
 text with vLLM's metric names plus ``mira_sim_*``), ``GET /sim/stats`` and ``POST /sim/reset``.
 
 Behaviour that mirrors vLLM: a prompt whose tokens plus ``max_tokens`` exceed ``max_model_len`` gets
-vLLM's 400 body; an answer longer than ``max_tokens`` is cut with ``finish_reason="length"``. The
+vLLM's 400 body; an answer longer than ``max_tokens`` is cut with ``finish_reason="length"``; ``n`` gives
+n choices (independent samples at temperature > 0 when ``sampling_noise`` is on, see :mod:`.sampling`);
+``stream`` gives server-sent chunks then ``data: [DONE]``, with a usage chunk on
+``stream_options.include_usage``. ``tests/test_openai_conformance.py`` checks all of it with the
+official ``openai`` client. The
 simulator's token count is lower than :func:`mira_spark.tokens.estimate_tokens` for the same text, so a
 prompt the client budgeted never overflows. A follow-up that starts with the repair text of
 :meth:`PromptBuilder.repair_prompt` is answered with only the requested slot lines.
@@ -19,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import json
 import logging
+import random
 import time
 from collections import Counter, OrderedDict
 from typing import Any
@@ -38,13 +44,15 @@ from mira_spark.simulator.capacity import (
     sim_tokens,
 )
 from mira_spark.simulator.faults import FAULT_KINDS, FaultInjector, FaultProfile, FaultRule
-from mira_spark.simulator.judge import judge_document, parse_template_dimensions, render_completion
+from mira_spark.simulator.judge import Judgement, judge_document, parse_template_dimensions, render_completion
+from mira_spark.simulator.sampling import document_digest, sample_judgement
 
 log = logging.getLogger("mira_spark.simulator")
 
 REPAIR_PREFIX = "Your answer above is missing these lines"
 DEFAULT_MODEL = "whw06/MIRA-Text-Group1"
 TOKEN_CACHE_ENTRIES = 64  # static prompt parts (system message, template head) counted once
+DEFAULT_TEMPERATURE = 1.0  # vLLM's (and OpenAI's) when a request sends none
 STATE_KEY: web.AppKey[SimState] = web.AppKey("sim_state")
 
 
@@ -61,6 +69,10 @@ class SimConfig(BaseModel):
     speed: float = Field(default=1.0, gt=0, description="Relative speed (2 = twice as fast).")
     time_scale: float = Field(default=150.0, gt=0, description="Wall seconds = model seconds / time_scale.")
     seed: int = Field(default=0, description="Seed of this endpoint's fault decisions.")
+    sampling_noise: bool = Field(
+        default=False,
+        description="Perturb scores per choice at temperature > 0 (seeded by the request's seed, the document and "
+        "the choice index); off: every answer is the deterministic judgement, whatever the temperature.")
     error_rate: float = Field(default=0.0, ge=0, le=1, description="Shorthand: probability of an HTTP 503.")
     malformed_rate: float = Field(default=0.0, ge=0, le=1, description="Shorthand: probability of a garbage answer.")
     faults: FaultProfile = Field(default_factory=FaultProfile, description="Fault rules (checked after shorthands).")
@@ -101,6 +113,7 @@ class SimState:
     def reset(self) -> None:
         """Zero the counters and reseed the faults (so a repeated benchmark sees the same faults)."""
         self.injector = FaultInjector(self.profile, self.config.seed)
+        self.sampling_rng = random.Random(self.config.seed)  # noise seeds of requests that send no seed
         self.requests = 0
         self.requests_by_id: Counter[str] = Counter()
         self.repairs_by_id: Counter[str] = Counter()
@@ -249,6 +262,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body, messages = await _read_messages(request)
     if messages is None:
         return _error("simulator: request body must be JSON with a 'messages' list", 400, "BadRequestError")
+    sampling = _sampling_of(body)
+    if isinstance(sampling, str):
+        return _error(sampling, 400, "BadRequestError")
+    n, temperature, request_seed = sampling
 
     state.requests += 1
     request_id = request.headers.get("X-Request-Id", "")
@@ -296,17 +313,88 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if rule.kind not in ("malformed", "truncated", "missing_dims"):
             return await _apply_request_fault(rule, request, state)
 
-    # The answer.
+    # The answer: n choices (vLLM's ``n``), each a sample of the document's judgement.
     dims = parse_template_dimensions(doc_message)
     source, document = document_of(doc_message)
     judgement = judge_document(document, source, dims)
     if is_repair:
-        wanted = [slot for slot, _ in parse_template_dimensions(_content(last))]
+        wanted: list[str] | None = [slot for slot, _ in parse_template_dimensions(_content(last))]
         names = dict(dims)
         names.update(parse_template_dimensions(_content(last)))
-        text = render_completion(judgement, [(s, names[s]) for s in wanted], slots=wanted)
+        rendered = [(s, names[s]) for s in wanted]
     else:
-        text = render_completion(judgement, dims)
+        wanted, rendered = None, dims
+    samples: list[Judgement] = [judgement] * n
+    if cfg.sampling_noise and temperature > 0:
+        seed = request_seed if request_seed is not None else state.sampling_rng.getrandbits(63)
+        digest = document_digest(source, document)
+        samples = [sample_judgement(judgement, temperature, seed=seed, digest=digest, choice=i) for i in range(n)]
+    choices = [_finish_choice(state, rule, render_completion(j, rendered, slots=wanted), budget) for j in samples]
+    completion_tokens = sum(tokens for _, _, tokens in choices)
+    finish_reason = choices[0][1]
+
+    # Latency: wait for a slot, then prefill + decode at the batch's step time. The n sequences of one
+    # request decode side by side, so the longest sets the time; all of them hold KV room.
+    prefix_key = hashlib.blake2b("\x00".join(prefix_parts).encode("utf-8"), digest_size=16).hexdigest()
+    cached = state.scheduler.cached_prefix_tokens(prefix_key, prefix_tokens)
+    longest = max(tokens for _, _, tokens in choices)
+    shape = RequestShape(prompt_tokens=prompt_tokens, completion_tokens=longest, cached_tokens=cached)
+    ticket = await state.scheduler.acquire(prompt_tokens + completion_tokens)
+    served: RequestShape | None = None
+    try:
+        await asyncio.sleep(state.scheduler.model.service_s(shape, running=ticket.running_at_admit))
+        served = shape
+    finally:
+        state.scheduler.release(ticket, served)
+
+    state.prompt_tokens += prompt_tokens
+    state.cached_prompt_tokens += cached
+    state.generation_tokens += completion_tokens
+    state.success[finish_reason] += 1
+    head = {"id": state.next_id(), "created": int(time.time()), "model": body.get("model") or cfg.model}
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    if body.get("stream"):
+        options = body.get("stream_options") or {}
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        return await _stream_answer(request, head, [(text, reason) for text, reason, _ in choices],
+                                    usage if include_usage else None)
+    return web.json_response({
+        **head,
+        "object": "chat.completion",
+        "choices": [{
+            "index": i,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": reason,
+        } for i, (text, reason, _) in enumerate(choices)],
+        "usage": usage,
+    })
+
+
+def _sampling_of(body: dict[str, Any]) -> tuple[int, float, int | None] | str:
+    """``(n, temperature, seed)`` of a request, or the 400 message vLLM would give for a bad value."""
+    raw_n = body.get("n")
+    raw_t = body.get("temperature")
+    raw_seed = body.get("seed")
+    try:
+        n = 1 if raw_n is None else int(raw_n)
+        temperature = DEFAULT_TEMPERATURE if raw_t is None else float(raw_t)
+        seed = None if raw_seed is None else int(raw_seed)
+    except (TypeError, ValueError):
+        return "simulator: n and seed must be integers and temperature a number"
+    if n < 1:
+        return f"n must be at least 1, got {n}."
+    if temperature < 0:
+        return f"temperature must be non-negative, got {temperature}."
+    return n, temperature, seed
+
+
+def _finish_choice(state: SimState, rule: FaultRule | None, text: str, budget: int) -> tuple[str, str, int]:
+    """``(text, finish_reason, completion_tokens)`` of one choice: answer faults, then the token budget."""
     finish_reason = "stop"
     if rule is not None and rule.kind == "malformed":
         text = state.injector.malformed()
@@ -321,40 +409,39 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         text = _cut_to_tokens(text, budget)
         completion_tokens = budget
         finish_reason = "length"
+    return text, finish_reason, completion_tokens
 
-    # Latency: wait for a slot, then prefill + decode at the batch's step time.
-    prefix_key = hashlib.blake2b("\x00".join(prefix_parts).encode("utf-8"), digest_size=16).hexdigest()
-    cached = state.scheduler.cached_prefix_tokens(prefix_key, prefix_tokens)
-    shape = RequestShape(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cached_tokens=cached)
-    ticket = await state.scheduler.acquire(prompt_tokens + completion_tokens)
-    served: RequestShape | None = None
-    try:
-        await asyncio.sleep(state.scheduler.model.service_s(shape, running=ticket.running_at_admit))
-        served = shape
-    finally:
-        state.scheduler.release(ticket, served)
 
-    state.prompt_tokens += prompt_tokens
-    state.cached_prompt_tokens += cached
-    state.generation_tokens += completion_tokens
-    state.success[finish_reason] += 1
-    return web.json_response({
-        "id": state.next_id(),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": body.get("model") or cfg.model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": None,
-            "finish_reason": finish_reason,
-        }],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
-    })
+async def _stream_answer(request: web.Request, head: dict[str, Any], choices: list[tuple[str, str]],
+                         usage: dict[str, int] | None) -> web.StreamResponse:
+    """vLLM's server-sent events: a role chunk per choice, content chunks (one per answer line), the last
+    with its ``finish_reason``, a usage chunk with no choices when asked for, then ``data: [DONE]``.
+
+    The chunks are written once the answer is complete (no time-to-first-token model): a client sees
+    the same total latency as without streaming.
+    """
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    chunk_head = {**head, "object": "chat.completion.chunk"}
+
+    async def send(choices_part: list[dict[str, Any]], **extra: Any) -> None:
+        data = json.dumps({**chunk_head, "choices": choices_part, **extra}, ensure_ascii=False)
+        await response.write(f"data: {data}\n\n".encode())
+
+    for i in range(len(choices)):
+        await send([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                     "finish_reason": None}])
+    for i, (text, reason) in enumerate(choices):
+        pieces = text.splitlines(keepends=True) or [""]
+        for k, piece in enumerate(pieces):
+            last = k == len(pieces) - 1
+            await send([{"index": i, "delta": {"content": piece}, "logprobs": None,
+                         "finish_reason": reason if last else None}])
+    if usage is not None:
+        await send([], usage=usage)
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
 
 
 async def list_models(request: web.Request) -> web.Response:
