@@ -32,6 +32,7 @@ from mira_spark.rubric import Rubric, load_rubric
 from mira_spark.scores import parse_raw_outputs
 from mira_spark.scoring import IN_FLIGHT_HEADROOM, GroupPlan, ScoringPlan, plan_in_flight, score_documents
 from mira_spark.selection import select_documents
+from mira_spark.serving.preflight import check_served_models
 from mira_spark.serving.runner import PoolUnavailableError, check_pool_reachable
 from mira_spark.serving.secrets import resolve_api_key
 from mira_spark.tables import (
@@ -210,6 +211,9 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
     for name, pool in checked.items():
         healthy = check_pool_reachable(pool)
         log.info("group %s: %d of %d endpoints healthy", name, len(healthy), len(pool.endpoints))
+        group = plan.groups[name]  # right model, room for max_model_len: checked before anything is billed
+        check_served_models(pool, group=name, model=group.model, max_model_len=plan.max_model_len,
+                            api_key=group.api_key, urls=healthy)
     # The driver checks before every wave; tasks skip their own start-up check, so a pool that dies
     # between waves stops the run cleanly (here, or as deferred rows) instead of failing a Spark job.
     plan = replace(plan, groups={
