@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[sail,test]"
+	$(BIN)/python -m pip install -q -e ".[sail,test,classic]"
 	touch $(STAMP)
 
 # Sample corpus -> two simulated endpoints (stand-ins for the 35B scorer) -> the whole job on Sail + Delta.
