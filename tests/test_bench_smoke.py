@@ -42,6 +42,41 @@ def test_throughput_rejects_unknown_client(capsys: pytest.CaptureFixture[str]) -
     assert throughput.main(["--clients", "ours,ray", "--docs", "4"]) == 2
 
 
+@pytest.mark.spark
+@pytest.mark.timeout(180)
+def test_throughput_fixed_fifo_plain_jobs_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 7's regime: fixed service, strict FIFO, the plain client, two jobs of ours, two Spark tasks."""
+    docs = 40
+    rc = throughput.main(["--endpoints", "2", "--docs", str(docs), "--slots", "4", "--speeds", "1,2",
+                          "--service", "fixed", "--service-s", "0.2", "--service-dist", "exponential", "--fifo",
+                          "--metrics-poll-s", "0.2", "--jobs", "2", "--tasks", "2",
+                          "--clients", "ours,plain,spark", "--json-only"])
+    assert rc == 0
+    out = last_json(capsys.readouterr().out)
+    assert out["service"] == {"service": "fixed", "service_s": 0.2, "service_distribution": "exponential",
+                              "fifo": True}
+    assert out["jobs"] == 2 and out["metrics_poll_s"] == 0.2
+    assert set(out["clients"]) == {"ours", "plain", "spark"}
+    for name, row in out["clients"].items():
+        assert row["capacity_rps"] == pytest.approx(4 * 3 / 0.2), name  # slots x sum(speeds) / service_s
+        assert row["requests"] == docs and row["failed"] == 0 and row["overflows"] == 0, name
+        assert row["max_requests_per_doc"] == 1, name
+        assert 0 < row["utilization"] <= 1.05 and 0 < row["utilization_pool_window"] <= 1.0, name
+        assert len(row["busy_by_endpoint"]) == 2 and all(0 <= b <= 1 for b in row["busy_by_endpoint"]), name
+        assert 0 <= row["queued_while_idle_mean"] <= row["queued_mean"] + 1e-9, name
+        assert row["change_log_truncated"] is False, name
+    assert out["clients"]["ours"]["jobs"] == 2 and len(out["clients"]["ours"]["max_client_in_flight"]) == 2
+    # plain caps its own outstanding requests at each endpoint's slots: nothing ever waits at a server
+    assert out["clients"]["plain"]["queued_mean"] == 0.0
+    assert out["clients"]["spark"]["concurrent_tasks"] == 2
+
+
+@pytest.mark.parametrize("bad", [["--service", "fixed", "--service-s", "0"], ["--jobs", "0"],
+                                 ["--metrics-poll-s", "-1"]])
+def test_throughput_rejects_bad_service_flags(bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert throughput.main(["--docs", "4", "--clients", "plain", *bad]) == 2
+
+
 @pytest.mark.timeout(120)
 def test_client_overhead_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     rc = client_overhead.main(["--requests", "200", "--in-flight", "16", "--check", "--json-only"])

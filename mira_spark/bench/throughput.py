@@ -14,7 +14,18 @@ reset in between), each client over the same N sample documents with the real pr
 * ``static`` — static sharding: documents split evenly across endpoints, one client per endpoint capped
   at that endpoint's slots (what a peer taking one URL per runner does with several endpoints);
 * ``datatrove`` — datatrove's ``InferenceRunner`` with ``server_type="endpoint"``, one runner per
-  endpoint (it takes one URL), if ``datatrove`` is importable (``pip install 'mira-spark[peers]'``).
+  endpoint (it takes one URL), if ``datatrove`` is importable (``pip install 'mira-spark[peers]'``);
+* ``plain`` — issue 7's reference: a ~30-line asyncio least-outstanding client that counts only its own
+  outstanding requests per endpoint, caps each endpoint at its slots and keeps the surplus waiting in
+  the client (not in the default client list).
+
+``--jobs J`` runs ``ours`` as J independent jobs at once (one thread, event loop, runner and
+``EndpointPool`` each, the documents dealt round-robin), each planning as if it owned the pool and seeing
+the others only through ``/metrics``. ``--service fixed --service-s S [--service-dist ...] --fifo`` switch
+the simulators to issue 7's vLLM-like regime (load-independent service times, strict FIFO); ``--metrics-poll-s``
+is the pool's ``metrics_poll_s``. From the simulators' change-point logs (one monotonic clock) each row
+also reports mean busy slots, mean requests queued at the servers, mean queued while another endpoint had a
+free slot, and per-endpoint busy fractions over the same steady window (:mod:`mira_spark.bench.pool_view`).
 
 Gives a table and a final JSON line ``{"bench": "throughput", "clients": {...}}`` with, per client,
 utilization (capacity-weighted busy-slot fraction over the steady window, first to last admission —
@@ -60,12 +71,15 @@ from mira_spark.bench.common import (
     percentile,
     print_table,
 )
+from mira_spark.bench.pool_view import ChangeSeries, pool_view, steady_window
 from mira_spark.config import PoolConfig, SamplingConfig, ScoringConfig
 from mira_spark.prompts import PromptBuilder
 from mira_spark.serving.types import RunStats, ScoreRequest
+from mira_spark.simulator.launcher import add_service_arguments, service_settings
 from mira_spark.simulator.server import DEFAULT_MODEL
 
-CLIENTS = ("ours", "spark", "naive", "static", "datatrove")
+CLIENTS = ("ours", "spark", "naive", "static", "datatrove", "plain")
+DEFAULT_CLIENTS = ("ours", "spark", "naive", "static", "datatrove")
 DEFAULT_DOCS = 4096
 DEFAULT_NAIVE_DOCS = 48
 DATATROVE_TIMEOUT_S = 1800.0
@@ -124,6 +138,81 @@ def run_static(pool: PoolConfig, requests: list[ScoreRequest], builder: PromptBu
         results = asyncio.run(all_shards())
     return {"cpu": t.cpu, "wall": t.wall, "latencies": [r.latency_s for r in results if r.status == "ok"],
             "failed": sum(r.status != "ok" for r in results), "docs": len(requests)}
+
+
+def run_jobs(pool: PoolConfig, requests: list[ScoreRequest], builder: PromptBuilder,
+             sampling: SamplingConfig, jobs: int) -> dict[str, Any]:
+    """``jobs`` independent runs of ``ours`` at once, each with its own thread, loop, runner and pool state."""
+    shares = [requests[i::jobs] for i in range(jobs)]
+    runs: list[dict[str, Any] | None] = [None] * jobs
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            runs[i] = run_ours(pool, shares[i], builder, sampling)
+        except BaseException as exc:  # reported after join; a dead job must not look like a slow one
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,), name=f"bench-job-{i}") for i in range(jobs)]
+    with CpuTimer() as t:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    if errors:
+        raise errors[0]
+    done = [r for r in runs if r is not None]
+    return {"cpu": t.cpu, "wall": t.wall, "latencies": [x for r in done for x in r["latencies"]],
+            "failed": sum(r["failed"] for r in done), "docs": len(requests), "jobs": jobs,
+            "max_client_in_flight": [r["max_client_in_flight"] for r in done]}
+
+
+async def _plain(urls: list[str], slots: int, requests: list[ScoreRequest],
+                 sampling: SamplingConfig) -> tuple[list[float], int]:
+    """Least outstanding of *own* requests per endpoint, each capped at its slots; the rest wait here."""
+    import aiohttp
+
+    outstanding = [0] * len(urls)
+    free = asyncio.Condition()
+    latencies: list[float] = []
+    failed = 0
+
+    async def one(session: aiohttp.ClientSession, req: ScoreRequest) -> None:
+        nonlocal failed
+        async with free:
+            await free.wait_for(lambda: min(outstanding) < slots)
+            i = min(range(len(urls)), key=outstanding.__getitem__)
+            outstanding[i] += 1
+        payload = {"model": DEFAULT_MODEL, "messages": req.messages, "temperature": sampling.temperature,
+                   "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}
+        started = time.perf_counter()
+        try:
+            async with session.post(f"{urls[i]}/chat/completions", json=payload,
+                                    headers={"X-Request-Id": req.key}) as resp:
+                await resp.read()
+                ok = resp.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            ok = False
+        finally:
+            async with free:
+                outstanding[i] -= 1
+                free.notify()
+        if ok:
+            latencies.append(time.perf_counter() - started)
+        else:
+            failed += 1
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
+        await asyncio.gather(*(one(session, r) for r in requests))
+    return latencies, failed
+
+
+def run_plain(pool: PoolConfig, requests: list[ScoreRequest], sampling: SamplingConfig) -> dict[str, Any]:
+    with CpuTimer() as t:
+        latencies, failed = asyncio.run(_plain([e.url for e in pool.endpoints], pool.slots_per_endpoint,
+                                               requests, sampling))
+    return {"cpu": t.cpu, "wall": t.wall, "latencies": latencies, "failed": failed, "docs": len(requests)}
 
 
 def _spark_plan(pool: PoolConfig, builder: PromptBuilder, sampling: SamplingConfig, concurrent: int) -> Any:
@@ -286,8 +375,27 @@ def run_datatrove(pool: PoolConfig, requests: list[ScoreRequest], sampling: Samp
 # ---- driver -----------------------------------------------------------------------------------------
 
 
+def _pool_rows(stats: Sequence[dict[str, Any]], speeds: Sequence[float], slots: int) -> dict[str, Any]:
+    """Busy slots, queues and queued-while-idle over the pool's steady window, from the change-point logs."""
+    window = steady_window(stats)
+    if window is None:
+        return {}
+    view = pool_view([ChangeSeries.from_stats(s) for s in stats], *window)
+    return {
+        "utilization_pool_window": round(view.utilization(speeds, slots), 4),
+        "busy_slots_mean": round(view.mean_running, 1),
+        "queued_mean": round(view.queued, 2),
+        "queued_while_idle_mean": round(view.queued_while_idle, 2),
+        "busy_by_endpoint": [round(e.busy, 3) for e in view.endpoints],
+        "queued_by_endpoint": [round(e.queued, 2) for e in view.endpoints],
+        "queued_while_idle_by_endpoint": [round(e.queued_while_idle, 2) for e in view.endpoints],
+        "change_log_truncated": any(s["changes"]["truncated"] for s in stats),
+    }
+
+
 def _summarise(name: str, run: dict[str, Any], sims: SimPool, sim_cpu: float) -> dict[str, Any]:
-    m = measure(sims.stats(), sims.speeds, sims.slots, sims.model)
+    stats = sims.stats(changes=True)
+    m = measure(stats, sims.speeds, sims.slots, sims.model)
     lat = run.get("latencies", [])
     row: dict[str, Any] = {
         "client": name,
@@ -312,7 +420,8 @@ def _summarise(name: str, run: dict[str, Any], sims: SimPool, sim_cpu: float) ->
         "max_requests_per_doc": m.max_requests_per_id,
         "mix": m.mix,
     }
-    for key in ("max_client_in_flight", "in_flight_per_task", "concurrent_tasks"):
+    row.update(_pool_rows(stats, sims.speeds, sims.slots))
+    for key in ("max_client_in_flight", "in_flight_per_task", "concurrent_tasks", "jobs"):
         if key in run:
             row[key] = run[key]
     return row
@@ -325,13 +434,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--slots", type=int, default=256, help="slots per endpoint (vLLM max_num_seqs)")
     p.add_argument("--speeds", default=None, help="relative speed per endpoint, e.g. 1,1,2,4")
     p.add_argument("--tasks", type=int, default=None, help="Spark tasks for the spark client (default: cores)")
-    p.add_argument("--clients", default=",".join(CLIENTS), help=f"comma-separated subset of {','.join(CLIENTS)}")
+    p.add_argument("--clients", default=",".join(DEFAULT_CLIENTS),
+                   help=f"comma-separated subset of {','.join(CLIENTS)} (default: all but plain)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="run 'ours' as this many independent jobs sharing the pool at once (default 1)")
+    p.add_argument("--metrics-poll-s", type=float, default=1.0,
+                   help="the pool's metrics_poll_s for ours/spark/static (default 1.0, as before)")
     p.add_argument("--time-scale", type=float, default=None,
                    help="wall s = model s / X (default: chosen so the pool serves about --target-rps)")
     p.add_argument("--target-rps", type=float, default=DEFAULT_TARGET_RPS,
                    help="pool capacity in requests/s used to choose the time scale")
     p.add_argument("--naive-docs", type=int, default=DEFAULT_NAIVE_DOCS, help="cap of documents for naive")
     p.add_argument("--json-only", action="store_true", help="print only the final JSON line")
+    add_service_arguments(p)
     return p
 
 
@@ -344,8 +459,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     unknown = sorted(set(clients) - set(CLIENTS))
-    if unknown or args.docs < 1 or args.slots < 1:
+    if unknown or args.docs < 1 or args.slots < 1 or args.jobs < 1 or args.metrics_poll_s < 0:
         print(f"bench throughput: unknown clients {unknown} or non-positive sizes", file=sys.stderr)
+        return 2
+    try:
+        service = service_settings(args) if args.service == "fixed" or args.fifo else {}
+    except ValueError as exc:
+        print(f"bench throughput: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("RUST_LOG", "error")
@@ -360,11 +480,14 @@ def main(argv: list[str] | None = None) -> int:
     time_scale = args.time_scale or auto_time_scale(speeds, args.slots, expected_mix(requests, builder),
                                                     args.target_rps)
     tasks = args.tasks or (os.cpu_count() or 2)
-    say(f"{len(speeds)} endpoints x {args.slots} slots, speeds {speeds}, time scale {time_scale:.3g}; "
-        f"{len(docs)} documents (prompt build {build_ms:.2f} ms CPU/doc); Spark tasks {tasks}")
+    regime = (f"service {args.service}" + (f" {args.service_s:g} s {args.service_dist}" if args.service == "fixed"
+                                           else "") + (", strict FIFO" if args.fifo else ""))
+    say(f"{len(speeds)} endpoints x {args.slots} slots, speeds {speeds}, time scale {time_scale:.3g}, {regime}; "
+        f"{len(docs)} documents (prompt build {build_ms:.2f} ms CPU/doc); Spark tasks {tasks}; "
+        f"metrics poll {args.metrics_poll_s:g} s; jobs {args.jobs}")
 
-    sims = SimPool.start(speeds, args.slots, time_scale)
-    pool = sims.pool_config()
+    sims = SimPool.start(speeds, args.slots, time_scale, service)
+    pool = sims.pool_config(metrics_poll_s=args.metrics_poll_s)
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     spark_cm = None
@@ -381,8 +504,12 @@ def main(argv: list[str] | None = None) -> int:
             sims.reset()
             cpu0 = sims.cpu_seconds()
             say(f"running {name} ...")
-            if name == "ours":
+            if name == "ours" and args.jobs > 1:
+                run = run_jobs(pool, requests, builder, sampling, args.jobs)
+            elif name == "ours":
                 run = run_ours(pool, requests, builder, sampling)
+            elif name == "plain":
+                run = run_plain(pool, requests, sampling)
             elif name == "static":
                 run = run_static(pool, requests, builder, sampling)
             elif name == "datatrove":
@@ -406,6 +533,13 @@ def main(argv: list[str] | None = None) -> int:
             ("cpu_ms_per_request", "cpu ms/req", ".2f"), ("sim_cpu_share_max", "sim cpu", ".2f"),
             ("overflows", "overflow", "d"), ("failed", "failed", "d"), ("requests", "requests", "d"),
         ])
+        print()
+        print_table([{**r, "busy_by_endpoint": " ".join(f"{b:.2f}" for b in r.get("busy_by_endpoint", []))}
+                     for r in rows], [
+            ("client", "client", ""), ("utilization_pool_window", "util (log)", ".3f"),
+            ("busy_slots_mean", "busy slots", ".1f"), ("queued_mean", "queued", ".1f"),
+            ("queued_while_idle_mean", "queued while idle", ".1f"), ("busy_by_endpoint", "busy by endpoint", ""),
+        ])
     print(json.dumps({
         "bench": "throughput",
         "endpoints": len(speeds),
@@ -414,6 +548,9 @@ def main(argv: list[str] | None = None) -> int:
         "time_scale": round(time_scale, 4),
         "docs": len(docs),
         "tasks": tasks,
+        "jobs": args.jobs,
+        "metrics_poll_s": args.metrics_poll_s,
+        "service": service or {"service": "tokens"},
         "prompt_build_ms_per_doc": round(build_ms, 3),
         "clients": {r["client"]: {k: v for k, v in r.items() if k != "client"} for r in rows},
         "skipped": skipped,
