@@ -88,3 +88,22 @@ def test_client_overhead_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert out["requests"] == 200 and out["failed"] == 0
     assert 28 <= out["prompt_kb"] <= 32
     assert out["requests_per_cpu_s"] > 0
+
+
+@pytest.mark.timeout(180)
+def test_client_overhead_ours_and_openai_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("openai", reason="the openai client is in the test extra")
+    rc = client_overhead.main(["--requests", "100", "--in-flight", "16", "--clients", "ours,openai", "--check",
+                               "--json-only"])
+    assert rc == 0
+    out = last_json(capsys.readouterr().out)
+    assert list(out["clients"]) == ["ours", "openai"] and out["client"] == "ours"
+    for name, row in out["clients"].items():
+        assert row["client"] == name and row["requests"] == 100 and row["failed"] == 0, row
+        assert row["requests_per_cpu_s"] > 0 and row["cpu_ms_per_request"] > 0
+        assert row["prompt_kb"] == out["prompt_kb"]  # same prompts for both
+
+
+def test_client_overhead_rejects_unknown_client(capsys: pytest.CaptureFixture[str]) -> None:
+    assert client_overhead.main(["--clients", "ours,httpx", "--requests", "4"]) == 2
+    assert "unknown client" in capsys.readouterr().err

@@ -1,20 +1,28 @@
 """``mira-spark bench client-overhead``: requests/s one core of the scoring loop drives, 30 KB prompts.
 
-Takes ``--requests N [--prompt-kb 30] [--in-flight 64] [--servers 1] [--check]``; starts a zero-latency
+Takes ``--requests N [--prompt-kb 30] [--in-flight 64] [--servers 1] [--check] [--clients ours,openai]``;
+starts a zero-latency
 OpenAI-compatible endpoint in separate processes (aiohttp: read the body, answer a fixed ~1.7 KB scorer
 completion at once — no capacity model, no judging, so the server costs as little as possible), pins
 this process to one core (the servers to the others where there are any) and runs
 :func:`~mira_spark.serving.runner.run_requests` over N requests with ~30 KB prompts. ``--check`` adds the
 scoring stage's output check (the parse of every answer), as in the real loop.
 
-Gives a small table and a final JSON line ``{"bench": "client-overhead", "requests_per_cpu_s": ...}``:
-requests per CPU-second of this process (the per-core figure; CPU time counts every thread), per
-wall-second, and CPU ms per request.
+``--clients`` picks the transports measured one after the other on the same endpoints, prompts, sampling
+and concurrency: ``ours`` (the scoring loop: aiohttp, routing, retry policy, breaker) and ``openai``
+(the official ``openai.AsyncOpenAI`` client, ``max_retries=0``, the same number of asyncio workers, one
+client per endpoint, round-robin). Each run is preceded by an untimed warm-up of ``--in-flight`` requests.
+
+Gives a small table and a final JSON line ``{"bench": "client-overhead", "requests_per_cpu_s": ...,
+"clients": {name: row}}`` (the top-level keys are the first client's row): requests per CPU-second of
+this process (the per-core figure; CPU time counts every thread), per wall-second, and CPU ms per request.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import itertools
 import json
 import multiprocessing
 import os
@@ -27,6 +35,8 @@ from mira_spark.config import EndpointConfig, PoolConfig, SamplingConfig
 from mira_spark.serving.types import RunStats, ScoreRequest
 
 DEFAULT_REQUESTS = 5000
+CLIENTS = ("ours", "openai")
+OPENAI_TIMEOUT_S = 900.0  # the pool's default request timeout
 SERVER_START_TIMEOUT_S = 30.0
 RATIONALE = "结构清晰，语义标签使用得当，但缺少无障碍属性与响应式细节 (missing aria labels)。"
 
@@ -105,10 +115,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, default=64, help="requests kept outstanding")
     parser.add_argument("--servers", type=int, default=1, help="echo server processes (one endpoint each)")
     parser.add_argument("--check", action="store_true", help="also run the scoring stage's output check")
+    parser.add_argument("--clients", default="ours", help="comma-separated: ours, openai (default ours)")
     parser.add_argument("--json-only", action="store_true", help="print only the final JSON line")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.in_flight < 1 or args.servers < 1 or args.prompt_kb <= 0:
         parser.error("sizes must be positive")
+    clients = [c.strip() for c in args.clients.split(",") if c.strip()]
+    unknown = sorted(set(clients) - set(CLIENTS))
+    if unknown or not clients:
+        print(f"bench client-overhead: unknown client(s) {unknown or clients}; choose from {', '.join(CLIENTS)}",
+              file=sys.stderr)
+        return 2
+    if "openai" in clients and not _openai_available():
+        print("bench client-overhead: --clients openai needs the openai package: pip install -e '.[test]'",
+              file=sys.stderr)
+        return 2
 
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     client_cpu, server_cpus = (cpus[:1], cpus[1:] or cpus) if cpus else ([], [])
@@ -122,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             _wait_ready(port, proc)
         if client_cpu and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, set(client_cpu))
-        row = _run(args, ports)
+        rows = [_run(args, ports) if name == "ours" else _run_openai(args, ports) for name in clients]
     finally:
         for proc in procs:
             proc.terminate()
@@ -134,11 +155,19 @@ def main(argv: list[str] | None = None) -> int:
             os.sched_setaffinity(0, set(cpus))
 
     if not args.json_only:
-        print_table([row], [("requests", "requests", "d"), ("prompt_kb", "prompt KB", ".1f"),
-                            ("requests_per_cpu_s", "req/CPU-s", ".0f"), ("requests_per_s", "req/s wall", ".0f"),
-                            ("cpu_ms_per_request", "cpu ms/req", ".3f"), ("failed", "failed", "d")])
-    print(json.dumps({"bench": "client-overhead", **row}))
+        print_table(rows, [("client", "client", "s"), ("requests", "requests", "d"), ("prompt_kb", "prompt KB", ".1f"),
+                           ("requests_per_cpu_s", "req/CPU-s", ".0f"), ("requests_per_s", "req/s wall", ".0f"),
+                           ("cpu_ms_per_request", "cpu ms/req", ".3f"), ("failed", "failed", "d")])
+    print(json.dumps({"bench": "client-overhead", **rows[0], "clients": {r["client"]: r for r in rows}}))
     return 0
+
+
+def _openai_available() -> bool:
+    try:
+        import openai  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _run(args: argparse.Namespace, ports: list[int]) -> dict[str, Any]:
@@ -163,8 +192,13 @@ def _run(args: argparse.Namespace, ports: list[int]) -> dict[str, Any]:
     with CpuTimer() as t:
         results = run_requests(requests, pool=pool, sampling=sampling, model="echo", in_flight=args.in_flight,
                                check_output=check, stats=stats)
-    n = len(results)
+    return _row("ours", args, prompt_bytes, t, len(results), sum(r.status != "ok" for r in results))
+
+
+def _row(client: str, args: argparse.Namespace, prompt_bytes: int, t: CpuTimer, n: int,
+         failed: int) -> dict[str, Any]:
     return {
+        "client": client,
         "requests": n,
         "prompt_kb": round(prompt_bytes / 1024, 1),
         "in_flight": args.in_flight,
@@ -172,9 +206,57 @@ def _run(args: argparse.Namespace, ports: list[int]) -> dict[str, Any]:
         "requests_per_cpu_s": round(n / t.cpu, 1) if t.cpu > 0 else 0.0,
         "requests_per_s": round(n / t.wall, 1),
         "cpu_ms_per_request": round(1000 * t.cpu / n, 4),
-        "failed": sum(r.status != "ok" for r in results),
+        "failed": failed,
         "wall_s": round(t.wall, 3),
     }
+
+
+def _run_openai(args: argparse.Namespace, ports: list[int]) -> dict[str, Any]:
+    """The same requests through ``openai.AsyncOpenAI``: ``in_flight`` workers, one client per endpoint."""
+    import openai
+
+    messages = prompt_messages(args.prompt_kb)
+    prompt_bytes = len(json.dumps(messages, ensure_ascii=False).encode())
+    sampling = SamplingConfig()
+    check = None
+    if args.check:
+        from mira_spark.bench.common import bench_builder
+        from mira_spark.scoring import make_check_output
+
+        builder = bench_builder()
+        check = make_check_output(builder.rubric, builder, "keep")
+    probe = ScoreRequest(index=0, key="doc-0", messages=messages)
+
+    async def send_all(n: int) -> int:
+        clients = [openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{p}/v1", api_key="EMPTY", max_retries=0,
+                                      timeout=OPENAI_TIMEOUT_S) for p in ports]
+        counter = itertools.count()
+        failed = 0
+
+        async def worker() -> None:
+            nonlocal failed
+            while (i := next(counter)) < n:
+                try:
+                    resp = await clients[i % len(clients)].chat.completions.create(
+                        model="echo", messages=messages, temperature=sampling.temperature, top_p=sampling.top_p,
+                        max_tokens=sampling.max_tokens)
+                    choice = resp.choices[0]
+                    if check is not None:
+                        check(probe, choice.message.content or "", choice.finish_reason)
+                except openai.OpenAIError:
+                    failed += 1
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(min(args.in_flight, n))))
+        finally:
+            for c in clients:
+                await c.close()
+        return failed
+
+    asyncio.run(send_all(min(args.requests, args.in_flight)))
+    with CpuTimer() as t:
+        failed = asyncio.run(send_all(args.requests))
+    return _row("openai", args, prompt_bytes, t, args.requests, failed)
 
 
 if __name__ == "__main__":
