@@ -152,3 +152,19 @@ def test_steady_window_from_stats() -> None:
              {"first_start_clock": None, "last_start_clock": None}]
     assert steady_window(stats) == (4.0, 9.0)
     assert steady_window([{"first_start_clock": None}]) is None
+
+
+def test_serve_sim_arguments_reach_the_capacity_model() -> None:
+    from mira_spark.simulator.launcher import _parser, configs_from_args
+
+    args = _parser().parse_args(["--endpoints", "2", "--speeds", "1,4", "--service", "fixed", "--service-s", "3",
+                                 "--service-dist", "lognormal", "--fifo", "--seed", "10"])
+    models = [c.capacity_model() for c in configs_from_args(args)]
+    assert [(m.service, m.fixed_service_s, m.service_distribution, m.fifo) for m in models] == [
+        ("fixed", 3.0, "lognormal", True)] * 2
+    assert [m.service_seed for m in models] == [10, 11]
+    assert models[1].mean_service_s(SMALL, running=1) == pytest.approx(0.75)
+    default = configs_from_args(_parser().parse_args([]))[0].capacity_model()
+    assert (default.service, default.fifo) == ("tokens", False)
+    with pytest.raises(ValueError, match="service-s"):
+        configs_from_args(_parser().parse_args(["--service", "fixed", "--service-s", "0"]))
