@@ -31,7 +31,7 @@ from mira_spark.reliability import compute_reliability
 from mira_spark.rubric import Rubric, load_rubric
 from mira_spark.scores import parse_raw_outputs
 from mira_spark.scoring import IN_FLIGHT_HEADROOM, GroupPlan, ScoringPlan, plan_in_flight, score_documents
-from mira_spark.selection import select_documents
+from mira_spark.selection import Selection, select_documents
 from mira_spark.serving.preflight import check_served_models
 from mira_spark.serving.runner import PoolUnavailableError, check_pool_reachable
 from mira_spark.serving.secrets import resolve_api_key
@@ -386,15 +386,27 @@ def reliability_stage(ctx: RunContext) -> None:
     tables.overwrite(reliability, "reliability", RELIABILITY_SCHEMA)
 
 
-def select_stage(ctx: RunContext) -> None:
+def composite_scores(ctx: RunContext) -> DataFrame:
+    """Current score rows with ``composite`` and ``dims_used`` added (reads the reliability table)."""
+    return add_composite(_current_scores(ctx), ctx.tables.read("reliability"))
+
+
+def decide_stage(ctx: RunContext) -> Selection:
+    """Write ``thresholds`` and ``decisions``; return the selection whose kept rows ``selected`` gets."""
     tables = ctx.tables
     if not tables.exists("reliability"):
         reliability_stage(ctx)
-    scored = add_composite(_current_scores(ctx), tables.read("reliability"))
+    scored = composite_scores(ctx)
     still_pending = pending_documents(ctx.routed, tables.read("scores"), ctx.versions)
     selection = select_documents(ctx.spark, scored, ctx.rejected, still_pending, ctx.settings.selection)
     tables.overwrite(selection.thresholds, "thresholds", THRESHOLDS_SCHEMA)
     tables.overwrite(selection.decisions, "decisions", DECISIONS_SCHEMA)
+    return selection
+
+
+def selected_stage(ctx: RunContext, selection: Selection) -> None:
+    """Write ``selected`` (the kept rows with their text) and record kept counts per source."""
+    tables = ctx.tables
     # Text from the routed copy: with duplicate doc_ids in the input, joining the raw documents would
     # attach every copy's text to the one kept score row.
     selected = selection.kept.join(ctx.routed.select("doc_id", "scorer", "text"), on=["doc_id", "scorer"],
@@ -402,6 +414,11 @@ def select_stage(ctx: RunContext) -> None:
     tables.overwrite(selected, "selected", selected.schema)
     for r in tables.read("thresholds").collect():
         ctx.summary.kept[r["source"]] = (int(r["n_kept"]), int(r["n_in"]))
+
+
+def select_stage(ctx: RunContext) -> None:
+    """Composite, thresholds, decisions and ``selected``."""
+    selected_stage(ctx, decide_stage(ctx))
 
 
 def finish_run(ctx: RunContext, started: float) -> RunSummary:

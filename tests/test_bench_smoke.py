@@ -6,10 +6,11 @@ No timing assertions: benchmarks are commands, their figures live in benchmarks/
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
-from mira_spark.bench import client_overhead, throughput
+from mira_spark.bench import client_overhead, table_path, throughput
 
 
 def last_json(out: str) -> dict:
@@ -107,3 +108,49 @@ def test_client_overhead_ours_and_openai_smoke(capsys: pytest.CaptureFixture[str
 def test_client_overhead_rejects_unknown_client(capsys: pytest.CaptureFixture[str]) -> None:
     assert client_overhead.main(["--clients", "ours,httpx", "--requests", "4"]) == 2
     assert "unknown client" in capsys.readouterr().err
+
+
+@pytest.mark.spark
+@pytest.mark.timeout(180)
+def test_table_path_smoke(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
+    from deltalake import DeltaTable
+
+    # rows 499 and 999 repeat the id before them; rows 199, 399, 599, 799, 1199 have an unrouted source (row
+    # 999 takes the source of its original, 998); ~1% of the rest are pending
+    docs = 1200
+    rc = table_path.main(["--docs", str(docs), "--root", str(tmp_path), "--json-only"])
+    assert rc == 0
+    out = last_json(capsys.readouterr().out)
+    assert out["bench"] == "table-path" and out["docs"] == docs
+    assert list(out["steps"]) == [name for name, _ in table_path.STEPS]
+    assert all(v > 0 for v in out["steps"].values()) and out["total_s"] > 0
+    counts = out["counts"]
+    assert counts["documents_in"] == docs
+    assert counts["rejected"] == {"duplicate_doc_id": 2, "no_scorer": 5}
+    assert counts["pending"] > 0
+    assert out["written"]["scores"] == docs - 7 - counts["pending"]
+    for step in out["steps"]:
+        assert out["text_exchanges"][step]["plans"] >= 1, step
+    # the stages really ran: every input row has one decision, the pending ones say so
+    decisions = DeltaTable(str(tmp_path / "tables" / "decisions")).to_pandas()
+    assert len(decisions) == docs
+    assert (decisions["reason"] == "pending").sum() == counts["pending"]
+    assert sum(counts["kept"].values()) == (decisions["decision"] == "kept").sum() > 0
+
+
+@pytest.mark.spark
+def test_table_path_counts_exchanges_that_carry_text(spark: Any, tmp_path: Any) -> None:
+    from pyspark.sql import functions as F
+
+    spark.range(100).select(F.col("id").cast("string").alias("doc_id"),
+                            F.concat(F.lit("t"), F.col("id").cast("string")).alias("text")
+                            ).write.format("delta").save(str(tmp_path / "docs"))
+    docs = spark.read.format("delta").load(str(tmp_path / "docs"))  # text followed from the scan
+    carrying = table_path.text_exchanges(table_path.parse_plan(table_path.plan_text(docs.repartition(3, "doc_id"))))
+    narrow = docs.select("doc_id").repartition(3, "doc_id")
+    keys_only = table_path.text_exchanges(table_path.parse_plan(table_path.plan_text(narrow)))
+    hashed = docs.select("doc_id", F.xxhash64("text").alias("h")).repartition(3, "doc_id")
+    hashed_only = table_path.text_exchanges(table_path.parse_plan(table_path.plan_text(hashed)))
+    assert carrying[0] >= 1 and carrying[1] >= carrying[0]
+    assert keys_only[0] == 0 and keys_only[1] >= 1
+    assert hashed_only[0] == 0 and hashed_only[1] >= 1
