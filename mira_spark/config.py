@@ -236,6 +236,11 @@ class Settings(_Frozen):
     engine: Engine = Field(default="sail", description="sail | local | connect | active")
     connect_url: str | None = Field(default=None, description="sc:// URL for engine: connect.")
     table_format: TableFormat = Field(default="delta", description="delta; parquet only for classic local parity.")
+    delta_jars: tuple[str, ...] = Field(
+        default=(),
+        description="engine: local with delta: local Delta Lake jar files (delta-spark_<spark>_2.13-<v>.jar, "
+        "delta-storage-<v>.jar) put on spark.jars; empty: fetched from Maven with spark.jars.packages.",
+    )
     tables: TablesConfig
     scorers_file: Path = Field(description="YAML with groups and pools (conf/scorers.yaml).")
     scorers: ScorersConfig
@@ -251,6 +256,13 @@ class Settings(_Frozen):
             raise ValueError("engine: connect needs connect_url: sc://host:port")
         if self.table_format == "parquet" and self.engine != "local":
             raise ValueError("table_format: parquet is only for engine: local (the parity suite); use delta")
+        if self.delta_jars and (self.engine != "local" or self.table_format != "delta"):
+            raise ValueError("delta_jars is read only with engine: local and table_format: delta; with "
+                             "spark-submit pass --jars or --packages instead, or remove delta_jars")
+        missing_jars = [jar for jar in self.delta_jars if "://" not in jar and not Path(jar).is_file()]
+        if missing_jars:
+            raise ValueError(f"delta_jars: no such file {', '.join(missing_jars)}; list the downloaded "
+                             "delta-spark and delta-storage jars (paths relative to this file)")
         set_by_hand = sorted(set(CONSTRAINT_KEYS) & set(self.sampling.extra_body))
         if self.scoring.constrained_output != "off" and set_by_hand:
             raise ValueError(
@@ -328,6 +340,8 @@ def load_settings(path: str | Path, overrides: Mapping[str, Any] | None = None) 
             value = tables.get(key)
             if isinstance(value, str) and (key in ("root", "staging") or _is_path(value)):
                 tables[key] = _resolve(path.parent, value)
+    if isinstance(raw.get("delta_jars"), list):
+        raw["delta_jars"] = [_resolve(path.parent, str(jar)) for jar in raw["delta_jars"]]
     scorers_ref = raw.get("scorers_file", "scorers.yaml")
     scorers_path = Path(_resolve(path.parent, str(scorers_ref)) or "")
     raw["scorers_file"] = str(scorers_path)

@@ -3,6 +3,12 @@
 Takes ``Settings.engine`` (and ``connect_url``); gives a SparkSession inside a context manager that
 cleans up only what it started. Pipeline code uses the DataFrame API that Spark Connect supports, so the
 same stages run on all four. Nothing here runs at import time.
+
+Classic ``local`` with ``table_format: delta`` is built with Delta Lake's SQL extension and catalog and
+its jars: ``delta_jars`` from the config (``spark.jars``), else ``io.delta:delta-spark_<spark>_2.13:<v>``
+fetched from Maven (``spark.jars.packages``, named as delta-spark's ``configure_spark_with_delta_pip``
+names it). The session is probed (the Delta catalog is resolved) before it is handed out, so missing
+jars stop the run before any work with one :class:`EngineError` line, not a JVM trace.
 """
 
 from __future__ import annotations
@@ -10,7 +16,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+import re
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -19,6 +28,128 @@ if TYPE_CHECKING:
     from mira_spark.config import Settings
 
 log = logging.getLogger(__name__)
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+DELTA_VERSION = "4.4.1"  # the `classic` extra's pin (pyproject.toml); an installed delta-spark's version wins
+DELTA_SCALA = "2.13"
+DRAIN_TIMEOUT_S = 5.0  # waiting for a failed JVM's last output
+
+
+def delta_version() -> str:
+    """The installed delta-spark's version, else the version the ``classic`` extra pins."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("delta-spark")
+    except metadata.PackageNotFoundError:
+        return DELTA_VERSION
+
+
+def delta_package(version: str, spark_version: str) -> str:
+    """Maven coordinate of the Delta jar for a Spark version, as delta-spark's pip helper names it.
+
+    >>> delta_package("4.4.1", "4.2.0")
+    'io.delta:delta-spark_4.2_2.13:4.4.1'
+    """
+    major_minor = ".".join(spark_version.split(".")[:2])
+    return f"io.delta:delta-spark_{major_minor}_{DELTA_SCALA}:{version}"
+
+
+def delta_confs(jars: Sequence[str], package: str) -> dict[str, str]:
+    """Spark confs of a classic session with Delta: extension, catalog, and local jars or the package.
+
+    >>> sorted(delta_confs(["/j/a.jar", "/j/b.jar"], "io.delta:x:1"))[:2]
+    ['spark.jars', 'spark.sql.catalog.spark_catalog']
+    >>> delta_confs([], "io.delta:x:1")["spark.jars.packages"]
+    'io.delta:x:1'
+    """
+    confs = {"spark.sql.extensions": DELTA_EXTENSION, "spark.sql.catalog.spark_catalog": DELTA_CATALOG}
+    if jars:
+        confs["spark.jars"] = ",".join(jars)
+    else:
+        confs["spark.jars.packages"] = package
+    return confs
+
+
+def delta_jars_message(package: str, jars: Sequence[str], reason: str, log_path: str | None) -> str:
+    """The one line a user gets when the Delta jars cannot be fetched or loaded."""
+    version = package.rsplit(":", 1)[-1]
+    artifact = package.split(":")[1]
+    where = (f"the jars listed in delta_jars ({', '.join(jars)}) do not provide {DELTA_CATALOG}" if jars
+             else f"{package} could not be fetched")
+    tail = f"; Spark's output is in {log_path}" if log_path else ""
+    return (f"engine: local with table_format: delta needs the Delta Lake jars, and {where} ({reason}). "
+            f"Download {artifact}-{version}.jar and delta-storage-{version}.jar and list their paths under "
+            "delta_jars: in the run config, or run on a cluster that has Delta (engine: active with "
+            f"spark-submit --packages {package} or --jars, or Databricks){tail}")
+
+
+def _resolver_reason(output: str) -> str:
+    """The informative part of a failed Ivy resolution (or of any JVM start failure)."""
+    hosts = sorted(set(re.findall(r"Host (\S+) not found", output)))
+    unresolved = re.search(r"unresolved dependency: ([^\]\n]+)", output)
+    parts = []
+    if unresolved:
+        parts.append(f"unresolved dependency {unresolved.group(1).strip()}")
+    if hosts:
+        parts.append(f"no route to {', '.join(hosts)}")
+    if parts:
+        return "; ".join(parts)
+    lines = [line.strip() for line in output.splitlines() if line.strip() and not line.startswith(("\tat ", "WARNING"))]
+    return lines[-1][:300] if lines else "the JVM exited without output"
+
+
+class _HeldStderr:
+    """Route fd 2 through a pipe while the JVM starts: what it prints is held, then passed through once
+    the session is up, or kept out of the terminal (and saved to a file) when the start fails.
+
+    The JVM inherits fd 2 when pyspark launches it, so this is the only place its resolver output can be
+    caught; Python's own fd 2 is restored as soon as the JVM runs.
+    """
+
+    def __init__(self) -> None:
+        self._real = os.dup(2)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self._held = bytearray()
+        self._passing = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._pump, args=(read_end,), name="mira-jvm-stderr", daemon=True)
+        self._thread.start()
+
+    def _pump(self, read_end: int) -> None:
+        while chunk := os.read(read_end, 65536):
+            with self._lock:
+                if self._passing:
+                    os.write(self._real, chunk)
+                else:
+                    self._held += chunk
+        os.close(read_end)
+
+    def restore(self) -> None:
+        """Give Python its stderr back (the JVM keeps writing into the pipe)."""
+        os.dup2(self._real, 2)
+
+    def pass_through(self) -> None:
+        """The session is up: print what was held and pass the JVM's later output straight on."""
+        with self._lock:
+            os.write(self._real, bytes(self._held))
+            self._held.clear()
+            self._passing = True
+
+    def failed(self, drain: bool = True) -> tuple[str, str]:
+        """The start failed: ``(held output, path of the file it was saved to)``; ``drain``: the JVM exited,
+        wait for its last bytes."""
+        if drain:
+            self._thread.join(DRAIN_TIMEOUT_S)
+        with self._lock:
+            text = self._held.decode("utf-8", "replace")
+        fd, path = tempfile.mkstemp(prefix="mira-spark-delta-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        return text, path
 
 
 class EngineError(RuntimeError):
@@ -53,14 +184,18 @@ def sail_session(app_name: str = "mira-spark") -> Iterator[SparkSession]:
 
 
 @contextlib.contextmanager
-def local_session(app_name: str = "mira-spark", cores: str = "*") -> Iterator[SparkSession]:
-    """Classic Spark ``local[cores]`` (needs Java 17). Used for the parquet parity suite."""
+def local_session(app_name: str = "mira-spark", cores: str = "*",
+                  delta_jars: Sequence[str] | None = None) -> Iterator[SparkSession]:
+    """Classic Spark ``local[cores]`` (needs Java 17): parquet when ``delta_jars`` is None, else Delta with
+    those local jars (an empty list: the Maven package); raises :class:`EngineError` when Delta does not load.
+    """
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)
     os.environ.pop("SPARK_REMOTE", None)
+    import pyspark
     from pyspark.sql import SparkSession
 
-    spark = (
+    builder = (
         SparkSession.builder.master(f"local[{cores}]")
         .appName(app_name)
         .config("spark.ui.enabled", "false")
@@ -68,12 +203,40 @@ def local_session(app_name: str = "mira-spark", cores: str = "*") -> Iterator[Sp
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .getOrCreate()
     )
+    if delta_jars is None:
+        spark = builder.getOrCreate()
+    else:
+        package = delta_package(delta_version(), pyspark.__version__)
+        for key, value in delta_confs(delta_jars, package).items():
+            builder = builder.config(key, value)
+        spark = _start_with_delta(builder, list(delta_jars), package)
     try:
         yield spark
     finally:
         spark.stop()
+
+
+def _start_with_delta(builder: SparkSession.Builder, jars: list[str], package: str) -> SparkSession:
+    """Start the session and resolve the Delta catalog; the JVM's output is held until both worked."""
+    held = _HeldStderr()
+    try:
+        try:
+            spark = builder.getOrCreate()
+        finally:
+            held.restore()
+    except Exception as exc:  # the JVM did not start (e.g. Maven unreachable: JAVA_GATEWAY_EXITED)
+        output, path = held.failed()
+        raise EngineError(delta_jars_message(package, jars, _resolver_reason(output or str(exc)), path)) from None
+    try:
+        spark.catalog.currentCatalog()  # instantiates spark_catalog, i.e. loads DeltaCatalog from the jars
+    except Exception as exc:
+        spark.stop()
+        output, path = held.failed(drain=False)  # the JVM outlives stop(): nothing more to wait for
+        missing = "class not found" if "ClassNotFoundException" in str(exc) + output else type(exc).__name__
+        raise EngineError(delta_jars_message(package, jars, f"{DELTA_CATALOG}: {missing}", path)) from None
+    held.pass_through()
+    return spark
 
 
 @contextlib.contextmanager
@@ -108,7 +271,7 @@ def open_session(settings: Settings) -> Iterator[SparkSession]:
     if settings.engine == "sail":
         cm = sail_session()
     elif settings.engine == "local":
-        cm = local_session()
+        cm = local_session(delta_jars=list(settings.delta_jars) if settings.table_format == "delta" else None)
     elif settings.engine == "connect":
         cm = connect_session(settings.connect_url or "")
     else:
