@@ -43,6 +43,11 @@ def _agreement(pairs: DataFrame, keys: list[str]) -> DataFrame:
         ordered = Window.partitionBy(*keys).orderBy(col)
         return F.rank().over(ordered) + (F.count(F.lit(1)).over(by_value) - 1) / 2.0
 
+    # + 0.0 turns -0.0 into 0.0: Sail's Window.partitionBy/orderBy keep them apart, which would split a
+    # tie of zeros into two rank groups (shared/notes/engines.md item 10; tests/test_reliability.py).
+    pairs = pairs.withColumn("teacher_score", F.col("teacher_score") + F.lit(0.0)).withColumn(
+        "score", F.col("score") + F.lit(0.0)
+    )
     ranked = pairs.withColumn("rank_t", avg_rank("teacher_score")).withColumn("rank_s", avg_rank("score"))
     return ranked.groupBy(*keys).agg(
         F.count(F.lit(1)).alias("n"),
