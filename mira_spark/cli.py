@@ -13,13 +13,11 @@ import logging
 import sys
 import time
 
-from mira_spark.config import ConfigError
+from mira_spark.errors import EXIT_SPARK_ERROR, EXIT_STOPPED, EXIT_USER_ERROR, RunStoppedError, cli_outcome
 
 log = logging.getLogger(__name__)
 
-EXIT_USER_ERROR = 2  # bad config, input, rubric, unreachable pool: the message says what to fix
-EXIT_STOPPED = 3  # the pool died mid-run: committed waves are kept, rerun to finish
-EXIT_SPARK_ERROR = 1  # Spark failed for a reason that is not one of ours
+__all__ = ["EXIT_SPARK_ERROR", "EXIT_STOPPED", "EXIT_USER_ERROR", "main"]
 
 
 def _summary_lines(summary) -> list[str]:
@@ -81,8 +79,7 @@ def cmd_run(args) -> int:
     print("\n".join(_summary_lines(summary)))
     print(json.dumps({"summary": summary.as_dict()}, default=str))
     if summary.stopped:
-        print(f"mira-spark: stopped: {summary.stopped}", file=sys.stderr)
-        return EXIT_STOPPED
+        raise RunStoppedError(summary.stopped)
     return 0
 
 
@@ -173,21 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     install_redaction(log)
     try:
         return cmd_run(args)
-    except ConfigError as exc:
-        print(f"mira-spark: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
     except Exception as exc:
-        from mira_spark.errors import USER_ERROR_NAMES, user_message
-
-        message = user_message(exc)
-        if message is None:
-            raise
-        log.debug("full error behind the message below", exc_info=True)
-        print(f"mira-spark: {message}", file=sys.stderr)
-        wrapped_user_error = any(name in str(exc) for name in USER_ERROR_NAMES)
-        if type(exc).__name__ in USER_ERROR_NAMES or wrapped_user_error:
-            return EXIT_USER_ERROR
-        return EXIT_SPARK_ERROR
+        outcome = cli_outcome(exc)  # by type: MiraError subclasses carry their exit code and label
+        if outcome is None:
+            raise  # a bug of ours: the traceback is the useful report
+        if not isinstance(exc, RunStoppedError):
+            log.debug("full error behind the message below", exc_info=True)
+        code, line = outcome
+        print(line, file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -18,13 +18,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mira_spark.constrained import CONSTRAINT_KEYS, ConstrainedOutput, StructuredOutputAPI, check_mode
+from mira_spark.errors import ConfigError
 
 Engine = Literal["sail", "local", "connect", "active"]
 TableFormat = Literal["delta", "parquet"]
-
-
-class ConfigError(ValueError):
-    """Invalid configuration; the message says which file and key, and what is allowed."""
 
 
 class _Frozen(BaseModel):

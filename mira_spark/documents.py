@@ -19,14 +19,12 @@ from pyspark.sql import Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from mira_spark.errors import InputError
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 REQUIRED_COLUMNS = ("doc_id", "source", "text")
-
-
-class InputError(ValueError):
-    """The documents table cannot be used as given; the message says how to fix it."""
 
 
 @dataclass

@@ -22,6 +22,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from mira_spark.errors import EngineError
+
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
@@ -150,10 +152,6 @@ class _HeldStderr:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         return text, path
-
-
-class EngineError(RuntimeError):
-    """The requested engine cannot start; the message says what to install or configure."""
 
 
 @contextlib.contextmanager

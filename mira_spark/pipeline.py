@@ -54,10 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class PoolUnavailable(RuntimeError):
-    """Every endpoint of a pool stopped answering mid-run; committed waves are kept."""
-
-
 @dataclass
 class RunSummary:
     run_id: str

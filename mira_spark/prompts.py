@@ -199,7 +199,7 @@ class PromptBuilder:
         rebuilt = self.build(source, text, token_budget=None, _budget_override=budget)
         return rebuilt if rebuilt.kept_chars > estimated.kept_chars else estimated
 
-    def repair_prompt(self, missing_slots: list[str], previous_answer: str) -> str:
+    def repair_prompt(self, missing_slots: list[str]) -> str:
         """Follow-up user message asking only for the slots a partial answer left out."""
         names = self.rubric.names
         lines = [f"[{s}] {names[s]}: <score>/10 — <justification>" for s in missing_slots]

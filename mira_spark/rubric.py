@@ -18,16 +18,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mira_spark.errors import RubricError
+
 SLOT_PATTERN = re.compile(r"^A([1-9][0-9]?)$")
 SCORE_MIN = 0.0
 SCORE_MAX = 10.0
 OVERALL_MIN = 0
 OVERALL_MAX = 100
 RECOMMENDATIONS = ("keep", "downsample", "drop")
-
-
-class RubricError(ValueError):
-    """A rubric file is missing or malformed; the message names the file, the line and the fix."""
 
 
 class Dimension(BaseModel):

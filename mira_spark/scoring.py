@@ -112,7 +112,7 @@ def make_check_output(rubric: Rubric, builder: PromptBuilder, policy: str):
             return OutputVerdict("retry", reason="malformed_output")
         missing = missing_slots(card)
         if missing and policy == "reask" and len(request.messages) <= 2:
-            return OutputVerdict("followup", reason="missing_slots", followup=builder.repair_prompt(missing, text))
+            return OutputVerdict("followup", reason="missing_slots", followup=builder.repair_prompt(missing))
         return OutputVerdict("accept")
 
     return check

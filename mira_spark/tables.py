@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from mira_spark.errors import CommitConflictError, TableError
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
@@ -190,10 +192,6 @@ RUN_STATS_SCHEMA = T.StructType(
 )
 
 
-class TableError(RuntimeError):
-    """A table is missing or has the wrong shape; the message names it and what to do."""
-
-
 @dataclass(frozen=True)
 class TableRef:
     """A table by path (``path``) or by catalog name (``name``)."""
@@ -302,11 +300,6 @@ class Tables:
             return True
         except Exception:
             return False
-
-    def read_or_empty(self, table: str, schema: T.StructType) -> DataFrame:
-        if self.exists(table):
-            return self.read(table)
-        return self.spark.createDataFrame([], schema)
 
     # -- writes ----------------------------------------------------------------------------------
     def _writer(self, df: DataFrame, mode: str):
@@ -421,7 +414,7 @@ class Tables:
                 text = str(exc)
                 if not any(m in text for m in _CONFLICT_MARKERS) or attempt == MERGE_CONFLICT_ATTEMPTS:
                     if any(m in text for m in _CONFLICT_MARKERS):
-                        raise TableError(
+                        raise CommitConflictError(
                             f"{what}: lost {attempt} commit races to a concurrent writer; rerun this job "
                             "(committed work is kept and is not scored again)"
                         ) from None

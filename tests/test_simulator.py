@@ -331,7 +331,7 @@ def test_repair_follow_up_answers_only_requested_slots(sim: SimHandle, builder: 
     answer = body["choices"][0]["message"]["content"]
     follow = dict(first)
     follow["messages"] = [*first["messages"], {"role": "assistant", "content": answer},
-                          {"role": "user", "content": builder.repair_prompt(["A3", "A12"], answer)}]
+                          {"role": "user", "content": builder.repair_prompt(["A3", "A12"])}]
     status, _, body = post(sim, follow, request_id="doc-repair")
     assert status == 200
     lines = body["choices"][0]["message"]["content"].split("\n")
