@@ -284,8 +284,14 @@ def random_order_key(h: int) -> int:
 
 
 def gumbel_noise(h: int) -> float:
-    """Standard Gumbel noise ``-log(-log(u))`` with ``u = (top 53 bits of h + 0.5) / 2**53`` in (0, 1)."""
-    u = (((h + (1 << 64)) % (1 << 64) >> 11) + 0.5) / (1 << 53)
+    """Standard Gumbel noise ``-log(-log(u))``, ``u = (top 52 bits of h as unsigned + 0.5) / 2**52``.
+
+    52 bits, not 53, so that ``u`` stays strictly below 1 in a double (``2**53 - 0.5`` would round up).
+
+    >>> math.isfinite(gumbel_noise(-1)) and math.isfinite(gumbel_noise(0))
+    True
+    """
+    u = ((((h + (1 << 64)) % (1 << 64)) >> 12) + 0.5) / (1 << 52)
     return -math.log(-math.log(u))
 
 
@@ -684,8 +690,9 @@ class Cut:
 
     (doc_id compares by code point in Python and by UTF-8 bytes in Spark: the same order.)
     ``lowest_kept_key`` is the threshold the variant reports (None when nothing is kept);
-    ``budget_met``: ``reach`` — kept >= budget; ``never_exceed`` — kept <= budget and the first
-    excluded row would have exceeded it (None for ``min_score``); ``exhausted``: every row kept.
+    ``budget_met``: ``reach`` — kept >= budget; ``never_exceed`` — kept == budget, or kept < budget and
+    the first excluded row would have exceeded it; False when the unit ran out of rows short of its
+    budget (``exhausted``: every row kept); None for ``min_score``.
     """
 
     unit: str
@@ -744,7 +751,7 @@ def _finish(b: Boundary, key: int | None, last_hash: int | None, last_doc_id: st
         if b.semantics == "reach":
             met = kept >= b.budget
         else:
-            met = kept <= b.budget and (exhausted or (next_size is not None and kept + next_size > b.budget))
+            met = kept == b.budget or (next_size is not None and kept + next_size > b.budget >= kept)
     if n_kept == 0:
         lowest = None
     elif key is None:
