@@ -1,5 +1,9 @@
 """Crash and resume: SIGKILL a real driver mid-run, rerun, and count requests at the simulator.
 
+The kill lands deterministically between a wave's raw_outputs append and its MERGE into scores: the driver
+runs with a hook (installed by a small wrapper script) that, on the second wave's MERGE, writes a marker and
+SIGKILLs its own process, so the window the test is about is always the one hit.
+
 Also the pool dying mid-run: the run stops cleanly with committed waves kept and the rest deferred, and
 a rerun after the endpoints come back scores only what was not committed.
 """
@@ -29,11 +33,40 @@ from mira_spark.tables import Tables
 pytestmark = pytest.mark.spark
 
 CRASH_WAVE = 40  # 7 waves over the sample corpus
-CRASH_TIME_SCALE = 30.0  # ~0.3 s per answer with 4 slots per endpoint: ~10 s of scoring
+CRASH_AT_WAVE = 2  # killed after this wave's raw append, before its MERGE (wave 1 is merged)
+CRASH_TIME_SCALE = 30.0  # ~0.3 s per answer with 4 slots per endpoint
 CRASH_SLOTS = 4
 POLL_S = 0.005
 KILL_DEADLINE_S = 120.0
 RUN_TIMEOUT_S = 180.0
+# Runs the CLI with Tables.merge wrapped: when the scores MERGE of wave CRASH_AT_WAVE is about to start (its
+# raw outputs already appended), record what is committed and SIGKILL this process.
+KILL_BETWEEN_APPEND_AND_MERGE = """
+import json, os, signal, sys
+from mira_spark import cli
+from mira_spark.tables import Tables
+
+marker, at_wave = sys.argv[1], int(sys.argv[2])
+real_append, real_merge = Tables.append, Tables.merge
+seen = {"raw_appends": 0, "score_merges": 0}
+
+def append(self, df, table, schema, **kwargs):
+    real_append(self, df, table, schema, **kwargs)
+    if table == "raw_outputs":
+        seen["raw_appends"] += 1
+
+def merge(self, df, table, schema, keys):
+    if table == "scores" and seen["raw_appends"] == at_wave and seen["score_merges"] == at_wave - 1:
+        with open(marker, "w") as fh:
+            json.dump(seen, fh)
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_merge(self, df, table, schema, keys)
+    if table == "scores":
+        seen["score_merges"] += 1
+
+Tables.append, Tables.merge = append, merge
+sys.exit(cli.main(sys.argv[3:]))
+"""
 
 
 def _version(table: Path) -> int:
@@ -56,10 +89,14 @@ def _requests(sims: list[SimHandle]) -> Counter[str]:
     return total
 
 
-def _driver(config: Path, out: Path, run_id: str) -> subprocess.Popen[bytes]:
+def _driver(config: Path, out: Path, run_id: str, kill_marker: Path | None = None) -> subprocess.Popen[bytes]:
+    """The CLI in a child process; with ``kill_marker``, it SIGKILLs itself between append and MERGE."""
     env = {**os.environ, "RUST_LOG": "error", "PYTHONUNBUFFERED": "1"}
+    prefix = [sys.executable, "-m", "mira_spark.cli"]
+    if kill_marker is not None:
+        prefix = [sys.executable, "-c", KILL_BETWEEN_APPEND_AND_MERGE, str(kill_marker), str(CRASH_AT_WAVE)]
     return subprocess.Popen(
-        [sys.executable, "-m", "mira_spark.cli", "run", "--config", str(config), "--run-id", run_id],
+        [*prefix, "run", "--config", str(config), "--run-id", run_id],
         cwd=str(REPO), env=env, stdout=out.open("wb"), stderr=subprocess.STDOUT,
     )
 
@@ -71,27 +108,6 @@ def _summary(out: Path) -> dict[str, Any]:
     raise AssertionError(f"no summary line in {out}:\n{out.read_text()[-3000:]}")
 
 
-def _kill_in_window(proc: subprocess.Popen[bytes], root: Path) -> tuple[bool, int]:
-    """SIGKILL the driver once a wave is merged, preferably while a wave's raw outputs are unmerged.
-
-    Returns (killed between a raw append and its MERGE, waves merged at the kill).
-    """
-    raw, scores = root / "raw_outputs", root / "scores"
-    deadline = time.monotonic() + KILL_DEADLINE_S
-    while time.monotonic() < deadline and proc.poll() is None:
-        r, s = _version(raw), _version(scores)  # v0 of each is the empty table ensure() creates
-        if s >= 1 and r > s:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(30)
-            return True, s
-        if s >= 4:  # the window was missed twice over: kill now, between waves
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(30)
-            return False, s
-        time.sleep(POLL_S)
-    raise AssertionError(f"driver ended or stalled before a wave was committed (exit {proc.poll()})")
-
-
 def test_sigkill_mid_run_then_resume(spark: Any, sample_dir: Path, tmp_path: Path) -> None:
     configs = [SimConfig(name=f"crash{i}", slots=CRASH_SLOTS, time_scale=CRASH_TIME_SCALE, seed=i)
                for i in range(2)]
@@ -101,23 +117,28 @@ def test_sigkill_mid_run_then_resume(spark: Any, sample_dir: Path, tmp_path: Pat
                            str(sample_dir / "validation"), [h.url for h in sims],
                            scoring={"wave_size": CRASH_WAVE},
                            scorers={"pools": {"text_group_b_pool": {"slots_per_endpoint": CRASH_SLOTS}}})
-        first = _driver(cfg, tmp_path / "first.log", "killed")
+        marker = tmp_path / "killed-between-append-and-merge.json"
+        first = _driver(cfg, tmp_path / "first.log", "killed", kill_marker=marker)
         try:
-            in_window, merged_waves = _kill_in_window(first, tmp_path / "tables")
+            first.wait(KILL_DEADLINE_S)
         finally:
             if first.poll() is None:
                 first.kill()
                 first.wait(30)
-        assert first.returncode == -signal.SIGKILL
+        assert first.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
+        # the kill landed where it was meant to: wave CRASH_AT_WAVE appended, only the waves before it merged
+        assert json.loads(marker.read_text()) == {"raw_appends": CRASH_AT_WAVE, "score_merges": CRASH_AT_WAVE - 1}
         at_kill = _requests(sims)
 
         tables = Tables(spark, load_settings(cfg))
         committed = _keys(tables.read("scores").collect())
         raw_rows = tables.read("raw_outputs").filter("status IN ('ok', 'failed')").collect()
         orphans = _keys(raw_rows) - committed  # appended by the killed run, never merged
-        assert committed and merged_waves >= 1
-        # The kill usually lands between a wave's raw append and its MERGE; the few-ms race between
-        # reading the logs and the signal can move it either way, so only the print below reports it.
+        wave_rows = Counter(r["wave"] for r in raw_rows)
+        assert sorted(wave_rows) == list(range(CRASH_AT_WAVE))  # raw outputs of the merged wave and the killed one
+        assert len(committed) == wave_rows[0] > 0  # scores hold exactly the first wave
+        assert len(orphans) == wave_rows[CRASH_AT_WAVE - 1] > 0  # the killed wave: paid, appended, not merged
+        assert _version(tmp_path / "tables" / "scores") == CRASH_AT_WAVE - 1  # v0 empty + one MERGE
 
         second = _driver(cfg, tmp_path / "second.log", "resumed")
         assert second.wait(RUN_TIMEOUT_S) == 0, (tmp_path / "second.log").read_text()[-3000:]
@@ -143,9 +164,9 @@ def test_sigkill_mid_run_then_resume(spark: Any, sample_dir: Path, tmp_path: Pat
     # What the rerun sent is exactly what was not committed (in flight at the kill, or not reached).
     resent = {k for k in after if after[k] > at_kill[k]}
     assert not resent & (committed | orphans)
-    print(f"killed after {merged_waves} merged waves; {len(orphans)} raw outputs recovered without "
-          f"requests (kill {'inside' if in_window else 'outside'} the append->MERGE window); "
-          f"{len(resent)} keys sent again")
+    # the kill fell between waves, so nothing was in flight: the rerun sent exactly what it recorded sending
+    sent_by_rerun = tables.read("raw_outputs").filter("run_id = 'resumed' AND attempts > 0").collect()
+    assert resent == _keys(sent_by_rerun) and resent
 
 
 # ---- the pool dies mid-run ------------------------------------------------------------------------
