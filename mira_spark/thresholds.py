@@ -616,7 +616,7 @@ def choose_bucket_bits(boundaries: Mapping[str, Boundary], rows_per_bucket: int 
 
     ``floor_bits``: bits the order key already consumed (``RANDOM_KEY_BITS`` for the random baseline,
     whose key *is* the hash's top bits), so the buckets split inside a key. 0 means pass 2a is not
-    worth it (list the boundary keys' rows directly), unless ``floor_bits`` is set.
+    worth it: the boundary keys' rows are few enough to list directly.
 
     >>> b = find_boundaries([("s", 1, 1_000_000, 1_000_000)], ThresholdSpec(mode="fraction", fraction=0.5))
     >>> choose_bucket_bits(b)
@@ -624,7 +624,7 @@ def choose_bucket_bits(boundaries: Mapping[str, Boundary], rows_per_bucket: int 
     """
     largest = max((b.key_count for b in boundaries.values() if not b.resolved), default=0)
     if largest <= rows_per_bucket:
-        return floor_bits
+        return 0
     return min(MAX_BUCKET_BITS, floor_bits + math.ceil(math.log2(largest / rows_per_bucket)))
 
 

@@ -37,7 +37,7 @@ from mira_spark.confidence import (
     shrink_mae,
 )
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def expand(counts: list[tuple[float, float, int]]) -> tuple[list[float], list[float]]:
