@@ -433,3 +433,42 @@ def test_published_mask_bad_files(tmp_path) -> None:
         read_published_mask(bad)
     with pytest.raises(ValueError, match=r"\.csv or \.jsonl"):
         read_published_mask(tmp_path / "m.parquet")
+
+
+def test_table_shrinkage_matches_step_by_step() -> None:
+    rows = planted_rows()
+    cells = reliability_cells(rows, MaskRule(n_min=4))
+    zc = 1.959963984540054
+    for dim in ("A1", "A2"):
+        members = [c for c in cells if c.dimension == dim]
+        assert all(c.spearman is not None and c.n >= 4 for c in members)
+        z = [math.atanh(c.spearman) for c in members]
+        v = []
+        for c in members:
+            if c.ci_method == "fisher":
+                v.append((1 + c.spearman**2 / 2) / (c.n - 3))
+            else:   # a bootstrapped cell enters with the variance its interval implies
+                v.append(((math.atanh(c.spearman_ci[1]) - math.atanh(c.spearman_ci[0])) / (2 * zc)) ** 2)
+        w = [1 / x for x in v]
+        zbar = sum(a * b for a, b in zip(w, z, strict=True)) / sum(w)
+        q = sum(a * (b - zbar) ** 2 for a, b in zip(w, z, strict=True))
+        tau2 = max(0.0, (q - (len(z) - 1)) / (sum(w) - sum(a * a for a in w) / sum(w)))
+        ws = [1 / (x + tau2) for x in v]
+        mu = sum(a * b for a, b in zip(ws, z, strict=True)) / sum(ws)
+        mae_g = _group_mae(rows, dim)
+        for c, zi, vi in zip(members, z, v, strict=True):
+            b = vi / (vi + tau2)
+            assert c.tau2 == pytest.approx(tau2)
+            assert c.shrink_weight == pytest.approx(b)
+            assert c.spearman_shrunk == pytest.approx(math.tanh((1 - b) * zi + b * mu))
+            assert c.mae_shrunk == pytest.approx((c.n * c.mae + 20 * mae_g) / (c.n + 20))
+
+
+def test_table_ignores_row_order_and_partial_counts() -> None:
+    rows = planted_rows()
+    split = []
+    for r in rows:
+        c = r[-1]
+        split += [(*r[:-1], c // 2), (*r[:-1], c - c // 2)]
+    random.Random(4).shuffle(split)
+    assert reliability_cells(split) == reliability_cells(rows)
