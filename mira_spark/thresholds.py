@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from functools import reduce
@@ -733,7 +733,7 @@ class Cuts:
     def __getitem__(self, unit: str) -> Cut:
         return self.cuts[unit]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self.cuts)
 
     def kept_measure(self, unit: str) -> int:
