@@ -102,6 +102,7 @@ BENCHES = {
     "faults": "mira_spark.bench.faults",
     "constrained": "mira_spark.bench.constrained",
     "table-path": "mira_spark.bench.table_path",
+    "routing": "mira_spark.bench.routing",
 }
 
 
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in [
         ("serve-sim", "start simulated scorer endpoints (stand-ins for vLLM; see --help)"),
         ("make-sample", "write the sample corpus and validation table"),
-        ("bench", "benchmarks: parse | throughput | client-overhead | faults | table-path | constrained"),
+        ("bench", "benchmarks: parse | throughput | routing | client-overhead | faults | table-path | constrained"),
         ("estimate", "GPU-hours and wall time for a documents table, before anything is sent"),
     ]:
         sub.add_parser(name, help=help_text, add_help=False)

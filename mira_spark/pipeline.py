@@ -30,8 +30,9 @@ from mira_spark.prompts import PromptBuilder
 from mira_spark.reliability import compute_reliability
 from mira_spark.rubric import Rubric, load_rubric
 from mira_spark.scores import parse_raw_outputs
-from mira_spark.scoring import IN_FLIGHT_HEADROOM, GroupPlan, ScoringPlan, plan_in_flight, score_documents
+from mira_spark.scoring import GroupPlan, ScoringPlan, score_documents
 from mira_spark.selection import Selection, select_documents
+from mira_spark.serving.plan import plan_in_flight
 from mira_spark.serving.preflight import check_served_models
 from mira_spark.serving.runner import PoolUnavailableError, check_pool_reachable
 from mira_spark.serving.secrets import resolve_api_key
@@ -106,7 +107,8 @@ def make_plan(settings: Settings, groups: Groups, concurrent_tasks: int) -> Scor
                                 prompt_version=groups.versions[name], api_key=resolve_api_key(pool))
         in_flight[name] = plan_in_flight(pool, concurrent_tasks)
     return ScoringPlan(groups=plans, sampling=settings.sampling, scoring=settings.scoring,
-                       max_model_len=settings.serving.max_model_len, in_flight_per_task=in_flight)
+                       max_model_len=settings.serving.max_model_len, in_flight_per_task=in_flight,
+                       concurrent_tasks=concurrent_tasks)
 
 
 def _versions_df(spark: SparkSession, groups: Groups) -> DataFrame:
@@ -171,12 +173,7 @@ def plan_tasks(settings: Settings, parallelism: int) -> int:
     >>> plan_tasks(load_settings("conf/local.yaml"), parallelism=64)
     1
     """
-    total = sum(
-        settings.scorers.pools[g.pool].in_flight_target
-        or math.ceil(len(settings.scorers.pools[g.pool].endpoints)
-                     * settings.scorers.pools[g.pool].slots_per_endpoint * IN_FLIGHT_HEADROOM)
-        for g in settings.scorers.groups.values()
-    )
+    total = sum(plan_in_flight(settings.scorers.pools[g.pool], 1) for g in settings.scorers.groups.values())
     return max(1, min(parallelism, math.ceil(total / MAX_IN_FLIGHT_PER_TASK)))
 
 

@@ -13,7 +13,6 @@ moves Arrow batches between them.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from mira_spark.config import PoolConfig, SamplingConfig, ScoringConfig
 from mira_spark.constrained import OutputLimits, request_fields
 from mira_spark.prompts import Prompt, PromptBuilder, text_problem
 from mira_spark.rubric import Rubric
+from mira_spark.serving.plan import task_share
 from mira_spark.serving.types import OutputVerdict, RunStats, ScoreRequest, ScoreResult
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 OUTPUT_CHUNK_ROWS = 2048
 SHRINK_FACTOR = 0.7  # after a context-length 400, keep this share of the document's estimated tokens
-IN_FLIGHT_HEADROOM = 1.1  # a little above the pool's slots so a slot freed is refilled at once
 
 RAW_ARROW_SCHEMA = pa.schema(
     [
@@ -82,22 +81,7 @@ class ScoringPlan:
     scoring: ScoringConfig
     max_model_len: int
     in_flight_per_task: dict[str, int]  # scorer group -> requests in flight per task
-
-
-def plan_in_flight(pool: PoolConfig, concurrent_tasks: int) -> int:
-    """Requests each task keeps in flight so the pool is saturated but the surplus waits in the job.
-
-    The pool's target (slots x endpoints x headroom, or ``in_flight_target``) is split over the tasks
-    that run at once; queueing beyond the servers' slots would only move the wait into vLLM's queue,
-    where it cannot be re-routed to a faster endpoint.
-
-    >>> from mira_spark.config import PoolConfig, EndpointConfig
-    >>> pool = PoolConfig(endpoints=(EndpointConfig(url="http://a/v1"),) * 4, slots_per_endpoint=256)
-    >>> plan_in_flight(pool, 2)
-    564
-    """
-    target = pool.in_flight_target or math.ceil(len(pool.endpoints) * pool.slots_per_endpoint * IN_FLIGHT_HEADROOM)
-    return max(1, math.ceil(target / max(concurrent_tasks, 1)))
+    concurrent_tasks: int = 1  # scoring tasks running at once; each fills 1/concurrent_tasks of each pool
 
 
 def make_check_output(rubric: Rubric, builder: PromptBuilder, policy: str):
@@ -244,6 +228,7 @@ def _score_group(
             merge=merge_followup,
             max_output_repairs=plan.scoring.max_output_repairs,
             stats=stats,
+            share=task_share(plan.concurrent_tasks),
         )
         for index, ((row, base), result) in enumerate(zip(pending, results, strict=True)):
             truncated, kept_chars, est_tokens = fitted.get(index, (False, None, None))

@@ -40,31 +40,110 @@ def test_equal_endpoints_round_robin() -> None:
     assert Counter(picked) == Counter({ep.url: 2 for ep in pool.endpoints})
 
 
-def test_least_outstanding_then_weight() -> None:
-    pool, _ = make_pool(2, weights=[1.0, 3.0])
-    counts = Counter(pool.pick().url for _ in range(40))  # type: ignore[union-attr]
-    a, b = (ep.url for ep in pool.endpoints)
-    assert counts[b] == 30 and counts[a] == 10  # outstanding stays proportional to weight
+def fill(pool: EndpointPool) -> list[str]:
+    """Pick until the pool has no room; the endpoint names in pick order."""
+    names = []
+    while (ep := pool.pick()) is not None:
+        names.append(ep.url.split(".")[-1].split(":")[0])
+        assert len(names) < 10_000
+    return names
 
 
-def test_server_load_counts_other_clients() -> None:
-    pool, _clock = make_pool(2)
+def test_fastest_free_slots_first_then_queue_places_then_wait() -> None:
+    # slots 4, job headroom 1: 4 free slots each, then one queue place each, then the job waits
+    pool, _ = make_pool(2, weights=[1.0, 3.0], slots=4)
+    assert fill(pool) == ["1"] * 4 + ["0"] * 4 + ["1", "0"]
+    assert pool.pick() is None and pool.has_usable() and pool.spare() == 0
+    b = pool.endpoints[1]
+    pool.release(b, "success")
+    assert pool.spare() == 1 and pool.pick() is b  # a release makes room exactly where it happened
+
+
+def test_weight_is_a_prior_not_a_cap() -> None:
+    pool, _ = make_pool(2, weights=[1.0, 4.0], slots=8)
     a, b = pool.endpoints
-    pool.set_load(a, ServerLoad(running=50, waiting=10))  # someone else keeps a busy
-    assert all(pool.pick() is b for _ in range(20))
-    # our own outstanding requests are part of the server's count: no double counting
-    assert pool.expected_wait(b) == pytest.approx(21.0)
-    pool.set_load(b, ServerLoad(running=20, waiting=0))
-    assert pool.expected_wait(b) == pytest.approx(21.0)
+    assert [pool.capacity(ep) for ep in (a, b)] == [9, 9]  # weights never limit an endpoint's room
+    for ep, service in ((a, 1.0), (b, 4.0)):  # measured: the "4x" endpoint is the slow one
+        for _ in range(30):
+            ep.outstanding += 1
+            pool.release(ep, "success", service)
+    assert a.service_s == pytest.approx(1.0) and b.service_s == pytest.approx(4.0)
+    assert pool.relative_speeds()[0] > 3 * pool.relative_speeds()[1]
+    assert fill(pool)[:8] == ["0"] * 8  # the measured speed decides, not the configured weight
 
 
-def test_stale_load_ignored() -> None:
-    pool, clock = make_pool(2, metrics_poll_s=1.0)
-    a, _ = pool.endpoints
-    pool.set_load(a, ServerLoad(running=100, waiting=0))
-    assert pool.expected_wait(a) == pytest.approx(101.0)
+def test_service_time_learned_only_from_requests_sent_to_free_slots() -> None:
+    pool, _ = make_pool(1, slots=2)
+    (a,) = pool.endpoints
+    assert pool.pick() is a and not pool.queued(a)
+    assert pool.pick() is a and not pool.queued(a)
+    assert pool.pick() is a and pool.queued(a)  # third request: 2 slots taken, it waits at the server
+
+
+def test_other_clients_load_reduces_room_and_drop_is_taken_at_once() -> None:
+    pool, _ = make_pool(2, slots=16)
+    a, _b = pool.endpoints
+    assert pool.capacity(a) == 17  # 16 slots + 1 headroom, nothing known of others
+    pool.set_load(a, ServerLoad(running=12, waiting=0))  # someone else holds 12 of a's slots
+    assert a.foreign == pytest.approx(6.0)  # a rise moves half way (two jobs converge, not oscillate)
+    pool.set_load(a, ServerLoad(running=18, waiting=0))  # the other client moved: still a transient
+    assert a.foreign == pytest.approx(12.0)
+    pool.set_load(a, ServerLoad(running=18, waiting=0))  # the same reading twice: taken as it is
+    assert a.foreign == pytest.approx(18.0) and pool.capacity(a) == 1  # never below one request
+    pool.set_load(a, ServerLoad(running=12, waiting=0))  # a drop: taken at once
+    assert a.foreign == pytest.approx(12.0) and pool.capacity(a) == 5
+    names = fill(pool)
+    assert names.count("0") == 5 and names.count("1") == 17
+    for _ in range(5):
+        pool.release(a, "success")
+    pool.set_load(a, ServerLoad(running=0, waiting=0))  # the other client left
+    assert a.foreign == 0.0 and pool.capacity(a) == 17  # alone: freed slots are used at once
+
+
+def test_own_requests_are_not_counted_as_others() -> None:
+    pool, _ = make_pool(1, slots=16)
+    (a,) = pool.endpoints
+    for _ in range(10):
+        pool.pick()
+    pool.set_load(a, ServerLoad(running=10, waiting=0), own=10)
+    assert a.foreign == 0.0 and pool.capacity(a) == 17
+    # a scrape answered while 2 of ours were still on the wire: negative "others" are clamped
+    pool.set_load(a, ServerLoad(running=8, waiting=0), own=10)
+    assert a.foreign == 0.0
+
+
+def test_sibling_tasks_split_each_endpoint_and_ignore_jitter() -> None:
+    # one of 4 tasks of a job, 64 slots: its plan is a quarter of each endpoint
+    pool, _ = make_pool(2, slots=64, share=0.25)
+    a, _b = pool.endpoints
+    assert pool.headroom == 0 and pool.prior_foreign(a) == pytest.approx(48.0)
+    assert pool.capacity(a) == 16
+    assert fill(pool) == ["0", "1"] * 16
+    pool.set_load(a, ServerLoad(running=64 - 2, waiting=0), own=16)  # siblings 2 short: jitter
+    assert a.foreign == pytest.approx(48.0) and pool.capacity(a) == 16
+    pool.set_load(a, ServerLoad(running=16, waiting=0), own=16)  # the 3 siblings have finished
+    # every remaining task moves by its share, so together they take the freed room once
+    assert a.foreign == pytest.approx(36.0) and pool.capacity(a) == 28
+
+
+def test_stale_load_falls_back_to_the_prior() -> None:
+    pool, clock = make_pool(1, metrics_poll_s=1.0, slots=16)
+    (a,) = pool.endpoints
+    pool.set_load(a, ServerLoad(running=16, waiting=10))
+    assert pool.capacity(a) < 17
     clock.now += 3.5  # more than 3 poll intervals
-    assert pool.expected_wait(a) == pytest.approx(1.0)
+    assert pool.foreign_load(a) == 0.0 and pool.capacity(a) == 17
+
+
+def test_effective_slots_follow_a_server_that_queues_below_its_batch_size() -> None:
+    pool, _ = make_pool(1, slots=64)
+    (a,) = pool.endpoints
+    for _ in range(66):
+        pool.pick()
+    pool.set_load(a, ServerLoad(running=40, waiting=26), own=66)  # KV cache binds at 40 sequences
+    assert a.effective_slots == 40 and pool.capacity(a) == 42
+    pool.set_load(a, ServerLoad(running=42, waiting=0), own=42)
+    assert a.effective_slots == 64 and pool.capacity(a) == 66
 
 
 def test_set_load_none_keeps_previous() -> None:
@@ -73,18 +152,6 @@ def test_set_load_none_keeps_previous() -> None:
     pool.set_load(a, ServerLoad(2, 1))
     pool.set_load(a, None)
     assert a.server_load == 3
-
-
-def test_faster_endpoint_preferred() -> None:
-    pool, _ = make_pool(2)
-    a, b = pool.endpoints
-    for ep, latency in ((a, 1.0), (b, 4.0)):
-        for _ in range(20):  # one at a time: concurrency 1 -> rate 1/latency
-            ep.outstanding += 1
-            pool.release(ep, "success", latency)
-    assert a.rate is not None and b.rate is not None and a.rate > b.rate
-    counts = Counter(pool.pick().url for _ in range(50))  # type: ignore[union-attr]
-    assert counts[a.url] > 2.5 * counts[b.url]
 
 
 def test_breaker_opens_after_consecutive_failures_and_probe_closes() -> None:

@@ -25,7 +25,8 @@ from aiohttp import web
 
 from mira_spark.config import EndpointConfig, PoolConfig, SamplingConfig, SecretRef
 from mira_spark.serving import secrets as secrets_mod
-from mira_spark.serving.runner import PoolUnavailableError, default_in_flight, run_requests
+from mira_spark.serving.plan import default_in_flight
+from mira_spark.serving.runner import PoolUnavailableError, run_requests
 from mira_spark.serving.secrets import (
     RedactingFilter,
     SecretUnavailableError,

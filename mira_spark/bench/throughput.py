@@ -103,7 +103,7 @@ def _hooks(builder: PromptBuilder) -> tuple[Any, Any]:
 
 def run_ours(pool: PoolConfig, requests: list[ScoreRequest], builder: PromptBuilder,
              sampling: SamplingConfig) -> dict[str, Any]:
-    from mira_spark.scoring import plan_in_flight
+    from mira_spark.serving.plan import plan_in_flight
     from mira_spark.serving.runner import run_requests
 
     check, merge = _hooks(builder)
@@ -216,12 +216,14 @@ def run_plain(pool: PoolConfig, requests: list[ScoreRequest], sampling: Sampling
 
 
 def _spark_plan(pool: PoolConfig, builder: PromptBuilder, sampling: SamplingConfig, concurrent: int) -> Any:
-    from mira_spark.scoring import GroupPlan, ScoringPlan, plan_in_flight
+    from mira_spark.scoring import GroupPlan, ScoringPlan
+    from mira_spark.serving.plan import plan_in_flight
 
     group = GroupPlan(name=GROUP, model=DEFAULT_MODEL, rubric=builder.rubric, pool=pool,
                       prompt_version=builder.version)
     return ScoringPlan(groups={GROUP: group}, sampling=sampling, scoring=ScoringConfig(),
-                       max_model_len=MAX_MODEL_LEN, in_flight_per_task={GROUP: plan_in_flight(pool, concurrent)})
+                       max_model_len=MAX_MODEL_LEN, in_flight_per_task={GROUP: plan_in_flight(pool, concurrent)},
+                       concurrent_tasks=concurrent)
 
 
 def _docs_frame(spark: Any, docs: Sequence[dict], directory: str) -> Any:

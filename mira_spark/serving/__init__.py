@@ -16,7 +16,8 @@ from mira_spark.serving.client import (
     session_factory,
 )
 from mira_spark.serving.endpoints import EndpointPool, EndpointState
-from mira_spark.serving.runner import PoolUnavailableError, arun_requests, default_in_flight, run_requests
+from mira_spark.serving.plan import default_in_flight, plan_in_flight, pool_share
+from mira_spark.serving.runner import PoolUnavailableError, arun_requests, run_requests
 from mira_spark.serving.secrets import (
     RedactingFilter,
     SecretUnavailableError,
@@ -54,6 +55,8 @@ __all__ = [
     "ShrinkRequest",
     "arun_requests",
     "default_in_flight",
+    "plan_in_flight",
+    "pool_share",
     "post_chat",
     "register_secret",
     "resolve_api_key",

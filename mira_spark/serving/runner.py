@@ -22,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +47,7 @@ from mira_spark.serving.client import (
 )
 from mira_spark.serving.endpoints import BreakerState, EndpointPool, EndpointState, Outcome
 from mira_spark.serving.metrics import parse_server_load
+from mira_spark.serving.plan import pool_share
 from mira_spark.serving.retry import is_context_overflow, is_retryable_status, retry_delay
 from mira_spark.serving.secrets import install_redaction, redact, register_secret
 from mira_spark.serving.types import (
@@ -76,8 +77,12 @@ POOL_DOWN_GRACE_PROBES = 3  # ... or this many probe intervals, whichever is lon
 # A worker waiting for an open pool re-checks at least this often (probe times move with /health).
 WAIT_POLL_MAX_S = 0.25
 WAIT_POLL_MIN_S = 0.005
+# A worker waiting for room (every endpoint at this client's capacity) is woken by a release, a
+# scrape or a health change; this is only the backstop re-check.
+CAPACITY_RECHECK_S = 5.0
+# Seconds after the start of a call when /metrics is first read (at most one poll interval).
+FIRST_SCRAPE_AFTER_S = 1.0
 ERROR_DETAIL_CHARS = 200
-IN_FLIGHT_HEADROOM = 1.1
 PROBE_CONNECTIONS_PER_ENDPOINT = 2  # one /health and one /metrics at a time
 
 SessionFactory = Callable[[], aiohttp.ClientSession]
@@ -99,23 +104,6 @@ class _Final:
 def _detail(code: str, detail: str) -> str:
     detail = redact(" ".join(detail.split()))[:ERROR_DETAIL_CHARS]
     return f"{code}: {detail}" if detail else code
-
-
-def default_in_flight(pool: PoolConfig) -> int:
-    """Requests to keep outstanding across the pool: ``in_flight_target``, else slots x endpoints x
-    ``IN_FLIGHT_HEADROOM`` (a little over the slots, so a slot freed by a finished sequence is refilled
-    from the server's queue instead of waiting a network round trip). Divide it among concurrent tasks.
-    """
-    if pool.in_flight_target is not None:
-        return pool.in_flight_target
-    return max(1, math.ceil(round(pool.slots_per_endpoint * len(pool.endpoints) * IN_FLIGHT_HEADROOM, 6)))
-
-
-def task_slots(pool: PoolConfig, in_flight: int) -> int:
-    """This task's share of each endpoint's slots, for routing: several tasks share the pool, each
-    with its share of the in-flight target, so each fills free slots only up to its share."""
-    share = min(1.0, in_flight / (pool.slots_per_endpoint * len(pool.endpoints)))
-    return max(1, math.ceil(pool.slots_per_endpoint * share))
 
 
 def default_pool_down_grace(pool: PoolConfig) -> float:
@@ -141,6 +129,7 @@ class _Runner:
         rng: random.Random,
         grace_s: float,
         clock: Callable[[], float],
+        share: float = 1.0,
     ) -> None:
         self.cfg = pool_cfg
         self.sampling = sampling
@@ -159,16 +148,59 @@ class _Runner:
         self.rng = rng
         self.grace_s = grace_s
         self.clock = clock
-        self.pool = EndpointPool.from_config(pool_cfg, clock=clock)
+        self.pool = EndpointPool.from_config(pool_cfg, share=share, clock=clock)
         self.stopped: str | None = None  # set once the pool has been down past the grace period
         self.in_flight = 0
         self._first_send: dict[int, float] = {}  # request index -> time of its first POST
+        self._waiters: deque[asyncio.Future[None]] = deque()  # workers waiting for room, oldest first
+
+    # ---- waiting for room ----------------------------------------------------------------------
+
+    def _wake(self, n: int = 1) -> None:
+        """Let up to ``n`` workers waiting for room try again."""
+        while n > 0 and self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                n -= 1
+
+    async def _wait_for_room(self) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(fut)
+        backstop = loop.call_later(CAPACITY_RECHECK_S, lambda: fut.done() or fut.set_result(None))
+        try:
+            await fut
+        finally:
+            backstop.cancel()
+
+    async def _acquire(self) -> EndpointState | None:
+        """An endpoint reserved for one request; None once the run has stopped (pool down).
+
+        Surplus requests wait here, in the job, until some endpoint has room: never in a server's
+        queue while another server has a free slot.
+        """
+        while True:
+            if self.stopped is not None:
+                return None
+            ep = self.pool.pick()
+            if ep is not None:
+                return ep
+            if self._check_pool_down():
+                continue
+            if self.pool.has_usable():
+                await self._wait_for_room()
+                continue
+            probe_at = self.pool.next_probe_time()
+            wait = WAIT_POLL_MAX_S if probe_at is None else probe_at - self.clock()
+            await asyncio.sleep(min(WAIT_POLL_MAX_S, max(WAIT_POLL_MIN_S, wait)))
 
     # ---- pool health ---------------------------------------------------------------------------
 
-    def _release(self, ep: EndpointState, outcome: Outcome, latency_s: float | None = None) -> None:
+    def _release(self, ep: EndpointState, outcome: Outcome, service_s: float | None = None) -> None:
         before = ep.state
-        self.pool.release(ep, outcome, latency_s)
+        self.pool.release(ep, outcome, service_s)
+        self._wake()
         if ep.state is not before:
             level = logging.WARNING if ep.state is BreakerState.OPEN else logging.INFO
             logger.log(
@@ -202,8 +234,10 @@ class _Runner:
             self.pool.mark_health(ep, healthy=status == 200)
         except APIError:
             self.pool.mark_health(ep, healthy=False)
+        self._wake(len(self._waiters))  # a probe may be allowed now
 
     async def _scrape(self, ep: EndpointState) -> None:
+        own_before = ep.outstanding
         try:
             status, text = await get_status(self.probe_session, ep.base_url + "/metrics")
         except APIConnectionError:
@@ -212,13 +246,17 @@ class _Runner:
         except APITimeoutError:
             return  # a busy server answering slowly is not a dead one
         if status == 200:
-            self.pool.set_load(ep, parse_server_load(text))
+            # The server counted our requests somewhere inside the round trip: average both ends.
+            self.pool.set_load(ep, parse_server_load(text), own=(own_before + ep.outstanding) / 2)
+            self._wake(self.pool.spare())
 
     async def monitor(self) -> None:
         """Scrape /metrics of live endpoints and /health of open ones until cancelled."""
         periods = [p for p in (self.cfg.metrics_poll_s, self.cfg.breaker_probe_s) if p > 0]
         tick = min(periods)
-        last_scrape = float("-inf")
+        # The first scrape comes once every task has placed its first requests (a scrape at the very
+        # start would show siblings' slots as free), and well before the first full poll interval.
+        last_scrape = self.clock() - max(0.0, self.cfg.metrics_poll_s - FIRST_SCRAPE_AFTER_S)
         while True:
             jobs = [self._probe_health(ep) for ep in self.pool.endpoints if ep.state is BreakerState.OPEN]
             now = self.clock()
@@ -228,7 +266,10 @@ class _Runner:
             if jobs:
                 await asyncio.gather(*jobs)
             self._check_pool_down()
-            await asyncio.sleep(tick)
+            sleep = tick
+            if self.cfg.metrics_poll_s > 0:  # wake for the next scrape on time, not a tick late
+                sleep = min(tick, max(WAIT_POLL_MIN_S, last_scrape + self.cfg.metrics_poll_s - self.clock()))
+            await asyncio.sleep(sleep)
 
     # ---- one HTTP request with transport retries -----------------------------------------------
 
@@ -255,16 +296,11 @@ class _Runner:
         headers = build_headers(self.api_key, key)
         attempt = 0
         while True:
-            if self.stopped is not None:
-                return _Final(_detail(ERR_POOL_UNAVAILABLE, self.stopped), deferred=True)
-            ep = self.pool.pick()
+            ep = await self._acquire()
             if ep is None:
-                if self._check_pool_down():
-                    continue
-                probe_at = self.pool.next_probe_time()
-                wait = WAIT_POLL_MAX_S if probe_at is None else probe_at - self.clock()
-                await asyncio.sleep(min(WAIT_POLL_MAX_S, max(WAIT_POLL_MIN_S, wait)))
-                continue
+                assert self.stopped is not None
+                return _Final(_detail(ERR_POOL_UNAVAILABLE, self.stopped), deferred=True)
+            to_free_slot = not self.pool.queued(ep)
             attempt += 1
             if res.attempts == 0:  # latency runs from the first send, not from waiting for the pool
                 self._first_send[res.index] = self.clock()
@@ -296,7 +332,7 @@ class _Runner:
                 self._release(ep, "failure")
                 error = _detail(ERR_HTTP.format(status=200), str(exc))
             else:
-                self._release(ep, "success", self.clock() - started)
+                self._release(ep, "success", self.clock() - started if to_free_slot else None)
                 res.endpoint = ep.url
                 return response
             finally:
@@ -439,6 +475,7 @@ async def arun_requests(
     seed: int | None = None,
     pool_down_grace_s: float | None = None,
     clock: Callable[[], float] = time.monotonic,
+    share: float | None = None,
 ) -> list[ScoreResult]:
     """Async core of :func:`run_requests`; see there."""
     if in_flight < 1:
@@ -480,8 +517,8 @@ async def arun_requests(
             rng=random.Random(seed),
             grace_s=default_pool_down_grace(pool) if pool_down_grace_s is None else pool_down_grace_s,
             clock=clock,
+            share=pool_share(pool, in_flight) if share is None else share,
         )
-        runner.pool.slots = task_slots(pool, in_flight)
         if pool.startup_check:
             await runner.startup_check()
         next_request = iter(requests)  # shared: a free worker takes the next request at once
@@ -535,6 +572,7 @@ def run_requests(
     stats: RunStats | None = None,
     seed: int | None = None,
     pool_down_grace_s: float | None = None,
+    share: float | None = None,
 ) -> list[ScoreResult]:
     """Send every request and return exactly one result per request, in input order.
 
@@ -556,6 +594,8 @@ def run_requests(
     seed : seeds the retry-jitter RNG (the server's sampling seed is ``sampling.seed``).
     pool_down_grace_s : defer unfinished rows once every endpoint has been down this long
         (default ``max(30 s, 3 x breaker_probe_s)``).
+    share : fraction of each endpoint this call plans to fill (1/T for one of T tasks sharing the pool;
+        :func:`~mira_spark.serving.plan.task_share`); default: implied by ``in_flight``.
 
     Raises
     ------
@@ -580,6 +620,7 @@ def run_requests(
         stats=stats,
         seed=seed,
         pool_down_grace_s=pool_down_grace_s,
+        share=share,
     )
     try:
         asyncio.get_running_loop()
