@@ -61,19 +61,19 @@ class CommitConflictError(TableError):
     """A Delta commit lost every retry to a concurrent writer; committed work is kept, rerun."""
 
 
+class PoolUnavailableError(MiraError, RuntimeError):
+    """No endpoint of a pool answered at start; nothing was sent."""
+
+
+class SecretUnavailableError(MiraError, RuntimeError):
+    """A secret scope is configured but cannot be read here."""
+
+
 class RunStoppedError(MiraError):
     """The run stopped cleanly before finishing (every endpoint stopped answering); rerun to finish."""
 
     exit_code = EXIT_STOPPED
     label = "stopped"
-
-
-def _serving_user_errors() -> tuple[type[BaseException], ...]:
-    """User errors defined in ``mira_spark.serving`` that do not derive from :class:`MiraError` yet."""
-    from mira_spark.serving.runner import PoolUnavailableError
-    from mira_spark.serving.secrets import SecretUnavailableError
-
-    return tuple(c for c in (PoolUnavailableError, SecretUnavailableError) if not issubclass(c, MiraError))
 
 
 def _all_subclasses(cls: type) -> list[type]:
@@ -85,7 +85,7 @@ def _all_subclasses(cls: type) -> list[type]:
 
 def user_error_names() -> tuple[str, ...]:
     """Class names of every user error, to recognise one in the text of a Spark task failure."""
-    classes = [*_all_subclasses(MiraError), *_serving_user_errors()]
+    classes = _all_subclasses(MiraError)
     return tuple(sorted({c.__name__ for c in classes}))
 
 
@@ -136,7 +136,7 @@ def user_message(exc: BaseException) -> str | None:
     >>> user_message(ValueError("x")) is None
     True
     """
-    if isinstance(exc, (MiraError, *_serving_user_errors())):
+    if isinstance(exc, MiraError):
         return _redact(str(exc))
     wrapped = _wrapped_user_message(str(exc))
     if wrapped is not None:
@@ -168,7 +168,7 @@ def cli_outcome(exc: BaseException) -> tuple[int, str] | None:
         return None
     if isinstance(exc, MiraError):
         code, label = exc.exit_code, exc.label
-    elif isinstance(exc, _serving_user_errors()) or _wrapped_user_message(str(exc)) is not None:
+    elif _wrapped_user_message(str(exc)) is not None:
         code, label = EXIT_USER_ERROR, ""
     else:  # a Spark error that is not one of ours
         code, label = EXIT_SPARK_ERROR, ""

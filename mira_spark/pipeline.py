@@ -26,15 +26,16 @@ from mira_spark.aggregation import add_composite
 from mira_spark.config import Settings
 from mira_spark.documents import check_documents, route
 from mira_spark.engines import default_parallelism, open_session
+from mira_spark.errors import PoolUnavailableError
 from mira_spark.prompts import PromptBuilder
 from mira_spark.reliability import compute_reliability
 from mira_spark.rubric import Rubric, load_rubric
 from mira_spark.scores import parse_raw_outputs
 from mira_spark.scoring import GroupPlan, ScoringPlan, score_documents
 from mira_spark.selection import Selection, select_documents
+from mira_spark.serving.health import check_pool_reachable
 from mira_spark.serving.plan import plan_in_flight
 from mira_spark.serving.preflight import check_served_models
-from mira_spark.serving.runner import PoolUnavailableError, check_pool_reachable
 from mira_spark.serving.secrets import resolve_api_key
 from mira_spark.tables import (
     DECISIONS_SCHEMA,

@@ -147,7 +147,7 @@ def _score_group(
     plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: RunStats
 ) -> list[dict]:
     from mira_spark.parsing import merge_followup
-    from mira_spark.serving.runner import run_requests
+    from mira_spark.serving.runner import RowHooks, RunnerOptions, run_requests
 
     builder = PromptBuilder(group.rubric, group.model, plan.max_model_len, plan.sampling.max_tokens)
     cap = plan.scoring.max_text_chars
@@ -215,21 +215,18 @@ def _score_group(
                             est_prompt_tokens=smaller.est_prompt_tokens)
 
     if requests:
-        results: list[ScoreResult] = run_requests(
-            requests,
+        opts = RunnerOptions(
             pool=group.pool,
             sampling=group_sampling(plan.sampling, group.rubric, plan.scoring),
             model=group.model,
             in_flight=plan.in_flight_per_task.get(group.name, 64),
             api_key=group.api_key,
-            check_output=make_check_output(group.rubric, builder, plan.scoring.partial_policy),
-            shrink=shrink,
-            prepare=prepare,
-            merge=merge_followup,
+            hooks=RowHooks(check_output=make_check_output(group.rubric, builder, plan.scoring.partial_policy),
+                           shrink=shrink, prepare=prepare, merge=merge_followup),
             max_output_repairs=plan.scoring.max_output_repairs,
-            stats=stats,
             share=task_share(plan.concurrent_tasks),
         )
+        results: list[ScoreResult] = run_requests(requests, opts, stats)
         for index, ((row, base), result) in enumerate(zip(pending, results, strict=True)):
             truncated, kept_chars, est_tokens = fitted.get(index, (False, None, None))
             base.update(truncated=truncated or len(row["text"]) > cap, kept_chars=kept_chars,

@@ -35,7 +35,7 @@ from mira_spark.constrained import (
 from mira_spark.parsing import parse_output
 from mira_spark.rubric import load_rubric, rubric_from_names
 from mira_spark.scoring import group_sampling
-from mira_spark.serving.runner import run_requests
+from mira_spark.serving.runner import RunnerOptions, run_requests
 from mira_spark.serving.types import ScoreRequest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,7 +220,7 @@ def test_runner_sends_the_constraint_next_to_the_sampling_fields(
     pool = PoolConfig(endpoints=(EndpointConfig(url=url),), api_key_env=None, startup_check=False,
                       metrics_poll_s=0)
     requests = [ScoreRequest(index=i, key=f"k{i}", messages=[{"role": "user", "content": "hi"}]) for i in range(2)]
-    results = run_requests(requests, pool=pool, sampling=sampling, model="m", in_flight=2)
+    results = run_requests(requests, RunnerOptions(pool=pool, sampling=sampling, model="m", in_flight=2))
     assert [r.status for r in results] == ["ok", "ok"] and len(bodies) == 2
     body = bodies[0]
     assert (body["model"], body["max_tokens"], body["temperature"], body["top_k"]) == ("m", 300, 0.7, 20)

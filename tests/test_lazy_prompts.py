@@ -9,7 +9,7 @@ from typing import Any
 from mira_spark.config import EndpointConfig, PoolConfig, SamplingConfig
 from mira_spark.prompts import PromptBuilder
 from mira_spark.rubric import load_rubric
-from mira_spark.serving.runner import run_requests
+from mira_spark.serving.runner import RowHooks, RunnerOptions, run_requests
 from mira_spark.serving.types import OutputVerdict, ScoreRequest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,8 +36,9 @@ def test_prepared_but_unanswered_prompts_never_exceed_in_flight(sim_pool: list[A
 
     pool = PoolConfig(endpoints=tuple(EndpointConfig(url=h.url) for h in sim_pool))
     requests = [ScoreRequest(index=i, key=f"lazy-{i}", messages=[]) for i in range(300)]
-    results = run_requests(requests, pool=pool, sampling=SamplingConfig(), model="m", in_flight=16,
-                           check_output=check, prepare=prepare)
+    opts = RunnerOptions(pool=pool, sampling=SamplingConfig(), model="m", in_flight=16,
+                         hooks=RowHooks(check_output=check, prepare=prepare))
+    results = run_requests(requests, opts)
     assert [r.index for r in results] == list(range(300))
     assert all(r.status == "ok" for r in results)
     assert state["prepared"] == 300

@@ -26,7 +26,7 @@ from aiohttp import web
 from mira_spark.config import EndpointConfig, PoolConfig, SamplingConfig, SecretRef
 from mira_spark.serving import secrets as secrets_mod
 from mira_spark.serving.plan import default_in_flight
-from mira_spark.serving.runner import PoolUnavailableError, run_requests
+from mira_spark.serving.runner import PoolUnavailableError, RowHooks, RunnerOptions, run_requests
 from mira_spark.serving.secrets import (
     RedactingFilter,
     SecretUnavailableError,
@@ -196,9 +196,15 @@ def make_requests(n: int, content: str = "score this", shuffle_seed: int | None 
     return reqs
 
 
-def run(reqs: list[ScoreRequest], pool: PoolConfig, in_flight: int = 4, **kw: Any) -> list[ScoreResult]:
+HOOKS = ("check_output", "shrink", "prepare", "merge")
+
+
+def run(reqs: list[ScoreRequest], pool: PoolConfig, in_flight: int = 4, stats: RunStats | None = None,
+        **kw: Any) -> list[ScoreResult]:
+    hooks = RowHooks(**{k: kw.pop(k) for k in HOOKS if k in kw})
     kw.setdefault("sampling", SamplingConfig())
-    return run_requests(reqs, pool=pool, model="m", in_flight=in_flight, seed=1, **kw)
+    opts = RunnerOptions(pool=pool, model="m", in_flight=in_flight, seed=1, hooks=hooks, **kw)
+    return run_requests(reqs, opts, stats)
 
 
 def assert_aligned(reqs: list[ScoreRequest], results: list[ScoreResult]) -> None:

@@ -171,7 +171,7 @@ def _openai_available() -> bool:
 
 
 def _run(args: argparse.Namespace, ports: list[int]) -> dict[str, Any]:
-    from mira_spark.serving.runner import run_requests
+    from mira_spark.serving.runner import RowHooks, RunnerOptions, run_requests
 
     pool = PoolConfig(endpoints=tuple(EndpointConfig(url=f"http://127.0.0.1:{p}/v1") for p in ports),
                       slots_per_endpoint=args.in_flight, api_key_env=None, metrics_poll_s=0)
@@ -187,11 +187,12 @@ def _run(args: argparse.Namespace, ports: list[int]) -> dict[str, Any]:
         check = make_check_output(builder.rubric, builder, "keep")
     sampling = SamplingConfig()
     warm = requests[: min(len(requests), args.in_flight)]
-    run_requests(warm, pool=pool, sampling=sampling, model="echo", in_flight=args.in_flight, check_output=check)
+    opts = RunnerOptions(pool=pool, sampling=sampling, model="echo", in_flight=args.in_flight,
+                         hooks=RowHooks(check_output=check))
+    run_requests(warm, opts)
     stats = RunStats()
     with CpuTimer() as t:
-        results = run_requests(requests, pool=pool, sampling=sampling, model="echo", in_flight=args.in_flight,
-                               check_output=check, stats=stats)
+        results = run_requests(requests, opts, stats)
     return _row("ours", args, prompt_bytes, t, len(results), sum(r.status != "ok" for r in results))
 
 

@@ -104,14 +104,15 @@ def _hooks(builder: PromptBuilder) -> tuple[Any, Any]:
 def run_ours(pool: PoolConfig, requests: list[ScoreRequest], builder: PromptBuilder,
              sampling: SamplingConfig) -> dict[str, Any]:
     from mira_spark.serving.plan import plan_in_flight
-    from mira_spark.serving.runner import run_requests
+    from mira_spark.serving.runner import RowHooks, RunnerOptions, run_requests
 
     check, merge = _hooks(builder)
     stats = RunStats()
     in_flight = plan_in_flight(pool, 1)
     with CpuTimer() as t:
-        results = run_requests(requests, pool=pool, sampling=sampling, model=DEFAULT_MODEL, in_flight=in_flight,
-                               check_output=check, merge=merge, stats=stats)
+        opts = RunnerOptions(pool=pool, sampling=sampling, model=DEFAULT_MODEL, in_flight=in_flight,
+                             hooks=RowHooks(check_output=check, merge=merge))
+        results = run_requests(requests, opts, stats)
     return {"cpu": t.cpu, "wall": t.wall, "latencies": [r.latency_s for r in results if r.status == "ok"],
             "failed": sum(r.status != "ok" for r in results), "docs": len(requests),
             "max_client_in_flight": stats.max_in_flight}
@@ -120,7 +121,7 @@ def run_ours(pool: PoolConfig, requests: list[ScoreRequest], builder: PromptBuil
 def run_static(pool: PoolConfig, requests: list[ScoreRequest], builder: PromptBuilder,
                sampling: SamplingConfig) -> dict[str, Any]:
     """Round-robin shards, one client per endpoint, each capped at that endpoint's slots."""
-    from mira_spark.serving.runner import arun_requests
+    from mira_spark.serving.runner import RowHooks, RunnerOptions, arun_requests
 
     check, merge = _hooks(builder)
     n = len(pool.endpoints)
@@ -128,9 +129,10 @@ def run_static(pool: PoolConfig, requests: list[ScoreRequest], builder: PromptBu
     stats = RunStats()
 
     async def all_shards() -> list[Any]:
-        jobs = [arun_requests(shard, pool=pool.model_copy(update={"endpoints": (ep,)}), sampling=sampling,
-                              model=DEFAULT_MODEL, in_flight=pool.slots_per_endpoint, check_output=check,
-                              merge=merge, stats=stats)
+        jobs = [arun_requests(shard, RunnerOptions(pool=pool.model_copy(update={"endpoints": (ep,)}),
+                                                   sampling=sampling, model=DEFAULT_MODEL,
+                                                   in_flight=pool.slots_per_endpoint,
+                                                   hooks=RowHooks(check_output=check, merge=merge)), stats)
                 for ep, shard in zip(pool.endpoints, shards, strict=True) if shard]
         return [r for part in await asyncio.gather(*jobs) for r in part]
 

@@ -16,8 +16,15 @@ from mira_spark.serving.client import (
     session_factory,
 )
 from mira_spark.serving.endpoints import EndpointPool, EndpointState
+from mira_spark.serving.health import check_pool_reachable
 from mira_spark.serving.plan import default_in_flight, plan_in_flight, pool_share
-from mira_spark.serving.runner import PoolUnavailableError, arun_requests, run_requests
+from mira_spark.serving.runner import (
+    PoolUnavailableError,
+    RowHooks,
+    RunnerOptions,
+    arun_requests,
+    run_requests,
+)
 from mira_spark.serving.secrets import (
     RedactingFilter,
     SecretUnavailableError,
@@ -48,12 +55,15 @@ __all__ = [
     "OutputVerdict",
     "PoolUnavailableError",
     "RedactingFilter",
+    "RowHooks",
     "RunStats",
+    "RunnerOptions",
     "ScoreRequest",
     "ScoreResult",
     "SecretUnavailableError",
     "ShrinkRequest",
     "arun_requests",
+    "check_pool_reachable",
     "default_in_flight",
     "plan_in_flight",
     "pool_share",

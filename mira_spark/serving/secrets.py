@@ -16,6 +16,9 @@ import threading
 from typing import Any
 
 from mira_spark.config import PoolConfig
+from mira_spark.errors import SecretUnavailableError
+
+__all__ = ["SecretUnavailableError", "install_redaction", "redact", "register_secret", "resolve_api_key"]
 
 REDACTED = "***"
 # Values this short are more likely to collide with ordinary text than to be keys; never redact them.
@@ -24,10 +27,6 @@ PACKAGE_LOGGER = "mira_spark"
 
 _secrets: set[str] = set()
 _lock = threading.Lock()  # Sail runs partitions as threads of one process
-
-
-class SecretUnavailableError(RuntimeError):
-    """A secret scope is configured but cannot be read here."""
 
 
 def register_secret(value: str | None) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import inspect
 import json
 import math
 import random
@@ -371,18 +370,18 @@ def pool_config(sc: Scenario, urls: Sequence[str]) -> PoolConfig:
     )
 
 
-def run_scenario(sc: Scenario, runner: Callable[..., Any] | None = None) -> Outcome:
+def run_scenario(sc: Scenario) -> Outcome:
     """Run one scenario to completion in virtual time and measure it."""
-    if runner is None:
-        from mira_spark.serving.runner import arun_requests as runner
     loop = VirtualTimeLoop()
     try:
-        return loop.run_until_complete(_run(sc, runner, loop))
+        return loop.run_until_complete(_run(sc, loop))
     finally:
         loop.close()
 
 
-async def _run(sc: Scenario, runner: Callable[..., Any], loop: asyncio.AbstractEventLoop) -> Outcome:
+async def _run(sc: Scenario, loop: asyncio.AbstractEventLoop) -> Outcome:
+    from mira_spark.serving.runner import RunnerOptions, arun_requests
+
     rng = random.Random(sc.seed)
     sampler = service_sampler(sc.distribution, sc.service_s)
     servers = [FifoServer(url=f"http://des-{i}.invalid:8000/v1", slots=sc.slots, speed=speed,
@@ -397,7 +396,6 @@ async def _run(sc: Scenario, runner: Callable[..., Any], loop: asyncio.AbstractE
     clients = [(f"job{j}-task{t}", sc.tasks) for j in range(sc.jobs) for t in range(sc.tasks)]
     per_client = math.ceil(total / len(clients))
     sampling = SamplingConfig()
-    share_kw = "share" in inspect.signature(runner).parameters  # runners before issue 7 had no share
 
     stop_foreign = asyncio.Event()
 
@@ -411,11 +409,10 @@ async def _run(sc: Scenario, runner: Callable[..., Any], loop: asyncio.AbstractE
     async def client(name: str, tasks: int) -> list[Any]:
         reqs = [ScoreRequest(index=i, key=f"{name}-{i}", messages=[{"role": "user", "content": "x"}])
                 for i in range(per_client)]
-        return await runner(
-            reqs, pool=pool, sampling=sampling, model="m", in_flight=plan_in_flight(pool, tasks),
-            session_factory=lambda n=name: FakeSession(cluster, n), clock=loop.time, seed=sc.seed,
-            **({"share": task_share(tasks)} if share_kw else {}),
-        )
+        opts = RunnerOptions(pool=pool, sampling=sampling, model="m", in_flight=plan_in_flight(pool, tasks),
+                             share=task_share(tasks), session_factory=lambda: FakeSession(cluster, name),
+                             clock=loop.time, seed=sc.seed)
+        return await arun_requests(reqs, opts)
 
     foreign = asyncio.ensure_future(foreign_client()) if sc.foreign else None
     results = await asyncio.gather(*(client(name, tasks) for name, tasks in clients))
