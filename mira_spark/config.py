@@ -10,6 +10,7 @@ the key and what to change. Pure logic: imports no Spark.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -226,6 +227,15 @@ class TablesConfig(_Frozen):
     def _one_location(self) -> TablesConfig:
         if (self.root is None) == (self.schema_name is None):
             raise ValueError("set exactly one of tables.root (paths) or tables.schema (catalog.schema)")
+        if self.schema_name is not None:  # catalog tables: three-level names (Unity Catalog, spark_catalog.db)
+            if len(_name_parts(self.schema_name)) != 2:
+                raise ValueError(f"tables.schema must be catalog.schema (tables become catalog.schema.<table>), "
+                                 f"got {self.schema_name!r}; e.g. main.mira, or spark_catalog.mira for Hive")
+            for key in ("documents", "validation"):
+                value = getattr(self, key)
+                if value is not None and not _is_path(value) and len(_name_parts(value)) != 3:
+                    raise ValueError(f"tables.{key} must be a path or a three-level name catalog.schema.table "
+                                     f"when tables.schema is set, got {value!r}")
         return self
 
 
@@ -251,8 +261,11 @@ class Settings(_Frozen):
     def _engine_needs(self) -> Settings:
         if self.engine == "connect" and not self.connect_url:
             raise ValueError("engine: connect needs connect_url: sc://host:port")
-        if self.table_format == "parquet" and self.engine != "local":
-            raise ValueError("table_format: parquet is only for engine: local (the parity suite); use delta")
+        root = self.tables.root or ""
+        local_root = bool(root) and ("://" not in root or root.startswith("file://"))
+        if self.table_format == "parquet" and not (self.engine == "local" or (self.engine == "active" and local_root)):
+            raise ValueError("table_format: parquet is only for classic Spark on local paths (engine: local, or "
+                             "engine: active under spark-submit --master local with a local tables.root); use delta")
         if self.delta_jars and (self.engine != "local" or self.table_format != "delta"):
             raise ValueError("delta_jars is read only with engine: local and table_format: delta; with "
                              "spark-submit pass --jars or --packages instead, or remove delta_jars")
@@ -277,6 +290,29 @@ def _resolve(base: Path, value: str | None) -> str | None:
 
 def _is_path(ref: str) -> bool:
     return "/" in ref or "://" in ref
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|`(?:[^`]|``)+`")
+
+
+def _name_parts(name: str) -> list[str]:
+    """The dot-separated identifiers of a table name (plain or `back-quoted`); [] when it is not one.
+
+    >>> _name_parts("main.mira.documents"), _name_parts("main.`my-schema`"), _name_parts("main..x")
+    (['main', 'mira', 'documents'], ['main', '`my-schema`'], [])
+    """
+    parts, pos = [], 0
+    while True:
+        match = _IDENTIFIER.match(name, pos)
+        if match is None:
+            return []
+        parts.append(match.group(0))
+        pos = match.end()
+        if pos == len(name):
+            return parts
+        if name[pos] != ".":
+            return []
+        pos += 1
 
 
 def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
