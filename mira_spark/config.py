@@ -76,6 +76,11 @@ class PoolConfig(_Frozen):
         default=False,
         description="Count truncated prompts exactly with the server's /tokenize and keep more of the document.",
     )
+    request_id_header: bool = Field(
+        default=True,
+        description="Send each row's key as X-Request-Id (joins server logs to rows); off for servers that "
+        "require a UUID there (llama-cpp-python's server answers any other value with an empty HTTP 400).",
+    )
 
 
 class ScorerGroupConfig(_Frozen):

@@ -185,7 +185,7 @@ class Transport:
     ) -> ChatResponse | SendFailure:
         """POST until an answer, a non-retryable error, exhausted attempts or a stopped pool."""
         payload = self.payload(messages, seed_offset)
-        headers = build_headers(self.api_key, key)
+        headers = build_headers(self.api_key, key if self.cfg.request_id_header else None)
         attempt = 0
         while True:
             ep = await self.acquire()
