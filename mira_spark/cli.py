@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 
 from mira_spark.errors import EXIT_SPARK_ERROR, EXIT_STOPPED, EXIT_USER_ERROR, RunStoppedError, cli_outcome
 
@@ -53,29 +52,14 @@ def _load(args) -> object:
 
 def cmd_run(args) -> int:
     from mira_spark.engines import open_session
-    from mira_spark.pipeline import (
-        finish_run,
-        open_run,
-        parse_stage,
-        reliability_stage,
-        score_stage,
-        select_stage,
-    )
+    from mira_spark.pipeline import run_pipeline
 
     settings = _load(args)
-    started = time.perf_counter()
+    stages = None if args.command == "run" else [args.command]
     with open_session(settings) as spark:
-        ctx = open_run(spark, settings, args.run_id)
-        if args.command in ("run", "score"):
-            score_stage(ctx)
-        if args.command == "parse":
-            n = parse_stage(ctx, reparse_all=args.all)
-            print(f"parsed {n} raw outputs into scores")
-        if args.command in ("run", "reliability"):
-            reliability_stage(ctx)
-        if args.command in ("run", "select"):
-            select_stage(ctx)
-        summary = finish_run(ctx, started)
+        summary = run_pipeline(spark, settings, args.run_id, stages=stages, reparse_all=args.command == "parse" and args.all)
+    if args.command == "parse":
+        print(f"parsed {summary.parsed} raw outputs into scores")
     print("\n".join(_summary_lines(summary)))
     print(json.dumps({"summary": summary.as_dict()}, default=str))
     if summary.stopped:
@@ -129,14 +113,12 @@ PASSTHROUGH = {"serve-sim": cmd_serve_sim, "make-sample": cmd_make_sample, "benc
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mira-spark", description=__doc__)
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default)")
+    from mira_spark.pipeline import STAGES
+
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in [
-        ("run", "the whole pipeline: score, parse, reliability, select"),
-        ("score", "score pending documents (and parse them) wave by wave"),
-        ("parse", "parse raw outputs not yet in scores (--all: re-parse every raw output)"),
-        ("reliability", "recompute the reliability mask from the validation table"),
-        ("select", "composite scores, thresholds, decisions and the selected table"),
-    ]:
+    stage_commands = [("run", "the whole pipeline: " + " -> ".join(s.name for s in STAGES))]
+    stage_commands += [(s.name, (s.run.__doc__ or s.name).strip().splitlines()[0]) for s in STAGES]
+    for name, help_text in stage_commands:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", required=True, help="conf/<name>.yaml")
         p.add_argument("--engine", choices=["sail", "local", "connect", "active"], help="override engine:")

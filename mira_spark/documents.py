@@ -1,18 +1,15 @@
 """Documents in: check the input table's shape, drop nothing, route each source to its scorer group.
 
-Takes the documents table (``doc_id``, ``source``, ``text``); gives
-
-* ``routed``: one row per unique ``doc_id`` whose source has a scorer, with column ``scorer`` added;
-* ``rejected``: every other input row with a ``reason`` — ``no_scorer`` (source not in
-  ``conf/scorers.yaml``), ``duplicate_doc_id`` (documented policy: the first copy by a hash of
-  ``(source, text)`` is scored, later copies are reported, never silently dropped), ``null_doc_id``.
-
-Together they hold every input row exactly once.
+Takes the documents table (``doc_id``, ``source``, ``text``); gives the run's routing, every input row
+exactly once and narrow (no text): rows to score have ``scorer`` set and no ``reason``; every other
+row has a ``reason`` — ``no_scorer`` (source not in ``conf/scorers.yaml``), ``duplicate_doc_id``
+(documented policy: the first copy by a hash of ``(source, text)`` is scored, later copies are
+reported, never silently dropped), ``null_doc_id``. :func:`attach_text` joins the text back, once,
+where a stage needs it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pyspark.sql import Window
@@ -25,12 +22,6 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 REQUIRED_COLUMNS = ("doc_id", "source", "text")
-
-
-@dataclass
-class RoutedDocuments:
-    routed: DataFrame
-    rejected: DataFrame
 
 
 def check_documents(df: DataFrame, label: str) -> DataFrame:
@@ -96,23 +87,42 @@ def _decode_utf8_lenient():
     return F.pandas_udf(decode, T.StringType())
 
 
-def route(spark: SparkSession, docs: DataFrame, source_to_scorer: dict[str, str]) -> RoutedDocuments:
-    """Attach each document's scorer group and split off the rows that cannot be scored."""
+def text_hash() -> F.Column:
+    """64-bit hash of ``(source, text)``: identifies which copy of a duplicated doc_id was routed."""
+    return F.xxhash64(F.coalesce(F.col("source"), F.lit("")), F.coalesce(F.col("text"), F.lit("")))
+
+
+def route(spark: SparkSession, docs: DataFrame, source_to_scorer: dict[str, str]) -> DataFrame:
+    """Every input row once, narrow: ``doc_id, source, scorer, reason, text_hash``.
+
+    ``reason`` is null for the rows to score (one per unique ``doc_id`` whose source has a scorer) and
+    says why for every other row. The text itself never leaves its scan here: duplicate detection
+    shuffles only ``(doc_id, source, text_hash)``; :func:`attach_text` brings the text back where it is
+    needed (the work queue, ``selected``).
+    """
     routing = spark.createDataFrame(
         sorted(source_to_scorer.items()) or [("", "")], "source string, scorer string"
     ).filter(F.col("source") != "")
-    tagged = docs.join(F.broadcast(routing), on="source", how="left")
-    order = Window.partitionBy("doc_id").orderBy(
-        F.xxhash64(F.coalesce(F.col("source"), F.lit("")), F.coalesce(F.col("text"), F.lit(""))),
-        F.col("source").asc_nulls_last(),
-    )
+    narrow = docs.select("doc_id", "source", text_hash().alias("text_hash"))
+    tagged = narrow.join(F.broadcast(routing), on="source", how="left")
+    order = Window.partitionBy("doc_id").orderBy(F.col("text_hash"), F.col("source").asc_nulls_last())
     tagged = tagged.withColumn("_copy", F.row_number().over(order))
     reason = (
         F.when(F.col("doc_id").isNull(), F.lit("null_doc_id"))
         .when(F.col("_copy") > 1, F.lit("duplicate_doc_id"))
         .when(F.col("scorer").isNull(), F.lit("no_scorer"))
     )
-    tagged = tagged.withColumn("reason", reason)
-    routed = tagged.filter(F.col("reason").isNull()).select("doc_id", "source", "scorer", "text")
-    rejected = tagged.filter(F.col("reason").isNotNull()).select("doc_id", "source", "scorer", "reason")
-    return RoutedDocuments(routed=routed, rejected=rejected)
+    return tagged.select("doc_id", "source", "scorer", reason.alias("reason"), "text_hash")
+
+
+def attach_text(keys: DataFrame, docs: DataFrame, broadcast_keys: bool = False) -> DataFrame:
+    """``keys`` (routed rows: ``doc_id, text_hash, ...``) with the ``text`` of the copy that was routed.
+
+    The one join that moves text; broadcast the keys when they are few, so the documents are not
+    shuffled at all. Exact duplicates (same doc_id, source and text) match more than once; callers that
+    need one row per key drop them where the rows are already co-located (see
+    :func:`mira_spark.scoring.score_partition`).
+    """
+    texts = docs.select("doc_id", "text", text_hash().alias("text_hash"))
+    right = F.broadcast(keys) if broadcast_keys else keys
+    return texts.join(right, on=["doc_id", "text_hash"], how="inner")

@@ -1,7 +1,15 @@
-"""Stage order of a run: documents -> route -> score (waves) -> parse -> reliability -> composite -> select.
+"""Stage order of a run: route -> score (waves) -> parse -> reliability -> select, in one list.
 
 Takes :class:`Settings`; gives the tables under ``tables.root`` (or ``tables.schema``) and a
-:class:`RunSummary` of what every stage did. Only this module knows the order of stages.
+:class:`RunSummary` of what every stage did. Only this module knows the order of stages: :data:`STAGES`
+is the one ordered list that the CLI (``run`` and one command per stage), :func:`run_pipeline`, the
+spark-submit entry point, the notebooks, the benchmarks and the tests all run. Each stage's docstring
+says which tables and columns it reads and writes.
+
+Routing runs once per run: its narrow result (every input row once, no text) is persisted in the
+``routing`` table under the run's id, and every later consumer — pending documents, decisions,
+``selected`` — reads that, joining the text back only where it is needed
+(:func:`~mira_spark.documents.attach_text`).
 
 Exactly-once: each wave of pending documents is scored by one Spark action that appends its raw
 outputs, then the wave's raw outputs are reduced to one row per key, parsed and MERGEd into
@@ -17,6 +25,8 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -24,7 +34,7 @@ from pyspark.sql import functions as F
 
 from mira_spark.aggregation import add_composite
 from mira_spark.config import Settings
-from mira_spark.documents import check_documents, route
+from mira_spark.documents import attach_text, check_documents, route
 from mira_spark.engines import default_parallelism, open_session
 from mira_spark.errors import PoolUnavailableError
 from mira_spark.prompts import PromptBuilder
@@ -41,6 +51,7 @@ from mira_spark.tables import (
     DECISIONS_SCHEMA,
     RAW_OUTPUTS_SCHEMA,
     RELIABILITY_SCHEMA,
+    ROUTING_SCHEMA,
     RUN_STATS_SCHEMA,
     SCORE_KEYS,
     SCORES_SCHEMA,
@@ -63,6 +74,7 @@ class RunSummary:
     rejected: dict[str, int] = field(default_factory=dict)
     pending_before: int = 0
     recovered_raw: int = 0
+    parsed: int = 0  # rows the parse stage merged into scores
     waves: int = 0
     requests_sent: int = 0
     rows_scored: int = 0
@@ -157,6 +169,9 @@ def recover_unmerged(tables: Tables, groups: Groups) -> int:
 
 
 WAVE_TAIL_IDLE_WARN = 0.02
+# Pending keys (doc_id, source, scorer, hash: ~60 bytes each) up to this many are broadcast to the text
+# join, so the documents are read once and never shuffled.
+BROADCAST_KEYS_MAX = 2_000_000
 # Requests one task's event loop keeps in flight comfortably (measured: 2,006 mean at the servers from one
 # task at ~1.7 ms CPU per request; benchmarks/README.md).
 MAX_IN_FLIGHT_PER_TASK = 2048
@@ -192,8 +207,8 @@ def wave_tail_idle(wave_docs: int, in_flight: int) -> float:
     return min(1.0, in_flight / (2 * wave_docs))
 
 
-def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: DataFrame, run_id: str,
-                summary: RunSummary) -> None:
+def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: DataFrame, docs: DataFrame,
+                run_id: str, summary: RunSummary) -> None:
     spark = tables.spark
     n_pending = summary.pending_before
     if n_pending == 0:
@@ -227,8 +242,9 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
     # wave then reads its own partition instead of re-reading, re-routing and re-joining the whole
     # corpus, and never re-derives "not yet in scores" from a table the previous wave just changed.
     # Keyed by run_id so concurrent runs on one table root never read each other's lists.
-    work = pending.select("doc_id", "source", "scorer", "prompt_version", "text",
-                          F.lit(run_id).alias("run_id")).withColumn(
+    with_text = attach_text(pending, docs, broadcast_keys=n_pending <= BROADCAST_KEYS_MAX)
+    work = with_text.select("doc_id", "source", "scorer", "prompt_version", "text",
+                            F.lit(run_id).alias("run_id")).withColumn(
         "wave", F.pmod(F.xxhash64(F.col("doc_id"), F.lit("wave")), F.lit(n_waves)).cast("int")
     )
     tables.append(work, "work_queue", WORK_QUEUE_SCHEMA, partition_by=("run_id", "wave"))
@@ -321,7 +337,7 @@ def _write_run_stats(tables: Tables, summary: RunSummary) -> None:
 
 @dataclass
 class RunContext:
-    """What the stages of one run share: tables, rubrics, routed documents, the summary being filled."""
+    """What the stages of one run share: tables, rubrics, the documents, routing, the summary being filled."""
 
     spark: SparkSession
     settings: Settings
@@ -329,43 +345,80 @@ class RunContext:
     groups: Groups
     summary: RunSummary
     docs: DataFrame
-    routed: DataFrame
-    rejected: DataFrame
     versions: DataFrame
+    routing: DataFrame | None = None  # set by the route stage: this run's rows of the routing table
+    reparse_all: bool = False  # parse stage: re-parse every raw output (after a parser fix)
+
+    def _routing(self) -> DataFrame:
+        if self.routing is None:
+            raise RuntimeError("the route stage has not run in this run")
+        return self.routing
+
+    @property
+    def routed(self) -> DataFrame:
+        """Rows to score: ``doc_id, source, scorer, text_hash`` (no text)."""
+        return self._routing().filter(F.col("reason").isNull()).select("doc_id", "source", "scorer", "text_hash")
+
+    @property
+    def rejected(self) -> DataFrame:
+        """Rows routing set aside: ``doc_id, source, scorer, reason``."""
+        return self._routing().filter(F.col("reason").isNotNull()).select("doc_id", "source", "scorer", "reason")
 
 
 def open_run(spark: SparkSession, settings: Settings, run_id: str | None = None) -> RunContext:
-    """Read and route the documents and make sure the score tables exist."""
+    """Check the documents table and make sure the score tables exist; stages do the rest."""
     summary = RunSummary(run_id=run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
     tables = Tables(spark, settings)
     groups = load_groups(settings)
     docs = check_documents(tables.read(tables.documents), tables.documents.label)
-    routing = route(spark, docs, settings.scorers.group_for_source())
-    summary.documents_in = docs.count()
-    summary.rejected = {r["reason"]: int(r["count"]) for r in routing.rejected.groupBy("reason").count().collect()}
     tables.ensure("raw_outputs", RAW_OUTPUTS_SCHEMA)
     tables.ensure("scores", SCORES_SCHEMA)
-    return RunContext(spark, settings, tables, groups, summary, docs, routing.routed, routing.rejected,
-                      _versions_df(spark, groups))
+    return RunContext(spark, settings, tables, groups, summary, docs, _versions_df(spark, groups))
+
+
+def route_stage(ctx: RunContext) -> None:
+    """Route every input row once, narrow, and persist it for the run.
+
+    Reads ``documents`` (doc_id, source, text: the text only to hash it). Writes this run's partition of
+    ``routing`` (run_id, doc_id, source, scorer, reason, text_hash); counts documents in and rejected
+    by reason.
+    """
+    routing = route(ctx.spark, ctx.docs, ctx.settings.scorers.group_for_source())
+    run_id = ctx.summary.run_id
+    ctx.tables.append(routing.withColumn("run_id", F.lit(run_id)), "routing", ROUTING_SCHEMA, partition_by=("run_id",))
+    ctx.routing = ctx.tables.read("routing").filter(F.col("run_id") == run_id)
+    counts = {r["reason"]: int(r["count"]) for r in ctx.routing.groupBy("reason").count().collect()}
+    ctx.summary.documents_in = sum(counts.values())
+    ctx.summary.rejected = {k: v for k, v in counts.items() if k is not None}
 
 
 def score_stage(ctx: RunContext) -> None:
-    """Recover unmerged raw outputs, then score every pending document wave by wave."""
+    """Commit what a killed run had paid for, then score every pending document wave by wave.
+
+    Reads ``routing`` (this run), ``scores`` (keys), ``raw_outputs`` (unmerged rows) and the documents'
+    text once, for the pending rows. Writes ``work_queue`` (this run, deleted at the end), appends
+    ``raw_outputs`` (one Spark action per wave) and MERGEs each wave into ``scores``.
+    """
     ctx.summary.recovered_raw = recover_unmerged(ctx.tables, ctx.groups)
     pending = pending_documents(ctx.routed, ctx.tables.read("scores"), ctx.versions,
                                 tuple(ctx.settings.scoring.rescore_errors))
     ctx.summary.pending_before = pending.count()
-    score_waves(ctx.tables, ctx.settings, ctx.groups, pending, ctx.summary.run_id, ctx.summary)
+    score_waves(ctx.tables, ctx.settings, ctx.groups, pending, ctx.docs, ctx.summary.run_id, ctx.summary)
     _collect_run_counts(ctx.tables, ctx.summary.run_id, ctx.summary)
 
 
-def parse_stage(ctx: RunContext, reparse_all: bool = False) -> int:
-    """Parse raw outputs into ``scores``: the unmerged ones, or all of them (after a parser fix)."""
-    if not reparse_all:
-        return recover_unmerged(ctx.tables, ctx.groups)
+def parse_stage(ctx: RunContext) -> int:
+    """Parse raw outputs into ``scores``: the unmerged ones, or all of them (``ctx.reparse_all``).
+
+    Reads ``raw_outputs`` and ``scores`` (keys); MERGEs into ``scores``. Returns the rows parsed.
+    """
+    if not ctx.reparse_all:
+        ctx.summary.parsed = recover_unmerged(ctx.tables, ctx.groups)
+        return ctx.summary.parsed
     raw = ctx.tables.read("raw_outputs").join(F.broadcast(ctx.versions), ["scorer", "prompt_version"])
     ctx.tables.merge(parse_raw_outputs(raw, ctx.groups.rubrics), "scores", SCORES_SCHEMA, SCORE_KEYS)
-    return ctx.tables.read("scores").count()
+    ctx.summary.parsed = ctx.tables.read("scores").count()
+    return ctx.summary.parsed
 
 
 def _current_scores(ctx: RunContext) -> DataFrame:
@@ -373,6 +426,11 @@ def _current_scores(ctx: RunContext) -> DataFrame:
 
 
 def reliability_stage(ctx: RunContext) -> None:
+    """Mask unreliable (source, dimension) cells.
+
+    Reads ``scores`` (current prompt versions) and the validation (teacher) table. Overwrites
+    ``reliability`` (source, scorer, slot, dimension, n, mae, spearman, masked, reason, basis).
+    """
     tables = ctx.tables
     validation = tables.read(tables.validation) if tables.validation and tables.exists(tables.validation) else None
     reliability = compute_reliability(ctx.spark, _current_scores(ctx), validation, ctx.groups.rubrics,
@@ -399,36 +457,90 @@ def decide_stage(ctx: RunContext) -> Selection:
 
 
 def selected_stage(ctx: RunContext, selection: Selection) -> None:
-    """Write ``selected`` (the kept rows with their text) and record kept counts per source."""
+    """Write ``selected`` (the kept rows with their text: the one join that brings text here)."""
     tables = ctx.tables
-    # Text from the routed copy: with duplicate doc_ids in the input, joining the raw documents would
-    # attach every copy's text to the one kept score row.
-    selected = selection.kept.join(ctx.routed.select("doc_id", "scorer", "text"), on=["doc_id", "scorer"],
-                                   how="inner").drop("masked_slots")
+    # The text of the copy routing chose: with duplicate doc_ids in the input, joining on doc_id alone
+    # would attach every copy's text to the one kept score row. Exact copies (same id, source, text)
+    # match twice; the join already clusters rows by doc_id, so dropping them moves no text again.
+    keys = selection.kept.drop("masked_slots").join(ctx.routed.select("doc_id", "scorer", "text_hash"),
+                                                     on=["doc_id", "scorer"], how="inner")
+    selected = attach_text(keys, ctx.docs).dropDuplicates(["doc_id", "scorer"]).drop("text_hash")
     tables.overwrite(selected, "selected", selected.schema)
     for r in tables.read("thresholds").collect():
         ctx.summary.kept[r["source"]] = (int(r["n_kept"]), int(r["n_in"]))
 
 
 def select_stage(ctx: RunContext) -> None:
-    """Composite, thresholds, decisions and ``selected``."""
+    """Composite, thresholds, decisions and ``selected``.
+
+    Reads ``scores``, ``reliability``, ``routing`` (this run) and the kept documents' text. Overwrites
+    ``thresholds``, ``decisions`` (every input row once, with a reason) and ``selected``.
+    """
     selected_stage(ctx, decide_stage(ctx))
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One element of the run: its name (the CLI command), what it does, whether it needs routing."""
+
+    name: str
+    run: Callable[[RunContext], object]
+    needs_routing: bool = False
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("route", route_stage),
+    Stage("score", score_stage, needs_routing=True),
+    Stage("parse", parse_stage),
+    Stage("reliability", reliability_stage),
+    Stage("select", select_stage, needs_routing=True),
+)
+STAGE_NAMES = tuple(stage.name for stage in STAGES)
+
+StageWrapper = Callable[[str], AbstractContextManager[object]]
+
+
+@contextmanager
+def _no_wrap(_name: str) -> Iterator[None]:
+    yield
+
+
+def run_stages(ctx: RunContext, names: Sequence[str] | None = None, around: StageWrapper = _no_wrap) -> None:
+    """Run the named stages (default: all) in :data:`STAGES` order; routing first when one needs it.
+
+    ``around(name)`` is entered around each stage (e.g. to start fault-injecting servers for ``score``).
+    """
+    wanted = set(STAGE_NAMES if names is None else names)
+    unknown = wanted - set(STAGE_NAMES)
+    if unknown:
+        raise ValueError(f"unknown stages {sorted(unknown)}; the stages are {list(STAGE_NAMES)}")
+    if any(s.needs_routing for s in STAGES if s.name in wanted):
+        wanted.add("route")
+    for stage in STAGES:
+        if stage.name in wanted:
+            with around(stage.name):
+                log.info("stage %s", stage.name)
+                stage.run(ctx)
+
+
 def finish_run(ctx: RunContext, started: float) -> RunSummary:
+    """Record the run's counts in ``run_stats``, drop its routing rows, register the SQL views."""
     ctx.summary.wall_s = time.perf_counter() - started
     _write_run_stats(ctx.tables, ctx.summary)
+    if ctx.routing is not None:
+        ctx.tables.delete_run("routing", ctx.summary.run_id)
     register_views(ctx.spark, ctx.tables, ctx.groups.rubrics)
     return ctx.summary
 
 
-def run_pipeline(spark: SparkSession, settings: Settings, run_id: str | None = None) -> RunSummary:
-    """The whole job on an open session."""
+def run_pipeline(spark: SparkSession, settings: Settings, run_id: str | None = None,
+                 stages: Sequence[str] | None = None, around: StageWrapper = _no_wrap,
+                 reparse_all: bool = False) -> RunSummary:
+    """The whole job (or the named stages of it, e.g. ``["select"]``) on an open session."""
     started = time.perf_counter()
     ctx = open_run(spark, settings, run_id)
-    score_stage(ctx)
-    reliability_stage(ctx)
-    select_stage(ctx)
+    ctx.reparse_all = reparse_all
+    run_stages(ctx, stages, around)
     return finish_run(ctx, started)
 
 

@@ -106,7 +106,7 @@ def group_sampling(sampling: SamplingConfig, rubric: Rubric, scoring: ScoringCon
     """Sampling of one group's requests: the configured one plus, when ``scoring.constrained_output`` is
     on, the structured-output field built from this group's rubric (``mira_spark.constrained``)."""
     fields = request_fields(rubric, scoring.constrained_output, scoring.structured_output_api,
-                            OutputLimits(rationale_chars=scoring.rationale_max_chars))
+                            OutputLimits.from_max_chars(scoring.free_text_max_chars))
     if not fields:
         return sampling
     return sampling.model_copy(update={"extra_body": {**sampling.extra_body, **fields}})
@@ -255,8 +255,15 @@ def _score_group(
 def score_partition(batches: Iterator[pa.RecordBatch], plan: ScoringPlan) -> Iterator[pa.RecordBatch]:
     """Body of the mapInArrow function: every input row yields exactly one output row."""
     rows: list[dict] = []
+    seen: set[tuple[str, str]] = set()
     for batch in batches:
-        rows.extend(batch.to_pylist())
+        for row in batch.to_pylist():
+            # Exact copies of a document (same doc_id, source and text) reach the same task (rows are
+            # hash-partitioned by doc_id); routing already reported the extra copies as duplicates.
+            key = (row["doc_id"], row["scorer"])
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
     if not rows:
         return
     # Longest documents first: they finish last, so starting them first shortens the task's tail.

@@ -47,7 +47,8 @@ _CONFLICT_MARKERS = (
     "Missing commit file",
 )
 
-TABLES = ("raw_outputs", "scores", "reliability", "thresholds", "decisions", "selected", "run_stats", "work_queue")
+TABLES = ("routing", "raw_outputs", "scores", "reliability", "thresholds", "decisions", "selected", "run_stats",
+          "work_queue")
 
 DOCUMENTS_SCHEMA = T.StructType(
     [
@@ -165,6 +166,19 @@ DECISIONS_SCHEMA = T.StructType(
         T.StructField("composite", T.DoubleType(), True),
         T.StructField("source_rank", T.LongType(), True),
         T.StructField("threshold", T.DoubleType(), True),
+    ]
+)
+
+# Every input row once, narrow (no text): routed rows have a scorer and no reason (appended once per run,
+# partitioned by run_id, deleted when the run ends).
+ROUTING_SCHEMA = T.StructType(
+    [
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("doc_id", T.StringType(), True),
+        T.StructField("source", T.StringType(), True),
+        T.StructField("scorer", T.StringType(), True),
+        T.StructField("reason", T.StringType(), True),
+        T.StructField("text_hash", T.LongType(), False),
     ]
 )
 

@@ -82,6 +82,7 @@ class BadRun:
     overflows: int
     rss_growth_mb: float
     settings: Any
+    selected_ids: list[str]
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +99,8 @@ def bad_run(spark: Any, sim: Any, tmp_path_factory: pytest.TempPathFactory) -> B
         {"doc_id": "dup", "source": "html_cpt", "text": good[0]["text"]},
         {"doc_id": "dup", "source": "html_cpt", "text": good[1]["text"] + "\n<!-- copy 2 -->"},
         {"doc_id": "dup", "source": "html_cpt_web", "text": good[2]["text"] + "\n<!-- copy 3 -->"},
+        {"doc_id": "twin", "source": "html_cpt", "text": good[4]["text"] + "\n<!-- twin -->"},
+        {"doc_id": "twin", "source": "html_cpt", "text": good[4]["text"] + "\n<!-- twin -->"},  # exact copy
         {"doc_id": None, "source": "html_cpt", "text": good[3]["text"]},
         {"doc_id": "unrouted", "source": "forum_dump", "text": good[4]["text"]},
         {"doc_id": "null-source", "source": None, "text": good[5]["text"]},
@@ -112,8 +115,9 @@ def bad_run(spark: Any, sim: Any, tmp_path_factory: pytest.TempPathFactory) -> B
     tables = Tables(spark, settings)
     raw = {r["doc_id"]: r for r in tables.read("raw_outputs").collect()}
     stats = sim.stats()
+    selected_ids = [r["doc_id"] for r in tables.read("selected").select("doc_id").collect()]
     return BadRun(rows, summary, tables.read("decisions").collect(), raw, _requested_doc_ids(sim),
-                  stats["overflows"], rss_after - rss_before, settings)
+                  stats["overflows"], rss_after - rss_before, settings, selected_ids)
 
 
 def test_every_input_row_appears_exactly_once_in_decisions(bad_run: BadRun) -> None:
@@ -166,13 +170,21 @@ def test_null_doc_id_and_unrouted_sources_are_reported(bad_run: BadRun) -> None:
     assert reasons[(None, "html_cpt")] == "null_doc_id"
     assert reasons[("unrouted", "forum_dump")] == "no_scorer"
     assert reasons[("null-source", None)] == "no_scorer"
-    assert bad_run.summary.rejected == {"null_doc_id": 1, "no_scorer": 2, "duplicate_doc_id": 2}
+    assert bad_run.summary.rejected == {"null_doc_id": 1, "no_scorer": 2, "duplicate_doc_id": 3}
     for doc_id in ("unrouted", "null-source"):
         assert doc_id not in bad_run.requested
     # only routed, non-empty, first copies were sent, each once
     assert sorted(bad_run.requested) == sorted(
-        [d["doc_id"] for d in _good_docs(6)] + ["big-5mb", "dup"]
+        [d["doc_id"] for d in _good_docs(6)] + ["big-5mb", "dup", "twin"]
     )
+
+
+def test_exact_copies_are_scored_once_and_selected_once(bad_run: BadRun) -> None:
+    twins = sorted(d["reason"] for d in bad_run.decisions if d["doc_id"] == "twin")
+    assert len(twins) == 2 and twins[0] in ("below_threshold", "selected") and twins[1] == "duplicate_doc_id"
+    assert bad_run.requested.count("twin") == 1  # the text join matched both copies; one request
+    assert bad_run.selected_ids.count("twin") == (1 if twins[0] == "selected" else 0)
+    assert len(bad_run.selected_ids) == len(set(bad_run.selected_ids))
 
 
 def test_binary_text_with_invalid_utf8_is_decoded_and_flagged(spark: Any, sim: Any,

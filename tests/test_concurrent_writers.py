@@ -40,14 +40,15 @@ from mira_spark import cli, pipeline
 barrier, me, writers, timeout_s = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 real = pipeline.score_waves
 
-def score_waves(tables, settings, groups, pending, run_id, summary):
+def score_waves(*args):
+    summary = args[-1]
     (barrier / me).write_text(json.dumps({"pending_before": summary.pending_before}))
     deadline = time.monotonic() + timeout_s
     while len(list(barrier.iterdir())) < writers:
         if time.monotonic() > deadline:
             raise SystemExit(f"{me}: the other writer never reached the barrier")
         time.sleep(0.05)
-    return real(tables, settings, groups, pending, run_id, summary)
+    return real(*args)
 
 pipeline.score_waves = score_waves
 sys.exit(cli.main(sys.argv[5:]))

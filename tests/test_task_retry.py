@@ -22,13 +22,14 @@ from pyspark.sql import functions as F
 
 from mira_spark.bench.faults import write_documents
 from mira_spark.config import load_settings
+from mira_spark.documents import attach_text
 from mira_spark.pipeline import (
     make_plan,
     open_run,
     recover_unmerged,
-    reliability_stage,
+    route_stage,
     run_pipeline,
-    select_stage,
+    run_stages,
 )
 from mira_spark.scores import parse_raw_outputs
 from mira_spark.scoring import score_documents
@@ -73,8 +74,7 @@ def _remerge_and_select(tables: Tables) -> None:
     ctx = open_run(spark, settings, "after-retry")
     tables.merge(parse_raw_outputs(_wave(tables), ctx.groups.rubrics), "scores", SCORES_SCHEMA, SCORE_KEYS)
     assert recover_unmerged(tables, ctx.groups) == 0
-    reliability_stage(ctx)
-    select_stage(ctx)
+    run_stages(ctx, ["reliability", "select"])
 
 
 def _append_rows(tables: Tables, rows: list[Any]) -> None:
@@ -116,7 +116,8 @@ def test_wave_action_run_twice_adds_no_rows(finished: Tables, sim_pool: list[Any
     ids = [r["doc_id"] for r in _wave(finished).select("doc_id").collect()]
     ctx = open_run(spark, settings, "again")
     plan = make_plan(settings, ctx.groups, 2)
-    docs = ctx.routed.filter(F.col("doc_id").isin(ids))
+    route_stage(ctx)
+    docs = attach_text(ctx.routed.filter(F.col("doc_id").isin(ids)), ctx.docs)
     before = sum(h.stats()["requests"] for h in sim_pool)
     raw = score_documents(docs, plan, 2).select(
         "*", F.lit(RUN).alias("run_id"), F.lit(0).alias("wave"), F.current_timestamp().alias("scored_at")

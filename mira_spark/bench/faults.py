@@ -18,6 +18,7 @@ The scenario runner (:func:`run_scenario`) is also what ``tests/test_faults.py``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -439,7 +440,7 @@ def run_scenario(spark: SparkSession, sc: Scenario, work: Path, documents: str, 
                  *, wave_size: int = WAVE_SIZE, run_id: str | None = None,
                  time_scale: float | None = None, **overrides: Any) -> tuple[ScenarioResult, SimTotals]:
     """Run the whole pipeline once under ``sc``; returns the accounting and the simulators' counters."""
-    from mira_spark.pipeline import finish_run, open_run, reliability_stage, score_stage, select_stage
+    from mira_spark.pipeline import run_pipeline
 
     work.mkdir(parents=True, exist_ok=True)
     run_id = run_id or f"faults-{sc.name}"
@@ -449,18 +450,23 @@ def run_scenario(spark: SparkSession, sc: Scenario, work: Path, documents: str, 
     settings = scenario_settings(sc, work, documents, validation, [f"http://127.0.0.1:{p}/v1" for p in ports],
                                  wave_size=wave_size, **overrides)
     started = time.perf_counter()
-    ctx = open_run(spark, settings, run_id)
-    with Fleet(configs, ports) as fleet:
-        fleet.start()  # fault windows count from here: just before the first request
-        if sc.restart is not None:
-            fleet.watch(sc.restart)
-        score_stage(ctx)
-        fleet.stop()  # joins the restart watcher; keeps the counters
-        sims = sum_stats(fleet.stats())
-        restarts = fleet.restarts
-    reliability_stage(ctx)
-    select_stage(ctx)
-    summary = finish_run(ctx, started)
+    seen: dict[str, Any] = {}
+
+    @contextlib.contextmanager
+    def around(stage: str) -> Iterator[None]:
+        if stage != "score":  # the endpoints live for the scoring stage only
+            yield
+            return
+        with Fleet(configs, ports) as fleet:
+            fleet.start()  # fault windows count from here: just before the first request
+            if sc.restart is not None:
+                fleet.watch(sc.restart)
+            yield
+            fleet.stop()  # joins the restart watcher; keeps the counters
+            seen["sims"], seen["restarts"] = sum_stats(fleet.stats()), fleet.restarts
+
+    summary = run_pipeline(spark, settings, run_id, around=around)
+    sims, restarts = seen["sims"], seen["restarts"]
     policy = settings.scoring.partial_policy
     res = measure(spark, settings, run_id, sims, reask=policy == "reask")
     res.scenario, res.restarts, res.stopped = sc.name, restarts, summary.stopped

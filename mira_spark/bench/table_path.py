@@ -251,6 +251,7 @@ class StepState:
 def step_route(s: StepState) -> None:
     """Read and check the documents, route them, count documents in and rejected (``open_run``)."""
     s.ctx = pipeline.open_run(s.spark, s.settings, run_id="bench-table-path")
+    pipeline.route_stage(s.ctx)
     s.counts["documents_in"] = s.ctx.summary.documents_in
     s.counts["rejected"] = dict(s.ctx.summary.rejected)
 
