@@ -173,9 +173,10 @@ class ScoringConfig(_Frozen):
         description="Request field for constrained output: structured_outputs (vLLM >= 0.10.2), guided "
         "(guided_regex/guided_grammar, vLLM < 0.12), llama_cpp (top-level GBNF grammar; no regex).",
     )
-    rationale_max_chars: int = Field(
+    free_text_max_chars: int = Field(
         default=120, ge=8, le=4000,
-        description="Longest rationale per slot line that constrained output allows (keeps completions short).",
+        description="Longest rationale, brief (and domain_tag, at most 32) that constrained output allows, one "
+        "line each: bounds the completion so a model cannot ramble.",
     )
 
     @model_validator(mode="after")

@@ -46,7 +46,7 @@ CONSTRAINT_KEYS: tuple[str, ...] = ("structured_outputs", "guided_regex", "guide
 SLOT_SEPARATOR = " — "  # the model card's "<score>/10 — <rationale>" (U+2014 between spaces)
 DEFAULT_RATIONALE_CHARS = 120
 DEFAULT_TAG_CHARS = 32
-DEFAULT_BRIEF_CHARS = 160
+DEFAULT_BRIEF_CHARS = 120
 
 # One line of free text: no line break; the first character is not blank and not one the parser strips
 # (so a bounded field is never read back as empty).
@@ -64,6 +64,15 @@ class OutputLimits:
     rationale_chars: int = DEFAULT_RATIONALE_CHARS
     tag_chars: int = DEFAULT_TAG_CHARS
     brief_chars: int = DEFAULT_BRIEF_CHARS
+
+    @classmethod
+    def from_max_chars(cls, max_chars: int) -> OutputLimits:
+        """One bound for every free-text field (``scoring.free_text_max_chars``); tags stay short.
+
+        >>> OutputLimits.from_max_chars(16)
+        OutputLimits(rationale_chars=16, tag_chars=16, brief_chars=16)
+        """
+        return cls(rationale_chars=max_chars, tag_chars=min(DEFAULT_TAG_CHARS, max_chars), brief_chars=max_chars)
 
     def __post_init__(self) -> None:
         for name in ("rationale_chars", "tag_chars", "brief_chars"):

@@ -215,7 +215,7 @@ def test_runner_sends_the_constraint_next_to_the_sampling_fields(
 ) -> None:
     url, bodies = recording_server
     rubric = rubric_from_names("g", ["Clarity", "Depth"])
-    scoring = ScoringConfig(constrained_output=mode, structured_output_api=api, rationale_max_chars=50)
+    scoring = ScoringConfig(constrained_output=mode, structured_output_api=api, free_text_max_chars=50)
     sampling = group_sampling(SamplingConfig(max_tokens=300, seed=3, extra_body={"top_k": 20}), rubric, scoring)
     pool = PoolConfig(endpoints=(EndpointConfig(url=url),), api_key_env=None, startup_check=False,
                       metrics_poll_s=0)
@@ -224,7 +224,7 @@ def test_runner_sends_the_constraint_next_to_the_sampling_fields(
     assert [r.status for r in results] == ["ok", "ok"] and len(bodies) == 2
     body = bodies[0]
     assert (body["model"], body["max_tokens"], body["temperature"], body["top_k"]) == ("m", 300, 0.7, 20)
-    expected = request_fields(rubric, mode, api, OutputLimits(rationale_chars=50))
+    expected = request_fields(rubric, mode, api, OutputLimits.from_max_chars(50))
     assert {k: body[k] for k in expected} == json.loads(json.dumps(expected))
     unexpected = ({"structured_outputs", "grammar", "guided_regex", "guided_grammar"} - set(expected)) & set(body)
     assert not unexpected  # only the field the configured server reads

@@ -15,6 +15,7 @@ not know the format, not what the 35B scorer does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -35,9 +36,9 @@ from mira_spark.scoring import GroupPlan, ScoringPlan, score_partition
 
 GROUP = "text_group_b"
 DEFAULT_DOCS = 10
-DEFAULT_DOC_CHARS = 400
-DEFAULT_MAX_TOKENS = 384
-DEFAULT_RATIONALE_CHARS = 40
+DEFAULT_DOC_CHARS = 240
+DEFAULT_MAX_TOKENS = 512
+DEFAULT_FREE_TEXT_CHARS = 8
 DEFAULT_SEED = 1234
 REQUEST_TIMEOUT_S = 300.0  # one request at a time on a CPU server: generous, never the limiting factor
 
@@ -52,10 +53,11 @@ def real_documents(n: int, doc_chars: int = DEFAULT_DOC_CHARS, seed: int = 7) ->
     return [{**d, "text": d["text"][:doc_chars]} for d in bench_documents(n, seed)]
 
 
-def real_pool(url: str, **overrides: Any) -> PoolConfig:
-    """One llama.cpp endpoint: one sequence at a time, no /metrics."""
+def real_pool(urls: str | Sequence[str], **overrides: Any) -> PoolConfig:
+    """llama.cpp endpoints, one sequence at a time each, no /metrics."""
+    urls = [urls] if isinstance(urls, str) else list(urls)
     settings: dict[str, Any] = {
-        "endpoints": (EndpointConfig(url=url),),
+        "endpoints": tuple(EndpointConfig(url=u) for u in urls),
         "api_key_env": None,
         "slots_per_endpoint": 1,
         "request_timeout_s": REQUEST_TIMEOUT_S,
@@ -63,24 +65,29 @@ def real_pool(url: str, **overrides: Any) -> PoolConfig:
         "backoff_initial_s": 0.1,
         "backoff_max_s": 1.0,
         "metrics_poll_s": 0.0,
-        "startup_check": False,
+        "startup_check": False,  # llama-cpp-python has no /health
+        "request_id_header": False,  # it rejects a non-UUID X-Request-Id with HTTP 400
     }
     settings.update(overrides)
     return PoolConfig(**settings)
 
 
-def real_plan(url: str, mode: str, *, max_tokens: int = DEFAULT_MAX_TOKENS, repairs: int = 0,
-              rationale_chars: int = DEFAULT_RATIONALE_CHARS, n_ctx: int = DEFAULT_N_CTX,
-              seed: int | None = DEFAULT_SEED, rubric: Rubric | None = None) -> ScoringPlan:
-    """A scoring plan for the llama.cpp server at ``url`` with ``scoring.constrained_output = mode``."""
+def real_plan(urls: str | Sequence[str], mode: str, *, max_tokens: int = DEFAULT_MAX_TOKENS, repairs: int = 0,
+              free_text_chars: int = DEFAULT_FREE_TEXT_CHARS, n_ctx: int = DEFAULT_N_CTX,
+              seed: int | None = DEFAULT_SEED, temperature: float = SamplingConfig().temperature,
+              rubric: Rubric | None = None) -> ScoringPlan:
+    """A scoring plan for the llama.cpp servers at ``urls`` with ``scoring.constrained_output = mode``."""
     rubric = rubric or real_rubric()
     builder = PromptBuilder(rubric, SERVED_MODEL, n_ctx, max_tokens)
-    group = GroupPlan(name=GROUP, model=SERVED_MODEL, rubric=rubric, pool=real_pool(url),
+    pool = real_pool(urls)
+    group = GroupPlan(name=GROUP, model=SERVED_MODEL, rubric=rubric, pool=pool,
                       prompt_version=builder.version)
     scoring = ScoringConfig(max_output_repairs=repairs, constrained_output=mode,
-                            structured_output_api="llama_cpp", rationale_max_chars=rationale_chars)
-    return ScoringPlan(groups={GROUP: group}, sampling=SamplingConfig(max_tokens=max_tokens, seed=seed),
-                       scoring=scoring, max_model_len=n_ctx, in_flight_per_task={GROUP: 1})
+                            structured_output_api="llama_cpp", free_text_max_chars=free_text_chars)
+    return ScoringPlan(groups={GROUP: group}, sampling=SamplingConfig(max_tokens=max_tokens, seed=seed,
+                                                                        temperature=temperature),
+                       scoring=scoring, max_model_len=n_ctx,
+                       in_flight_per_task={GROUP: len(pool.endpoints)})
 
 
 def score_rows(docs: Sequence[dict], plan: ScoringPlan) -> list[dict]:
@@ -116,8 +123,8 @@ def summarize(rows: Sequence[dict], rubric: Rubric, seconds: float) -> dict[str,
     }
 
 
-def run_mode(url: str, mode: str, docs: Sequence[dict], **plan_args: Any) -> dict[str, Any]:
-    plan = real_plan(url, mode, **plan_args)
+def run_mode(urls: Sequence[str], mode: str, docs: Sequence[dict], **plan_args: Any) -> dict[str, Any]:
+    plan = real_plan(urls, mode, **plan_args)
     started = time.perf_counter()
     rows = score_rows(docs, plan)
     return summarize(rows, plan.groups[GROUP].rubric, time.perf_counter() - started)
@@ -145,37 +152,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=int, default=DEFAULT_DOCS, help="documents per mode")
     parser.add_argument("--doc-chars", type=int, default=DEFAULT_DOC_CHARS, help="characters kept per document")
     parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help="completion budget")
-    parser.add_argument("--rationale-chars", type=int, default=DEFAULT_RATIONALE_CHARS,
-                        help="scoring.rationale_max_chars for the constrained modes")
+    parser.add_argument("--free-text-chars", type=int, default=DEFAULT_FREE_TEXT_CHARS,
+                        help="scoring.free_text_max_chars for the constrained modes")
     parser.add_argument("--modes", default="off,grammar", help="comma-separated: off, grammar")
     parser.add_argument("--repairs", type=int, default=0, help="scoring.max_output_repairs (0: single shot)")
+    parser.add_argument("--servers", type=int, default=1,
+                        help="llama.cpp servers in the pool (one thread each when more than one)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="sampling seed sent to the server")
     parser.add_argument("--json-only", action="store_true", help="print only the JSON line")
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if args.docs <= 0 or not modes or any(m not in ("off", "grammar") for m in modes):
+    if args.docs <= 0 or args.servers <= 0 or not modes or any(m not in ("off", "grammar") for m in modes):
         parser.error("--docs must be positive and --modes a list of off, grammar (llama.cpp takes no regex)")
 
     docs = real_documents(args.docs, args.doc_chars)
     try:
-        with LlamaServer() as server:
+        with contextlib.ExitStack() as stack:
+            threads = None if args.servers == 1 else 1
+            servers = [stack.enter_context(LlamaServer(n_threads=threads)) for _ in range(args.servers)]
             results = {
-                mode: run_mode(server.url, mode, docs, max_tokens=args.max_tokens, repairs=args.repairs,
-                               rationale_chars=args.rationale_chars, seed=args.seed)
+                mode: run_mode([s.url for s in servers], mode, docs, max_tokens=args.max_tokens, repairs=args.repairs,
+                               free_text_chars=args.free_text_chars, seed=args.seed)
                 for mode in modes
             }
-            ready_s = server.ready_s
+            ready_s = max(s.ready_s or 0.0 for s in servers)
     except LlamaServerUnavailable as exc:
         print(f"mira-spark bench constrained: {exc}", file=sys.stderr)
         return 2
     if not args.json_only:
-        print(f"real server: llama-cpp-python, {SERVED_MODEL} (GGUF Q4_1), ready in {ready_s:.1f}s; "
+        print(f"real server: {args.servers} x llama-cpp-python, {SERVED_MODEL} (GGUF Q4_1), ready in {ready_s:.1f}s; "
               f"{args.docs} documents of <= {args.doc_chars} chars, max_tokens {args.max_tokens}, "
               f"repairs {args.repairs}")
         print(_table(results))
     print(json.dumps({"bench": "constrained", "model": SERVED_MODEL, "docs": args.docs,
-                      "max_tokens": args.max_tokens, "rationale_chars": args.rationale_chars,
-                      "repairs": args.repairs, "results": results}, sort_keys=True))
+                      "max_tokens": args.max_tokens, "free_text_chars": args.free_text_chars,
+                      "repairs": args.repairs, "servers": args.servers, "results": results}, sort_keys=True))
     return 0
 
 
