@@ -23,7 +23,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[sail,test,classic]"
+	$(BIN)/python -m pip install -q -e ".[sail,test,classic,yarn,notebooks,bundle]"
 	@mkdir -p $(WHEEL_CACHE); \
 	if ! ls $(WHEEL_CACHE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
 	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) once (~5 min); cached in $(WHEEL_CACHE)"; \
