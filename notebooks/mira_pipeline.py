@@ -3,25 +3,36 @@
 # MAGIC # MIRA data selection
 # MAGIC Scores the documents table with the MIRA student scorers, masks unreliable dimensions and keeps the
 # MAGIC top documents per source. The notebook only reads widgets and calls library functions; all logic
-# MAGIC lives in the `mira_spark` package (installed on the cluster or via the bundle's wheel).
+# MAGIC lives in the `mira_spark` package (installed on the cluster or via the bundle's wheel,
+# MAGIC `jobs/databricks.yml`).
+# MAGIC
+# MAGIC * **config**: the run config (Unity Catalog names, endpoints, secret scope), e.g. the bundle's synced
+# MAGIC   `conf/databricks.yaml`.
+# MAGIC * **stage**: `run` (the whole job) or one of `score`, `parse`, `reliability`, `select`.
+# MAGIC * **run_id**: optional; recorded in `raw_outputs` and `run_stats`.
 
 # COMMAND ----------
 
-dbutils.widgets.text("config", "conf/databricks.yaml", "Config file")  # noqa: F821 - Databricks global
-dbutils.widgets.text("run_id", "", "Run id (optional)")  # noqa: F821
+# ruff: noqa: F821, E402, B018  (Databricks globals; imports after the widgets; a cell shows its last value)
+dbutils.widgets.text("config", "conf/databricks.yaml", "Config file")
+dbutils.widgets.dropdown("stage", "run", ["run", "score", "parse", "reliability", "select"], "Stage")
+dbutils.widgets.text("run_id", "", "Run id (optional)")
 
 # COMMAND ----------
 
-from mira_spark.config import load_settings  # noqa: E402
-from mira_spark.pipeline import run_pipeline  # noqa: E402
+from mira_spark.explore import open_run_views, run_from_widgets
 
-settings = load_settings(dbutils.widgets.get("config"), {"engine": "active"})  # noqa: F821
-summary = run_pipeline(spark, settings, dbutils.widgets.get("run_id") or None)  # noqa: F821
-summary.as_dict()
+result = run_from_widgets(spark, dbutils.widgets.get("config"), dbutils.widgets.get("stage"),
+                          dbutils.widgets.get("run_id"))
+result
 
 # COMMAND ----------
 
-# MAGIC %sql
-# MAGIC -- Views created by the run (persistent when tables.schema is set).
-# MAGIC SELECT source, slot, dimension, round(avg(score), 2) AS mean_score, max(masked) AS masked
-# MAGIC FROM scores_long GROUP BY source, slot, dimension ORDER BY source, slot
+# MAGIC %md
+# MAGIC The run's views: `mira_<table>` for every table and `scores_long` (persistent in `tables.schema` on
+# MAGIC Unity Catalog, session views otherwise).
+
+# COMMAND ----------
+
+views = open_run_views(spark, dbutils.widgets.get("config"))
+display(spark.sql("SELECT reason, count(*) AS n FROM mira_decisions GROUP BY reason ORDER BY n DESC"))
