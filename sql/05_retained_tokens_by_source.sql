@@ -4,25 +4,20 @@
 --                    Chinese prose and code run denser, so treat it as an order of magnitude);
 --   prompt_tokens  = the scorer's measured prompt tokens for the kept documents (server usage), which
 --                    include the rubric and calibration prompt, so an upper bound per document.
--- Views: mira_decisions, mira_documents, mira_scores.
-WITH kept AS (
-  SELECT d.source, d.doc_id, d.scorer
-  FROM mira_decisions d
-  WHERE d.decision = 'kept'
-), docs AS (
-  SELECT doc_id, max(length(text)) AS chars FROM mira_documents GROUP BY doc_id
-), totals AS (
-  SELECT source, count(*) AS n_in FROM mira_decisions GROUP BY source
+-- Views: mira_decisions, mira_selected (the kept documents with their text), mira_scores.
+WITH d AS (
+  SELECT doc_id, source, scorer, decision, count(*) OVER (PARTITION BY source) AS n_in
+  FROM mira_decisions
 )
-SELECT k.source,
+SELECT d.source,
        count(*)                                   AS kept_docs,
-       max(t.n_in)                                AS input_docs,
-       sum(docs.chars)                            AS kept_chars,
-       sum(ceil(docs.chars / 4))                  AS est_tokens,
+       max(d.n_in)                                AS input_docs,
+       sum(length(k.text))                        AS kept_chars,
+       sum(ceil(length(k.text) / 4))              AS est_tokens,
        sum(s.prompt_tokens)                       AS prompt_tokens
-FROM kept k
-JOIN docs ON docs.doc_id = k.doc_id
-JOIN totals t ON t.source = k.source
-LEFT JOIN mira_scores s ON s.doc_id = k.doc_id AND s.scorer = k.scorer
-GROUP BY k.source
-ORDER BY k.source
+FROM d
+JOIN mira_selected k ON k.doc_id = d.doc_id AND k.scorer = d.scorer
+LEFT JOIN mira_scores s ON s.doc_id = d.doc_id AND s.scorer = d.scorer
+WHERE d.decision = 'kept'
+GROUP BY d.source
+ORDER BY d.source
