@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     if name in ("parse_output", "ScoreCard"):
-        from mira_spark import parsing
+        from mira_spark.parsing import parse as parsing
 
         return getattr(parsing, name)
     if name == "load_settings":

@@ -51,8 +51,8 @@ def _load(args) -> object:
 
 
 def cmd_run(args) -> int:
-    from mira_spark.engines import open_session
     from mira_spark.pipeline import run_pipeline
+    from mira_spark.store.engines import open_session
 
     settings = _load(args)
     stages = None if args.command == "run" else [args.command]
@@ -68,25 +68,25 @@ def cmd_run(args) -> int:
 
 
 def cmd_serve_sim(argv: list[str]) -> int:
-    from mira_spark.simulator.launcher import serve_sim_main
+    from mira_spark.devtools.simulator.launcher import serve_sim_main
 
     return serve_sim_main(argv)
 
 
 def cmd_make_sample(argv: list[str]) -> int:
-    from mira_spark.samples import make_sample_main
+    from mira_spark.devtools.samples import make_sample_main
 
     return make_sample_main(argv)
 
 
 BENCHES = {
-    "parse": "mira_spark.bench.parse",
-    "throughput": "mira_spark.bench.throughput",
-    "client-overhead": "mira_spark.bench.client_overhead",
-    "faults": "mira_spark.bench.faults",
-    "constrained": "mira_spark.bench.constrained",
-    "table-path": "mira_spark.bench.table_path",
-    "routing": "mira_spark.bench.routing",
+    "parse": "mira_spark.devtools.bench.parse",
+    "throughput": "mira_spark.devtools.bench.throughput",
+    "client-overhead": "mira_spark.devtools.bench.client_overhead",
+    "faults": "mira_spark.devtools.bench.faults",
+    "constrained": "mira_spark.devtools.bench.constrained",
+    "table-path": "mira_spark.devtools.bench.table_path",
+    "routing": "mira_spark.devtools.bench.routing",
 }
 
 

@@ -18,8 +18,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mira_spark.constrained import CONSTRAINT_KEYS, ConstrainedOutput, StructuredOutputAPI, check_mode
 from mira_spark.errors import ConfigError
+from mira_spark.prompting.constrained import (
+    CONSTRAINT_KEYS,
+    ConstrainedOutput,
+    StructuredOutputAPI,
+    check_mode,
+)
 
 Engine = Literal["sail", "local", "connect", "active"]
 TableFormat = Literal["delta", "parquet"]
@@ -166,7 +171,7 @@ class ScoringConfig(_Frozen):
     constrained_output: ConstrainedOutput = Field(
         default="off",
         description="Decode under the seed's line format: off, regex or grammar (built from the rubric; "
-        "mira_spark/constrained.py), sent in the field structured_output_api names.",
+        "mira_spark/prompting/constrained.py), sent in the field structured_output_api names.",
     )
     structured_output_api: StructuredOutputAPI = Field(
         default="structured_outputs",

@@ -1,13 +1,13 @@
 """GPU-hours and wall time of scoring a documents table, before anything is sent.
 
 Takes a token histogram of the documents (from ``--docs N --mean-tokens T``, or read from the documents
-table through Spark with :func:`mira_spark.tokens.estimate_tokens`), the static prompt tokens of the real
-:class:`~mira_spark.prompts.PromptBuilder`, and :class:`GpuFigures` (per-GPU prefill/decode speed, a
+table through Spark with :func:`mira_spark.prompting.tokens.estimate_tokens`), the static prompt tokens of the real
+:class:`~mira_spark.prompting.prompts.PromptBuilder`, and :class:`GpuFigures` (per-GPU prefill/decode speed, a
 tensor-parallel efficiency table, completion length, prefix-cache share); gives one
 :class:`LayoutEstimate` per layout of an 8-GPU node — the seed's TP=8 (one replica per node) and TP=4 /
 TP=2 / TP=1 replicas — with documents/s per node, GPU-hours and wall hours.
 
-The cost model is the simulator's (:mod:`mira_spark.simulator.capacity`): a request costs its uncached
+The cost model is the simulator's (:mod:`mira_spark.devtools.simulator.capacity`): a request costs its uncached
 prompt tokens at the prefill rate plus its completion tokens at the decode rate, on GPUs that a
 saturated continuous-batching server keeps busy; a TP=t replica gets ``tp_efficiency[t]`` of t TP=1
 GPUs. Every default of :class:`GpuFigures` is an **assumption** (sources in ``benchmarks/README.md``).
@@ -168,8 +168,8 @@ def estimate_layouts(histogram: TokenHistogram, static_tokens: float, nodes: int
 
 def static_prompt_tokens(settings: object) -> tuple[int, int]:
     """(largest static prompt tokens over scorer groups, smallest document budget) from the real builder."""
-    from mira_spark.prompts import PromptBuilder
-    from mira_spark.rubric import load_rubric
+    from mira_spark.prompting.prompts import PromptBuilder
+    from mira_spark.prompting.rubric import load_rubric
 
     static, budget = 0, 0
     for name, g in settings.scorers.groups.items():  # type: ignore[attr-defined]
@@ -185,8 +185,8 @@ def histogram_from_table(settings: object, budget: int) -> TokenHistogram:
     """Token histogram of the routed documents of the configured table, computed by Spark tasks."""
     from pyspark.sql import functions as F
 
-    from mira_spark.engines import open_session
-    from mira_spark.tables import Tables
+    from mira_spark.store.engines import open_session
+    from mira_spark.store.tables import Tables
 
     routes = settings.scorers.group_for_source()  # type: ignore[attr-defined]
     max_chars = settings.scoring.max_text_chars  # type: ignore[attr-defined]
@@ -194,8 +194,8 @@ def histogram_from_table(settings: object, budget: int) -> TokenHistogram:
     def tokens(batches: Iterable[object]) -> Iterable[object]:
         import pyarrow as pa
 
-        from mira_spark.prompts import text_problem
-        from mira_spark.tokens import estimate_tokens
+        from mira_spark.prompting.prompts import text_problem
+        from mira_spark.prompting.tokens import estimate_tokens
 
         for batch in batches:
             out = [min(estimate_tokens(t[:max_chars]), budget + 1) for t in batch.column("text").to_pylist()  # type: ignore[attr-defined]

@@ -1,7 +1,7 @@
 """What the notebooks call: run the job from widget values, register a run's SQL views, plot its tables.
 
 Takes a run config path (``conf/*.yaml``) and an open session; gives the run summary, the view names of
-:mod:`mira_spark.views` (``mira_<table>``, ``scores_long``) and matplotlib figures of scores, masks and
+:mod:`mira_spark.store.views` (``mira_<table>``, ``scores_long``) and matplotlib figures of scores, masks and
 thresholds. ``notebooks/mira_pipeline.py`` and ``notebooks/mira_explore.py`` hold no logic of their own.
 matplotlib is imported only by the plot functions (``pip install 'mira-spark[notebooks]'``; Databricks
 runtimes ship it).
@@ -41,8 +41,8 @@ def open_run_views(spark: SparkSession, config: str) -> list[str]:
     """(Re)create the SQL views over the tables of the run ``config`` describes; returns their names."""
     from mira_spark.config import load_settings
     from mira_spark.pipeline import load_groups
-    from mira_spark.tables import Tables
-    from mira_spark.views import register_views
+    from mira_spark.store.tables import Tables
+    from mira_spark.store.views import register_views
 
     settings = load_settings(config, {"engine": "active"})
     return register_views(spark, Tables(spark, settings), load_groups(settings).rubrics)

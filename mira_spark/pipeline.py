@@ -9,7 +9,7 @@ says which tables and columns it reads and writes.
 Routing runs once per run: its narrow result (every input row once, no text) is persisted in the
 ``routing`` table under the run's id, and every later consumer — pending documents, decisions,
 ``selected`` — reads that, joining the text back only where it is needed
-(:func:`~mira_spark.documents.attach_text`).
+(:func:`~mira_spark.ingest.documents.attach_text`).
 
 Exactly-once: each wave of pending documents is scored by one Spark action that appends its raw
 outputs, then the wave's raw outputs are reduced to one row per key, parsed and MERGEd into
@@ -32,22 +32,22 @@ from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
 
-from mira_spark.aggregation import add_composite
 from mira_spark.config import Settings
-from mira_spark.documents import attach_text, check_documents, route
-from mira_spark.engines import default_parallelism, open_session
 from mira_spark.errors import PoolUnavailableError
-from mira_spark.prompts import PromptBuilder
-from mira_spark.reliability import compute_reliability
-from mira_spark.rubric import Rubric, load_rubric
-from mira_spark.scores import parse_raw_outputs
-from mira_spark.scoring import GroupPlan, ScoringPlan, score_documents
-from mira_spark.selection import Selection, select_documents
+from mira_spark.ingest.documents import attach_text, check_documents, route
+from mira_spark.parsing.stage import parse_raw_outputs
+from mira_spark.prompting.prompts import PromptBuilder
+from mira_spark.prompting.rubric import Rubric, load_rubric
+from mira_spark.scoring.stage import GroupPlan, ScoringPlan, score_documents
+from mira_spark.selection.aggregation import add_composite
+from mira_spark.selection.reliability import compute_reliability
+from mira_spark.selection.select import Selection, select_documents
 from mira_spark.serving.health import check_pool_reachable
 from mira_spark.serving.plan import plan_in_flight
 from mira_spark.serving.preflight import check_served_models
 from mira_spark.serving.secrets import resolve_api_key
-from mira_spark.tables import (
+from mira_spark.store.engines import default_parallelism, open_session
+from mira_spark.store.tables import (
     DECISIONS_SCHEMA,
     RAW_OUTPUTS_SCHEMA,
     RELIABILITY_SCHEMA,
@@ -59,7 +59,7 @@ from mira_spark.tables import (
     WORK_QUEUE_SCHEMA,
     Tables,
 )
-from mira_spark.views import register_views
+from mira_spark.store.views import register_views
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

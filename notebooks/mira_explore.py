@@ -1,7 +1,7 @@
 # Databricks notebook source
 # MAGIC %md
 # MAGIC # Explore a MIRA run: scores, masks, thresholds
-# MAGIC SQL over the views a run registers (`mira_<table>`, `scores_long`; see `mira_spark/views.py` and the
+# MAGIC SQL over the views a run registers (`mira_<table>`, `scores_long`; see `mira_spark/store/views.py` and the
 # MAGIC example queries in `sql/`) and a few plots. Point **config** at the run config of the run to explore;
 # MAGIC nothing is scored here.
 

@@ -1,5 +1,5 @@
 -- What it answers: how each source scores on each rubric dimension (unmasked cells only): count, mean,
--- spread and exact quartiles. Views: scores_long (mira_spark/views.py).
+-- spread and exact quartiles. Views: scores_long (mira_spark/store/views.py).
 SELECT source,
        slot,
        dimension,

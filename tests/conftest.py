@@ -17,7 +17,7 @@ os.environ.setdefault("RUST_LOG", "error")
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample corpus and validation table as Delta tables (written once per test session)."""
-    from mira_spark.samples import write_sample
+    from mira_spark.devtools.samples import write_sample
 
     out = tmp_path_factory.mktemp("sample")
     write_sample(out, fmt="delta")
@@ -27,8 +27,8 @@ def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sim_pool() -> Iterator[list[Any]]:
     """Two simulated scorer endpoints in threads of the test process."""
-    from mira_spark.simulator.launcher import start_in_thread
-    from mira_spark.simulator.server import SimConfig
+    from mira_spark.devtools.simulator.launcher import start_in_thread
+    from mira_spark.devtools.simulator.server import SimConfig
 
     handles = [start_in_thread(SimConfig(name=f"sim{i}", time_scale=400.0)) for i in range(2)]
     yield handles
@@ -83,7 +83,7 @@ def make_config(tmp_path: Path, sample_dir: Path, sim_pool: list[Any]) -> Callab
 @pytest.fixture(scope="session")
 def spark() -> Iterator[Any]:
     """One in-process Sail session for the whole test session."""
-    from mira_spark.engines import sail_session
+    from mira_spark.store.engines import sail_session
 
     with sail_session("mira-spark-tests") as session:
         yield session

@@ -23,15 +23,15 @@ from deltalake import write_deltalake
 
 from mira_spark import cli
 from mira_spark.config import load_settings
-from mira_spark.documents import InputError, check_documents
+from mira_spark.devtools.samples import generate_documents
+from mira_spark.devtools.simulator.launcher import free_port, start_in_thread
+from mira_spark.devtools.simulator.server import SimConfig
 from mira_spark.errors import user_message
+from mira_spark.ingest.documents import InputError, check_documents
 from mira_spark.pipeline import run_pipeline
-from mira_spark.prompts import text_problem
-from mira_spark.samples import generate_documents
+from mira_spark.prompting.prompts import text_problem
 from mira_spark.serving.runner import PoolUnavailableError
-from mira_spark.simulator.launcher import free_port, start_in_thread
-from mira_spark.simulator.server import SimConfig
-from mira_spark.tables import Tables
+from mira_spark.store.tables import Tables
 
 pytestmark = pytest.mark.spark
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mira_spark.bench import client_overhead, table_path, throughput
+from mira_spark.devtools.bench import client_overhead, table_path, throughput
 
 
 def last_json(out: str) -> dict:

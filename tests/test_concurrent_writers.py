@@ -23,7 +23,7 @@ import pytest
 from conftest import write_config
 
 from mira_spark.config import load_settings
-from mira_spark.tables import SCORE_KEYS, Tables
+from mira_spark.store.tables import SCORE_KEYS, Tables
 
 pytestmark = pytest.mark.spark
 

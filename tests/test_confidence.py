@@ -1,4 +1,4 @@
-"""Reliability with confidence (mira_spark.confidence): pure, no SparkSession.
+"""Reliability with confidence (mira_spark.selection.confidence): pure, no SparkSession.
 
 References: scipy.stats.spearmanr and a direct mid-rank implementation on expanded rows; Fisher z by
 hand; DerSimonian–Laird step by step and on the BCG vaccine trials (metafor's dat.bcg, Colditz et al.
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
-from mira_spark.confidence import (
+from mira_spark.selection.confidence import (
     BOOTSTRAP_BELOW_TEACHER_VALUES,
     Estimate,
     MaskRule,

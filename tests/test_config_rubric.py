@@ -13,9 +13,15 @@ import pytest
 import yaml
 
 from mira_spark.config import ConfigError, deep_merge, load_settings
-from mira_spark.prompts import PromptBuilder, prompt_version, template_lines, truncate_head_tail
-from mira_spark.rubric import RubricError, load_calibration, load_dimensions, load_rubric, rubric_from_names
-from mira_spark.tokens import estimate_tokens
+from mira_spark.prompting.prompts import PromptBuilder, prompt_version, template_lines, truncate_head_tail
+from mira_spark.prompting.rubric import (
+    RubricError,
+    load_calibration,
+    load_dimensions,
+    load_rubric,
+    rubric_from_names,
+)
+from mira_spark.prompting.tokens import estimate_tokens
 
 REPO = Path(__file__).resolve().parents[1]
 ANCHORS = REPO / "anchors" / "text" / "group_B_dim_anchors.jsonl"

@@ -24,7 +24,8 @@ from mira_spark.config import (
     ScoringConfig,
     load_settings,
 )
-from mira_spark.constrained import (
+from mira_spark.parsing.parse import parse_output
+from mira_spark.prompting.constrained import (
     OutputLimits,
     gbnf_literal,
     output_grammar,
@@ -32,9 +33,8 @@ from mira_spark.constrained import (
     regex_literal,
     request_fields,
 )
-from mira_spark.parsing import parse_output
-from mira_spark.rubric import load_rubric, rubric_from_names
-from mira_spark.scoring import group_sampling
+from mira_spark.prompting.rubric import load_rubric, rubric_from_names
+from mira_spark.scoring.stage import group_sampling
 from mira_spark.serving.runner import RunnerOptions, run_requests
 from mira_spark.serving.types import ScoreRequest
 

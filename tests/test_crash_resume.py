@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 from conftest import REPO, write_config
 
-from mira_spark.bench.faults import write_documents
 from mira_spark.config import load_settings
-from mira_spark.simulator.launcher import SimHandle, free_port, start_in_thread, start_processes
-from mira_spark.simulator.server import SimConfig
-from mira_spark.tables import Tables
+from mira_spark.devtools.bench.faults import write_documents
+from mira_spark.devtools.simulator.launcher import SimHandle, free_port, start_in_thread, start_processes
+from mira_spark.devtools.simulator.server import SimConfig
+from mira_spark.store.tables import Tables
 
 pytestmark = pytest.mark.spark
 
@@ -44,7 +44,7 @@ RUN_TIMEOUT_S = 180.0
 KILL_BETWEEN_APPEND_AND_MERGE = """
 import json, os, signal, sys
 from mira_spark import cli
-from mira_spark.tables import Tables
+from mira_spark.store.tables import Tables
 
 marker, at_wave = sys.argv[1], int(sys.argv[2])
 real_append, real_merge = Tables.append, Tables.merge

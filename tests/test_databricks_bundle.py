@@ -189,7 +189,7 @@ def test_no_secret_in_the_bundle_and_the_key_comes_from_a_secret_scope() -> None
 
 def test_databricks_config_produces_three_level_names() -> None:
     from mira_spark.config import load_settings
-    from mira_spark.tables import TABLES, Tables
+    from mira_spark.store.tables import TABLES, Tables
 
     settings = load_settings(REPO / "conf" / "databricks.yaml")
     names = [Tables(None, settings).ref(t).name for t in TABLES]  # type: ignore[arg-type]

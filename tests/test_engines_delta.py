@@ -22,7 +22,7 @@ import pytest
 from conftest import write_config
 
 from mira_spark.config import ConfigError, load_settings
-from mira_spark.engines import (
+from mira_spark.store.engines import (
     DELTA_CATALOG,
     DELTA_EXTENSION,
     _resolver_reason,
@@ -134,8 +134,8 @@ def _assert_stopped_before_work(proc: subprocess.CompletedProcess[str], sim: Any
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("java") is None, reason="classic Spark needs Java 17")
 def test_unfetchable_package_stops_before_any_work(tmp_path: Path, sample_dir: Path) -> None:
-    from mira_spark.simulator.launcher import start_in_thread
-    from mira_spark.simulator.server import SimConfig
+    from mira_spark.devtools.simulator.launcher import start_in_thread
+    from mira_spark.devtools.simulator.server import SimConfig
 
     with start_in_thread(SimConfig(name="delta-probe", time_scale=2000.0)) as sim:
         sim.reset()
@@ -155,8 +155,8 @@ def test_unfetchable_package_stops_before_any_work(tmp_path: Path, sample_dir: P
 def test_local_jars_without_delta_stop_before_any_work(tmp_path: Path, sample_dir: Path) -> None:
     import pyspark
 
-    from mira_spark.simulator.launcher import start_in_thread
-    from mira_spark.simulator.server import SimConfig
+    from mira_spark.devtools.simulator.launcher import start_in_thread
+    from mira_spark.devtools.simulator.server import SimConfig
 
     # A real jar that holds no Delta classes (already on Spark's classpath, so harmless).
     not_delta = sorted((Path(pyspark.__file__).parent / "jars").glob("commons-lang3-*.jar"))[0]

@@ -8,7 +8,6 @@ import pytest
 
 from mira_spark import cli, errors
 from mira_spark.config import ConfigError as ConfigErrorFromConfig
-from mira_spark.documents import InputError as InputErrorFromDocuments
 from mira_spark.errors import (
     EXIT_SPARK_ERROR,
     EXIT_STOPPED,
@@ -23,6 +22,7 @@ from mira_spark.errors import (
     TableError,
     cli_outcome,
 )
+from mira_spark.ingest.documents import InputError as InputErrorFromDocuments
 from mira_spark.serving import secrets
 from mira_spark.serving.runner import PoolUnavailableError
 from mira_spark.serving.secrets import SecretUnavailableError

@@ -8,9 +8,9 @@ from typing import Any
 import pyarrow as pa
 
 from mira_spark.config import EndpointConfig, PoolConfig, SamplingConfig, ScoringConfig
-from mira_spark.prompts import PromptBuilder
-from mira_spark.rubric import load_rubric
-from mira_spark.scoring import GroupPlan, ScoringPlan, score_partition
+from mira_spark.prompting.prompts import PromptBuilder
+from mira_spark.prompting.rubric import load_rubric
+from mira_spark.scoring.stage import GroupPlan, ScoringPlan, score_partition
 from mira_spark.serving.tokenize import count_prompt_tokens
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from mira_spark.bench.faults import (
+from mira_spark.config import load_settings
+from mira_spark.devtools.bench.faults import (
     OK_SHARE_ALL,
     SCENARIOS,
     Scenario,
@@ -23,10 +24,9 @@ from mira_spark.bench.faults import (
     run_scenario,
     write_documents,
 )
-from mira_spark.config import load_settings
-from mira_spark.simulator.capacity import sim_tokens
-from mira_spark.simulator.faults import FaultProfile, FaultRule
-from mira_spark.tables import Tables
+from mira_spark.devtools.simulator.capacity import sim_tokens
+from mira_spark.devtools.simulator.faults import FaultProfile, FaultRule
+from mira_spark.store.tables import Tables
 
 pytestmark = pytest.mark.spark
 

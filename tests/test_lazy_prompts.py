@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from mira_spark.config import EndpointConfig, PoolConfig, SamplingConfig
-from mira_spark.prompts import PromptBuilder
-from mira_spark.rubric import load_rubric
+from mira_spark.prompting.prompts import PromptBuilder
+from mira_spark.prompting.rubric import load_rubric
 from mira_spark.serving.runner import RowHooks, RunnerOptions, run_requests
 from mira_spark.serving.types import OutputVerdict, ScoreRequest
 

@@ -30,14 +30,14 @@ import pytest
 
 openai = pytest.importorskip("openai", reason="the reference client is in the test extra: pip install -e '.[test]'")
 
-from mira_spark.parsing import parse_output  # noqa: E402
-from mira_spark.prompts import PromptBuilder  # noqa: E402
-from mira_spark.rubric import Rubric, load_rubric  # noqa: E402
-from mira_spark.simulator.capacity import sim_tokens  # noqa: E402
-from mira_spark.simulator.faults import FaultInjector, FaultProfile  # noqa: E402
-from mira_spark.simulator.judge import judge_document, parse_template_dimensions, render_completion  # noqa: E402
-from mira_spark.simulator.launcher import SimHandle, free_port, start_in_thread  # noqa: E402
-from mira_spark.simulator.server import SimConfig, overflow_message  # noqa: E402
+from mira_spark.devtools.simulator.capacity import sim_tokens  # noqa: E402
+from mira_spark.devtools.simulator.faults import FaultInjector, FaultProfile  # noqa: E402
+from mira_spark.devtools.simulator.judge import judge_document, parse_template_dimensions, render_completion  # noqa: E402
+from mira_spark.devtools.simulator.launcher import SimHandle, free_port, start_in_thread  # noqa: E402
+from mira_spark.devtools.simulator.server import SimConfig, overflow_message  # noqa: E402
+from mira_spark.parsing.parse import parse_output  # noqa: E402
+from mira_spark.prompting.prompts import PromptBuilder  # noqa: E402
+from mira_spark.prompting.rubric import Rubric, load_rubric  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "whw06/MIRA-Text-Group1"

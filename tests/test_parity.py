@@ -19,14 +19,14 @@ from conftest import write_config
 
 from mira_spark.config import load_settings
 from mira_spark.pipeline import run_pipeline
-from mira_spark.tables import Tables
+from mira_spark.store.tables import Tables
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
 def test_classic_local_parquet_matches_sail_delta(spark: Any, sim_pool: list[Any], sample_dir: Path,
                                                   tmp_path: Path) -> None:
-    from mira_spark.samples import write_sample
+    from mira_spark.devtools.samples import write_sample
 
     parquet_sample = tmp_path / "sample_parquet"
     write_sample(parquet_sample, fmt="parquet")

@@ -1,4 +1,4 @@
-"""Tests of mira_spark.parsing: golden completions, edge-case tables, properties, Arrow batch parity.
+"""Tests of mira_spark.parsing.parse: golden completions, edge-case tables, properties, Arrow batch parity.
 
 Golden cases live in tests/golden/parsing/NAME.txt with the hand-written expectation in NAME.json
 (``rationales`` there is a subset: only the slots listed are checked). No Spark session is needed.
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mira_spark.parsing import (
+from mira_spark.parsing.parse import (
     ScoreCard,
     merge_followup,
     missing_slots,
@@ -24,7 +24,7 @@ from mira_spark.parsing import (
     parse_output,
     score_schema,
 )
-from mira_spark.rubric import load_rubric, rubric_from_names
+from mira_spark.prompting.rubric import load_rubric, rubric_from_names
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "parsing"

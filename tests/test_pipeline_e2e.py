@@ -13,11 +13,11 @@ import pytest
 from conftest import write_config
 
 from mira_spark.config import load_settings
-from mira_spark.parsing import parse_output
+from mira_spark.parsing.parse import parse_output
 from mira_spark.pipeline import load_groups, run_pipeline
-from mira_spark.stats import composite, keep_count
-from mira_spark.tables import SCORES_SCHEMA, Tables
-from mira_spark.tokens import estimate_tokens
+from mira_spark.prompting.tokens import estimate_tokens
+from mira_spark.selection.stats import composite, keep_count
+from mira_spark.store.tables import SCORES_SCHEMA, Tables
 
 pytestmark = pytest.mark.spark
 

@@ -19,10 +19,10 @@ from conftest import write_config
 
 from mira_spark import cli
 from mira_spark.config import ConfigError, EndpointConfig, PoolConfig, load_settings
+from mira_spark.devtools.simulator.launcher import SimHandle, start_in_thread
+from mira_spark.devtools.simulator.server import DEFAULT_MODEL, SimConfig
 from mira_spark.serving.preflight import ServedModels, check_served_models, parse_model_list, served_problem
-from mira_spark.simulator.launcher import SimHandle, start_in_thread
-from mira_spark.simulator.server import DEFAULT_MODEL, SimConfig
-from mira_spark.tables import Tables
+from mira_spark.store.tables import Tables
 
 
 def _pool(*urls: str) -> PoolConfig:

@@ -30,13 +30,13 @@ import yaml
 from deltalake import write_deltalake
 
 from mira_spark import cli
-from mira_spark.bench.constrained import GROUP, real_documents, real_plan, real_rubric, score_rows
-from mira_spark.bench.llama_cpp import SERVED_MODEL, LlamaServer, missing_requirements
 from mira_spark.config import ConfigError, EndpointConfig, PoolConfig, load_settings
-from mira_spark.constrained import OutputLimits, output_grammar, output_regex
-from mira_spark.parsing import parse_output
+from mira_spark.devtools.bench.constrained import GROUP, real_documents, real_plan, real_rubric, score_rows
+from mira_spark.devtools.bench.llama_cpp import SERVED_MODEL, LlamaServer, missing_requirements
+from mira_spark.parsing.parse import parse_output
+from mira_spark.prompting.constrained import OutputLimits, output_grammar, output_regex
 from mira_spark.serving.preflight import check_served_models
-from mira_spark.tables import Tables
+from mira_spark.store.tables import Tables
 
 pytestmark = [pytest.mark.slow]
 

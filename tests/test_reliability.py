@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import scipy.stats
 
-from mira_spark import stats
 from mira_spark.config import ReliabilityConfig
-from mira_spark.reliability import compute_reliability
-from mira_spark.rubric import Rubric, rubric_from_names
+from mira_spark.prompting.rubric import Rubric, rubric_from_names
+from mira_spark.selection import stats
+from mira_spark.selection.reliability import compute_reliability
 
 pytestmark = pytest.mark.spark
 

@@ -1,7 +1,7 @@
 """Routing under every regime: the real runner against modelled strict-FIFO vLLM servers in virtual time.
 
 Each cell runs :func:`mira_spark.serving.runner.arun_requests` unchanged (the endpoint pool, the
-waiting-for-room logic, the /metrics monitor) against :mod:`mira_spark.simulator.des`; the targets are
+waiting-for-room logic, the /metrics monitor) against :mod:`mira_spark.devtools.simulator.des`; the targets are
 issue 7's: utilization >= 0.99 on uniform pools, >= 0.97 on mixed speeds, mean queued at the servers
 <= 0.1 x slots and (near) nothing queued while another server has a free slot; two jobs >= 0.97.
 The full matrix is ``mira-spark bench routing``; here its hardest corners and the service x poll grid.
@@ -14,9 +14,8 @@ import random
 
 import pytest
 
-from mira_spark.bench.routing import POOLS, check, target_for
-from mira_spark.serving.endpoints import EndpointPool
-from mira_spark.simulator.des import (
+from mira_spark.devtools.bench.routing import POOLS, check, target_for
+from mira_spark.devtools.simulator.des import (
     FifoServer,
     Scenario,
     Tracker,
@@ -25,6 +24,7 @@ from mira_spark.simulator.des import (
     run_scenario,
     service_sampler,
 )
+from mira_spark.serving.endpoints import EndpointPool
 
 SLOTS = 16
 FOREIGN = SLOTS // 2  # a foreign client holding half of endpoint 0

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mira_spark.prompts import PromptBuilder, text_problem
-from mira_spark.rubric import load_rubric
-from mira_spark.samples import (
+from mira_spark.devtools.samples import (
     MAX_CHARS,
     MIN_CHARS,
     NOISE_SLOTS,
@@ -22,7 +20,9 @@ from mira_spark.samples import (
     make_sample_main,
     write_sample,
 )
-from mira_spark.tokens import estimate_tokens
+from mira_spark.prompting.prompts import PromptBuilder, text_problem
+from mira_spark.prompting.rubric import load_rubric
+from mira_spark.prompting.tokens import estimate_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 DIMS = ROOT / "anchors" / "text" / "group_B_dim_anchors.jsonl"
@@ -145,7 +145,7 @@ def _pearson(x: list[float], y: list[float]) -> float:
 
 
 def test_noise_slots_are_independent(docs, validation, rubric):
-    from mira_spark.simulator.judge import judge_document
+    from mira_spark.devtools.simulator.judge import judge_document
 
     dims = [(d.slot, d.dimension) for d in rubric.dimensions]
     by_id = {d["doc_id"]: d for d in docs}

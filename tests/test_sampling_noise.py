@@ -6,8 +6,8 @@ from statistics import mean
 
 import pytest
 
-from mira_spark.simulator.judge import Judgement, judge_document, recommendation_for
-from mira_spark.simulator.sampling import NOISE_SD_PER_TEMPERATURE, document_digest, sample_judgement
+from mira_spark.devtools.simulator.judge import Judgement, judge_document, recommendation_for
+from mira_spark.devtools.simulator.sampling import NOISE_SD_PER_TEMPERATURE, document_digest, sample_judgement
 
 DIMS = [("A1", "Chinese Description Quality"), ("A2", "Semantic HTML Structure"), ("A3", "Accessibility"),
         ("A4", "JavaScript Interactivity Quality"), ("A5", "Responsive Design Implementation")]

@@ -32,10 +32,13 @@ from deltalake import write_deltalake
 
 from mira_spark import cli
 from mira_spark.config import EndpointConfig, PoolConfig, SecretRef, load_settings
+from mira_spark.devtools.samples import generate_documents
+from mira_spark.devtools.simulator.judge import judge_document
+from mira_spark.devtools.simulator.server import SimConfig, create_app, document_of
 from mira_spark.errors import user_message
-from mira_spark.parsing import parse_output
+from mira_spark.parsing.parse import parse_output
 from mira_spark.pipeline import load_groups, run_pipeline
-from mira_spark.prompts import (
+from mira_spark.prompting.prompts import (
     DOC_BEGIN,
     DOC_END,
     PromptBuilder,
@@ -43,13 +46,10 @@ from mira_spark.prompts import (
     extract_document,
     text_problem,
 )
-from mira_spark.rubric import rubric_from_names
-from mira_spark.samples import generate_documents
+from mira_spark.prompting.rubric import rubric_from_names
 from mira_spark.serving import secrets
 from mira_spark.serving.client import session_factory
-from mira_spark.simulator.judge import judge_document
-from mira_spark.simulator.server import SimConfig, create_app, document_of
-from mira_spark.tables import Tables
+from mira_spark.store.tables import Tables
 
 ALL_TABLES = ("raw_outputs", "scores", "work_queue", "reliability", "thresholds", "decisions", "selected",
               "run_stats")
@@ -178,7 +178,7 @@ def test_error_texts_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
     assert key not in (user_message(wrapped) or "") and "***" in (user_message(wrapped) or "")
     spark_like = type("AnalysisException", (Exception,), {"__module__": "pyspark.errors.exceptions"})
     assert key not in (user_message(spark_like(f"cannot resolve {key}\nJVM stacktrace:\n at org.x")) or "x")
-    from mira_spark.scoring import GroupPlan
+    from mira_spark.scoring.stage import GroupPlan
 
     plan = GroupPlan(name="g", model="m", rubric=rubric_from_names("g", ["a"]),
                      pool=PoolConfig(endpoints=(EndpointConfig(url="http://127.0.0.1:1/v1"),)),

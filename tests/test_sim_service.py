@@ -10,9 +10,9 @@ import statistics
 
 import pytest
 
-from mira_spark.bench.pool_view import ChangeSeries, pool_view, steady_window
-from mira_spark.simulator.capacity import CapacityModel, RequestShape, SlotScheduler, pool_capacity
-from mira_spark.simulator.server import SimConfig, SimState
+from mira_spark.devtools.bench.pool_view import ChangeSeries, pool_view, steady_window
+from mira_spark.devtools.simulator.capacity import CapacityModel, RequestShape, SlotScheduler, pool_capacity
+from mira_spark.devtools.simulator.server import SimConfig, SimState
 
 BIG = RequestShape(prompt_tokens=40_000, completion_tokens=2_000)
 SMALL = RequestShape(prompt_tokens=100, completion_tokens=10)
@@ -155,7 +155,7 @@ def test_steady_window_from_stats() -> None:
 
 
 def test_serve_sim_arguments_reach_the_capacity_model() -> None:
-    from mira_spark.simulator.launcher import _parser, configs_from_args
+    from mira_spark.devtools.simulator.launcher import _parser, configs_from_args
 
     args = _parser().parse_args(["--endpoints", "2", "--speeds", "1,4", "--service", "fixed", "--service-s", "3",
                                  "--service-dist", "lognormal", "--fifo", "--seed", "10"])

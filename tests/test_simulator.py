@@ -15,9 +15,7 @@ from typing import Any
 
 import pytest
 
-from mira_spark.prompts import PromptBuilder
-from mira_spark.rubric import load_rubric
-from mira_spark.simulator.capacity import (
+from mira_spark.devtools.simulator.capacity import (
     CapacityModel,
     RequestMix,
     RequestShape,
@@ -25,16 +23,18 @@ from mira_spark.simulator.capacity import (
     pool_capacity,
     sim_tokens,
 )
-from mira_spark.simulator.faults import FaultInjector, FaultProfile, FaultRule
-from mira_spark.simulator.judge import (
+from mira_spark.devtools.simulator.faults import FaultInjector, FaultProfile, FaultRule
+from mira_spark.devtools.simulator.judge import (
     judge_document,
     parse_template_dimensions,
     recommendation_for,
     render_completion,
 )
-from mira_spark.simulator.launcher import SimHandle, _parser, configs_from_args, start_in_thread
-from mira_spark.simulator.server import SimConfig, overflow_message
-from mira_spark.tokens import estimate_tokens
+from mira_spark.devtools.simulator.launcher import SimHandle, _parser, configs_from_args, start_in_thread
+from mira_spark.devtools.simulator.server import SimConfig, overflow_message
+from mira_spark.prompting.prompts import PromptBuilder
+from mira_spark.prompting.rubric import load_rubric
+from mira_spark.prompting.tokens import estimate_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "whw06/MIRA-Text-Group1"
@@ -473,7 +473,7 @@ def test_concurrent_requests_use_the_batch(builder: PromptBuilder) -> None:
 
 
 def test_document_is_read_after_the_last_marker(builder: PromptBuilder) -> None:
-    from mira_spark.simulator.server import document_of
+    from mira_spark.devtools.simulator.server import document_of
 
     user = builder.build("html_cpt", GOOD_DOC).messages[1]["content"]
     assert document_of(user) == ("html_cpt", GOOD_DOC)
@@ -487,7 +487,7 @@ def test_cli_runs_endpoints_in_processes() -> None:
     import subprocess
     import sys
 
-    from mira_spark.simulator.launcher import free_port
+    from mira_spark.devtools.simulator.launcher import free_port
 
     def consecutive_free_ports() -> int:
         # serve-sim takes port and port + 1; a bare free_port() may sit next to a port already in use
@@ -503,7 +503,7 @@ def test_cli_runs_endpoints_in_processes() -> None:
         raise RuntimeError("no two consecutive free ports on 127.0.0.1")
 
     port = consecutive_free_ports()
-    code = f"import sys; from mira_spark.simulator.launcher import serve_sim_main; sys.exit(serve_sim_main({['--port', str(port), '--speeds', '1,2']!r}))"
+    code = f"import sys; from mira_spark.devtools.simulator.launcher import serve_sim_main; sys.exit(serve_sim_main({['--port', str(port), '--speeds', '1,2']!r}))"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

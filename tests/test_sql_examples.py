@@ -1,6 +1,6 @@
 """Every example query in sql/ runs against the demo output and returns what its header says.
 
-The queries use the views the job registers (mira_spark/views.py). The canary table is being built by
+The queries use the views the job registers (mira_spark/store/views.py). The canary table is being built by
 another change (contract: canary(run_id, endpoint, scorer, slot, reference_score, score, deviation,
 quarantined)); while the demo run does not produce it, this test writes a small fixture table with that
 contract (one endpoint shifted and quarantined) and registers it as the view mira_canary.

@@ -10,7 +10,7 @@ import pytest
 
 from mira_spark.config import load_settings
 from mira_spark.pipeline import run_pipeline
-from mira_spark.tables import Tables
+from mira_spark.store.tables import Tables
 
 pytestmark = pytest.mark.spark
 

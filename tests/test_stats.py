@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mira_spark.stats import average_ranks, composite, keep_count, mae, mask_decision, pearson, spearman
+from mira_spark.selection.stats import (
+    average_ranks,
+    composite,
+    keep_count,
+    mae,
+    mask_decision,
+    pearson,
+    spearman,
+)
 
 
 @pytest.mark.parametrize(

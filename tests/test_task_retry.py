@@ -20,9 +20,10 @@ import pytest
 from conftest import write_config
 from pyspark.sql import functions as F
 
-from mira_spark.bench.faults import write_documents
 from mira_spark.config import load_settings
-from mira_spark.documents import attach_text
+from mira_spark.devtools.bench.faults import write_documents
+from mira_spark.ingest.documents import attach_text
+from mira_spark.parsing.stage import parse_raw_outputs
 from mira_spark.pipeline import (
     make_plan,
     open_run,
@@ -31,9 +32,8 @@ from mira_spark.pipeline import (
     run_pipeline,
     run_stages,
 )
-from mira_spark.scores import parse_raw_outputs
-from mira_spark.scoring import score_documents
-from mira_spark.tables import RAW_OUTPUTS_SCHEMA, SCORE_KEYS, SCORES_SCHEMA, Tables
+from mira_spark.scoring.stage import score_documents
+from mira_spark.store.tables import RAW_OUTPUTS_SCHEMA, SCORE_KEYS, SCORES_SCHEMA, Tables
 
 pytestmark = pytest.mark.spark
 

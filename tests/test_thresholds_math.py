@@ -1,4 +1,4 @@
-"""Pure threshold maths (mira_spark.thresholds, mira_spark.hashing): no SparkSession.
+"""Pure threshold maths (mira_spark.selection.thresholds, mira_spark.selection.hashing): no SparkSession.
 
 The pass-1 / pass-2 machinery is compared with a brute-force sort + cumulative sum (plain Python on
 hypothesis-generated tie-heavy rows, pandas on 8,000 rows) for every mode x unit x semantics, with and
@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mira_spark.hashing import spark_xxhash64, xxh64
-from mira_spark.thresholds import (
+from mira_spark.selection.hashing import spark_xxhash64, xxh64
+from mira_spark.selection.thresholds import (
     GUMBEL_SALT,
     RANDOM_KEY_BITS,
     ThresholdSpec,

@@ -77,7 +77,7 @@ def test_packed_env_holds_mira_spark_without_pyspark(packed_env: Path) -> None:
 
 def test_submit_local_runs_the_job_from_the_packed_env(packed_env: Path, sim_pool: list[Any],
                                                        tmp_path: Path) -> None:
-    from mira_spark.samples import write_sample
+    from mira_spark.devtools.samples import write_sample
 
     sample = tmp_path / "sample"
     write_sample(sample, fmt="parquet")

@@ -5,7 +5,7 @@ client plans to use, and a clock; gives :class:`EndpointPool`, whose :meth:`Endp
 reserves an endpoint with a free place for one more request (or returns None: the request waits in
 the job), and whose ``release`` / ``mark_health`` / ``set_load`` methods feed back what happened. Pure
 logic (no I/O, injectable clock), tested with a fake clock and driven by the discrete-event routing
-bench (:mod:`mira_spark.simulator.des`).
+bench (:mod:`mira_spark.devtools.simulator.des`).
 
 The model, per endpoint:
 

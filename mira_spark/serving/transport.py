@@ -175,7 +175,7 @@ class Transport:
         if self.sampling.seed is not None:
             # A re-ask with the same seed would reproduce the rejected answer token for token.
             payload["seed"] = self.sampling.seed + seed_offset
-        # Server-specific fields, e.g. the constrained-output grammar (mira_spark.constrained); the
+        # Server-specific fields, e.g. the constrained-output grammar (mira_spark.prompting.constrained); the
         # config forbids them to override the keys above.
         payload.update(self.sampling.extra_body)
         return payload

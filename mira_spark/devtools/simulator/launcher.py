@@ -1,0 +1,330 @@
+"""Starting simulated scorer endpoints: in a thread (tests), in processes (benchmarks, the CLI).
+
+Takes :class:`SimConfig` objects (or ``mira-spark serve-sim`` arguments); gives running endpoints on
+127.0.0.1 as :class:`SimHandle` objects (``url`` for the OpenAI client, ``stats()``, ``reset()``,
+``stop()``; also context managers). Each endpoint of ``start_processes`` runs in its own spawned
+process, so endpoints do not share a GIL with each other or with the client under test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import multiprocessing
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from mira_spark.devtools.simulator.faults import FaultProfile
+from mira_spark.devtools.simulator.server import SimConfig, create_app
+
+log = logging.getLogger("mira_spark.devtools.simulator")
+
+DEFAULT_HOST = "127.0.0.1"
+SHUTDOWN_TIMEOUT_S = 0.5  # hung requests are cancelled this long after stop()
+START_TIMEOUT_S = 30.0
+HTTP_TIMEOUT_S = 5.0
+
+
+class SimHandle:
+    """A running simulated endpoint."""
+
+    def __init__(self, host: str, port: int, stopper: Callable[[], None], name: str = "sim") -> None:
+        self.host = host
+        self.port = port
+        self.name = name
+        self._stopper = stopper
+        self._stopped = False
+
+    @property
+    def base(self) -> str:
+        """``http://host:port`` (health, metrics and /sim routes live here)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """OpenAI base URL, ``http://host:port/v1``."""
+        return f"{self.base}/v1"
+
+    def _call(self, method: str, path: str) -> Any:
+        req = urllib.request.Request(self.base + path, method=method, data=b"" if method == "POST" else None)
+        with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:
+            return json.loads(resp.read().decode("utf-8"))
+
+    def stats(self, changes: bool = False) -> dict[str, Any]:
+        """The endpoint's ``/sim/stats`` counters (``changes``: with its change-point log)."""
+        return self._call("GET", "/sim/stats?changes=1" if changes else "/sim/stats")
+
+    def reset(self) -> None:
+        """Zero the endpoint's counters (``POST /sim/reset``)."""
+        self._call("POST", "/sim/reset")
+
+    def stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self._stopper()
+
+    def __enter__(self) -> SimHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"SimHandle({self.name!r}, {self.url!r})"
+
+
+async def _start_site(config: SimConfig, host: str, port: int) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(create_app(config), shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    log.info("simulator endpoint %s (simulating %s, a stand-in for the 35B scorer) on http://%s:%d/v1",
+             config.name, config.model, host, bound)
+    return runner, bound
+
+
+def start_in_thread(config: SimConfig, port: int = 0, host: str = DEFAULT_HOST) -> SimHandle:
+    """Run one endpoint on its own event loop in a daemon thread; port 0 picks a free port."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            runner, bound = loop.run_until_complete(_start_site(config, host, port))
+        except BaseException as exc:
+            box["error"] = exc
+            ready.set()
+            loop.close()
+            return
+        box["port"] = bound
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(runner.cleanup())
+            # Handlers whose client already left (a hung request) outlive the cleanup; cancel them.
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.close()
+
+    thread = threading.Thread(target=run, name=f"mira-simulator-{config.name}", daemon=True)
+    thread.start()
+    if not ready.wait(START_TIMEOUT_S):
+        raise RuntimeError(f"simulator endpoint {config.name} did not start within {START_TIMEOUT_S:g}s")
+    if "error" in box:
+        raise RuntimeError(f"simulator endpoint {config.name} failed to start on {host}:{port}: {box['error']}")
+
+    def stop() -> None:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(SHUTDOWN_TIMEOUT_S + 5)
+
+    return SimHandle(host, box["port"], stop, config.name)
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A port that was free a moment ago (bind, read, release)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+async def _serve_until_signal(config: SimConfig, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # Loops without Unix signal support (Windows) raise here; the process is then stopped by terminate().
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    runner, _ = await _start_site(config, host, port)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def _process_main(config_json: str, host: str, port: int) -> None:
+    """Entry point of a spawned endpoint process."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(_serve_until_signal(SimConfig.model_validate_json(config_json), host, port))
+
+
+def _wait_healthy(base: str, proc: multiprocessing.process.BaseProcess, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.exitcode is not None:
+            raise RuntimeError(f"simulator process for {base} exited with code {proc.exitcode} before it was "
+                               "healthy; is the port already in use?")
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=1.0) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"simulator at {base} was not healthy within {timeout_s:g}s; see its log on stderr")
+
+
+def start_processes(
+    configs: list[SimConfig],
+    ports: list[int] | None = None,
+    host: str = DEFAULT_HOST,
+    timeout_s: float = START_TIMEOUT_S,
+) -> list[SimHandle]:
+    """One spawned process per endpoint; returns once every ``/health`` answers (or raises, stopping all)."""
+    ports = list(ports) if ports is not None else [0] * len(configs)
+    if len(ports) != len(configs):
+        raise ValueError(f"{len(configs)} configs but {len(ports)} ports")
+    ctx = multiprocessing.get_context("spawn")
+    handles: list[SimHandle] = []
+    procs: list[multiprocessing.process.BaseProcess] = []
+    try:
+        for config, port in zip(configs, ports, strict=True):
+            port = port or free_port(host)
+            proc = ctx.Process(target=_process_main, args=(config.model_dump_json(), host, port),
+                               name=f"mira-simulator-{config.name}", daemon=True)
+            proc.start()
+            procs.append(proc)
+            handles.append(SimHandle(host, port, _process_stopper(proc), config.name))
+        for handle, proc in zip(handles, procs, strict=True):
+            _wait_healthy(handle.base, proc, timeout_s)
+    except BaseException:
+        for handle in handles:
+            handle.stop()
+        raise
+    return handles
+
+
+def _process_stopper(proc: multiprocessing.process.BaseProcess) -> Callable[[], None]:
+    def stop() -> None:
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(SHUTDOWN_TIMEOUT_S + 5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+
+    return stop
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mira-spark serve-sim",
+                                description="Serve simulated MIRA scorer endpoints (OpenAI-compatible; no model runs).")
+    p.add_argument("--port", type=int, default=18101, help="port of the first endpoint (others follow)")
+    p.add_argument("--endpoints", type=int, default=None, help="number of endpoints (default 1, or len(--speeds))")
+    p.add_argument("--host", default=DEFAULT_HOST, help="bind address (default 127.0.0.1)")
+    p.add_argument("--slots", type=int, default=64, help="concurrent sequences per endpoint (max_num_seqs)")
+    p.add_argument("--speed", type=float, default=1.0, help="relative speed of every endpoint")
+    p.add_argument("--speeds", default=None, help="comma-separated speed per endpoint, e.g. 1,1,2,4")
+    p.add_argument("--time-scale", type=float, default=None, help="wall s = model s / time-scale (default 150)")
+    p.add_argument("--error-rate", type=float, default=0.0, help="probability of an injected HTTP 503")
+    p.add_argument("--malformed-rate", type=float, default=0.0, help="probability of a garbage answer")
+    p.add_argument("--sampling-noise", action="store_true",
+                   help="at temperature > 0 perturb each choice's scores (seeded by the request's seed, the "
+                   "document and the choice); default: deterministic scores at any temperature")
+    p.add_argument("--fault-profile", default=None, help="YAML file with fault rules")
+    p.add_argument("--max-model-len", type=int, default=65536)
+    p.add_argument("--model", default=None, help="model id listed by /v1/models")
+    p.add_argument("--seed", type=int, default=0,
+                   help="fault and service-time seed of the first endpoint (others: seed + i)")
+    add_service_arguments(p)
+    return p
+
+
+def add_service_arguments(p: argparse.ArgumentParser) -> None:
+    """``--service``, ``--service-s``, ``--service-dist``, ``--fifo`` (shared with ``bench throughput``)."""
+    p.add_argument("--service", choices=["tokens", "fixed"], default="tokens",
+                   help="tokens: service time from tokens and batch size (default); fixed: a drawn wall time "
+                   "per request, independent of load and --time-scale")
+    p.add_argument("--service-s", type=float, default=2.0,
+                   help="--service fixed: mean wall seconds per request at speed 1 (divided by the speed)")
+    p.add_argument("--service-dist", choices=["constant", "exponential", "lognormal"], default="constant",
+                   help="--service fixed: distribution of the service time around --service-s")
+    p.add_argument("--fifo", action="store_true",
+                   help="strict FIFO: plain slots behind a FIFO queue, no KV budget (vLLM-like)")
+
+
+def service_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`SimConfig` fields of the service arguments."""
+    if args.service_s <= 0:
+        raise ValueError("--service-s must be positive")
+    return {"service": args.service, "service_s": args.service_s,
+            "service_distribution": args.service_dist, "fifo": args.fifo}
+
+
+def configs_from_args(args: argparse.Namespace) -> list[SimConfig]:
+    """One :class:`SimConfig` per endpoint from parsed ``serve-sim`` arguments."""
+    speeds = [float(s) for s in args.speeds.split(",")] if args.speeds else None
+    n = args.endpoints if args.endpoints is not None else (len(speeds) if speeds else 1)
+    if n < 1:
+        raise ValueError("--endpoints must be at least 1")
+    if speeds is not None and len(speeds) != n:
+        raise ValueError(f"--speeds lists {len(speeds)} speeds for {n} endpoints")
+    profile = FaultProfile.from_yaml(args.fault_profile) if args.fault_profile else FaultProfile()
+    extra: dict[str, Any] = service_settings(args)
+    if args.time_scale is not None:
+        extra["time_scale"] = args.time_scale
+    if args.model:
+        extra["model"] = args.model
+    return [
+        SimConfig(name=f"sim-{i}", slots=args.slots, speed=speeds[i] if speeds else args.speed,
+                  error_rate=args.error_rate, malformed_rate=args.malformed_rate, faults=profile,
+                  max_model_len=args.max_model_len, seed=args.seed + i, sampling_noise=args.sampling_noise,
+                  **extra)
+        for i in range(n)
+    ]
+
+
+def serve_sim_main(argv: list[str] | None = None) -> int:
+    """``mira-spark serve-sim``: start the endpoints, print one URL per line, run until SIGTERM/SIGINT."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        configs = configs_from_args(args)
+    except ValueError as exc:
+        print(f"serve-sim: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        handles = start_processes(configs, [args.port + i for i in range(len(configs))], host=args.host)
+    except RuntimeError as exc:
+        print(f"serve-sim: {exc}", file=sys.stderr)
+        return 1
+    try:
+        for handle in handles:
+            print(handle.url, flush=True)
+        log.info("simulator: %d endpoint(s) up; stop with Ctrl+C or SIGTERM", len(handles))
+        while not stop.wait(0.5):
+            dead = [h for h in handles if not _alive(h)]
+            if dead:
+                log.error("simulator endpoint(s) %s died; stopping the rest", ", ".join(h.name for h in dead))
+                return 1
+        return 0
+    finally:
+        for handle in handles:
+            handle.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _alive(handle: SimHandle) -> bool:
+    try:
+        with urllib.request.urlopen(handle.base + "/health", timeout=HTTP_TIMEOUT_S) as resp:
+            return resp.status == 200
+    except OSError:
+        return False

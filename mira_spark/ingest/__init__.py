@@ -1,0 +1,1 @@
+"""Documents in: check the input table, route every row once."""

@@ -1,0 +1,75 @@
+"""Raw outputs -> the columnar score table (Spark side of ``parsing.parse_batch``).
+
+Takes ``raw_outputs`` rows (possibly several per key after a crash or a Spark task retry: the table is
+an append-only log); gives one row per ``(doc_id, scorer, prompt_version)`` in ``tables.SCORES_SCHEMA``
+with ``a1_score .. a15_score``, rationales, summary fields, ``parse_status`` and ``parse_errors``.
+``deferred`` rows (pool unavailable) are not terminal and produce no score row: the next run sends them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+
+from mira_spark.prompting.rubric import Rubric
+from mira_spark.store.tables import MAX_SLOTS, SCORE_KEYS, SCORES_SCHEMA
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+PASSTHROUGH = ("doc_id", "source", "scorer", "prompt_version", "status", "error", "truncated",
+               "original_chars", "prompt_tokens", "completion_tokens", "attempts", "run_id", "scored_at")
+
+
+def latest_terminal(raw: DataFrame) -> DataFrame:
+    """One raw row per key: an ok row over a failed one, then the latest; deferred rows excluded."""
+    order = Window.partitionBy(*SCORE_KEYS).orderBy(
+        F.when(F.col("status") == "ok", 0).otherwise(1), F.col("scored_at").desc(), F.col("run_id").desc()
+    )
+    return (
+        raw.filter(F.col("status").isin("ok", "failed"))
+        .withColumn("_pick", F.row_number().over(order))
+        .filter(F.col("_pick") == 1)
+        .drop("_pick")
+    )
+
+
+def _parse_partition(batches: Iterator[pa.RecordBatch], rubrics: dict[str, Rubric]) -> Iterator[pa.RecordBatch]:
+    from mira_spark.parsing.parse import parse_batch
+
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        table = pa.Table.from_batches([batch])
+        scorers = table.column("scorer").to_pylist()
+        for scorer in sorted(set(scorers)):
+            mask = pa.array([s == scorer for s in scorers])
+            part = table.filter(mask)
+            rubric = rubrics[scorer]
+            status = part.column("status").to_pylist()
+            texts = [t if s == "ok" else None for t, s in zip(part.column("raw_text").to_pylist(), status, strict=True)]
+            parsed = parse_batch(pa.array(texts, pa.string()), rubric)
+            columns = {name: part.column(name) for name in PASSTHROUGH}
+            for name in parsed.schema.names:
+                columns[name] = parsed.column(name)
+            # Rubrics with fewer slots than the table still fill every column (nulls).
+            for i in range(1, MAX_SLOTS + 1):
+                columns.setdefault(f"a{i}_score", pa.nulls(part.num_rows, pa.float64()))
+                columns.setdefault(f"a{i}_rationale", pa.nulls(part.num_rows, pa.string()))
+            ordered = [columns[f.name] for f in SCORES_SCHEMA.fields]
+            out = pa.Table.from_arrays(ordered, names=[f.name for f in SCORES_SCHEMA.fields])
+            yield from out.to_batches()
+
+
+def parse_raw_outputs(raw: DataFrame, rubrics: dict[str, Rubric]) -> DataFrame:
+    """Spark stage: raw outputs -> score rows (``SCORES_SCHEMA``), one per key."""
+
+    def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return _parse_partition(batches, rubrics)
+
+    picked = latest_terminal(raw).select(*PASSTHROUGH, "raw_text")
+    return picked.mapInArrow(fn, SCORES_SCHEMA)

@@ -1,0 +1,1 @@
+"""Prompts: the rubric, chat messages, token budgets and the constrained-output format."""

@@ -1,0 +1,1 @@
+"""The scoring stage: routed documents -> raw outputs, one asyncio loop per Spark task."""

@@ -1,0 +1,303 @@
+"""The scoring stage: routed documents -> raw outputs, one row per document, via ``mapInArrow``.
+
+Takes a DataFrame with ``doc_id, source, scorer, text`` and a :class:`ScoringPlan`; gives a DataFrame in
+``tables.RAW_OUTPUT_STREAM_SCHEMA``: the completion text, status (ok | failed | deferred), error code,
+attempts, endpoint, latency, tokens, finish_reason and what truncation did. Each Spark task runs one
+asyncio loop (``serving.runner``) over its partition with a bounded number of requests in flight;
+documents that cannot be scored (empty, garbled) get a failed row without a request being sent.
+
+The Spark side is thin: prompts, the output check and the runner are pure modules; this file only
+moves Arrow batches between them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from mira_spark.config import PoolConfig, SamplingConfig, ScoringConfig
+from mira_spark.prompting.constrained import OutputLimits, request_fields
+from mira_spark.prompting.prompts import Prompt, PromptBuilder, text_problem
+from mira_spark.prompting.rubric import Rubric
+from mira_spark.serving.plan import task_share
+from mira_spark.serving.types import OutputVerdict, RunStats, ScoreRequest, ScoreResult
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+log = logging.getLogger(__name__)
+
+OUTPUT_CHUNK_ROWS = 2048
+SHRINK_FACTOR = 0.7  # after a context-length 400, keep this share of the document's estimated tokens
+
+RAW_ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("source", pa.string()),
+        pa.field("scorer", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("prompt_version", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("attempts", pa.int32(), nullable=False),
+        pa.field("repairs", pa.int32(), nullable=False),
+        pa.field("wasted_requests", pa.int32(), nullable=False),
+        pa.field("endpoint", pa.string()),
+        pa.field("latency_s", pa.float64()),
+        pa.field("prompt_tokens", pa.int64()),
+        pa.field("completion_tokens", pa.int64()),
+        pa.field("finish_reason", pa.string()),
+        pa.field("raw_text", pa.string()),
+        pa.field("truncated", pa.bool_(), nullable=False),
+        pa.field("shrunk", pa.bool_(), nullable=False),
+        pa.field("original_chars", pa.int64()),
+        pa.field("kept_chars", pa.int64()),
+        pa.field("est_prompt_tokens", pa.int64()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """What a task needs to score one scorer group's documents."""
+
+    name: str
+    model: str
+    rubric: Rubric
+    pool: PoolConfig
+    prompt_version: str
+    api_key: str | None = field(default=None, repr=False)  # resolved on the driver; never logged
+
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    groups: dict[str, GroupPlan]
+    sampling: SamplingConfig
+    scoring: ScoringConfig
+    max_model_len: int
+    in_flight_per_task: dict[str, int]  # scorer group -> requests in flight per task
+    concurrent_tasks: int = 1  # scoring tasks running at once; each fills 1/concurrent_tasks of each pool
+
+
+def make_check_output(rubric: Rubric, builder: PromptBuilder, policy: str):
+    """The runner's output hook: retry malformed/truncated answers, re-ask only missing slots."""
+    from mira_spark.parsing.parse import missing_slots, parse_output
+
+    def check(request: ScoreRequest, text: str, finish_reason: str | None) -> OutputVerdict:
+        card = parse_output(text, rubric)
+        if finish_reason == "length":
+            return OutputVerdict("retry", reason="truncated_output")
+        if card.parse_status == "failed":
+            return OutputVerdict("retry", reason="malformed_output")
+        missing = missing_slots(card)
+        if missing and policy == "reask" and len(request.messages) <= 2:
+            return OutputVerdict("followup", reason="missing_slots", followup=builder.repair_prompt(missing))
+        return OutputVerdict("accept")
+
+    return check
+
+
+def group_sampling(sampling: SamplingConfig, rubric: Rubric, scoring: ScoringConfig) -> SamplingConfig:
+    """Sampling of one group's requests: the configured one plus, when ``scoring.constrained_output`` is
+    on, the structured-output field built from this group's rubric (``mira_spark.prompting.constrained``)."""
+    fields = request_fields(rubric, scoring.constrained_output, scoring.structured_output_api,
+                            OutputLimits.from_max_chars(scoring.free_text_max_chars))
+    if not fields:
+        return sampling
+    return sampling.model_copy(update={"extra_body": {**sampling.extra_body, **fields}})
+
+
+def _refit_truncated(builder: PromptBuilder, group: GroupPlan, plan: ScoringPlan,
+                     prompts: list[tuple[Prompt, str, str, dict, dict]]) -> list[tuple[Prompt, str, str, dict, dict]]:
+    """Let truncated documents keep more text when the server's exact count shows room.
+
+    Two ``/tokenize`` calls per truncated document (the estimate, then the refit); a refit is used only
+    when its exact count fits ``max_model_len`` with the completion budget, so no request is sent that is
+    known to overflow. Any counting failure keeps the conservative prompt.
+    """
+    from mira_spark.serving.tokenize import count_prompt_tokens
+
+    limit = plan.max_model_len - plan.sampling.max_tokens
+    todo = [i for i, p in enumerate(prompts) if p[0].truncated]
+    if not todo:
+        return prompts
+    first = count_prompt_tokens(group.pool, group.model, group.api_key, [prompts[i][0].messages for i in todo])
+    refits: dict[int, Prompt] = {}
+    for i, exact in zip(todo, first, strict=True):
+        prompt, source, text, _, _ = prompts[i]
+        if exact is not None:
+            candidate = builder.refit(source, text, prompt, exact)
+            if candidate is not prompt:
+                refits[i] = candidate
+    second = count_prompt_tokens(group.pool, group.model, group.api_key, [p.messages for p in refits.values()])
+    out = list(prompts)
+    for (i, candidate), exact in zip(refits.items(), second, strict=True):
+        if exact is not None and exact <= limit:
+            _, source, text, row, base = prompts[i]
+            out[i] = (candidate, source, text, row, base)
+    return out
+
+
+def _score_group(
+    plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: RunStats
+) -> list[dict]:
+    from mira_spark.parsing.parse import merge_followup
+    from mira_spark.serving.runner import RowHooks, RunnerOptions, run_requests
+
+    builder = PromptBuilder(group.rubric, group.model, plan.max_model_len, plan.sampling.max_tokens)
+    cap = plan.scoring.max_text_chars
+    out: list[dict] = []
+    requests: list[ScoreRequest] = []
+    pending: list[tuple[dict, dict]] = []  # (input row, output row) awaiting a result
+    docs: dict[int, tuple[str, str]] = {}
+    candidates: list[tuple[str, str, dict, dict]] = []  # (source, capped text, input row, output row)
+    for row in rows:
+        base = {
+            "doc_id": row["doc_id"],
+            "source": row["source"],
+            "scorer": group.name,
+            "model": group.model,
+            "prompt_version": group.prompt_version,
+            "attempts": 0,
+            "repairs": 0,
+            "wasted_requests": 0,
+            "truncated": False,
+            "shrunk": False,
+            "original_chars": len(row["text"]) if isinstance(row["text"], str) else None,
+        }
+        problem = text_problem(row["text"])
+        if problem:
+            out.append({**base, "status": "failed", "error": problem})
+            continue
+        candidates.append((row["source"] or "", row["text"][:cap], row, base))
+
+    # What the prompt did to each document (small fields only: prompts themselves are built when a
+    # worker takes the request and dropped when it is answered, so a task holds only in-flight prompts).
+    fitted: dict[int, tuple[bool, int, int]] = {}
+    eager: dict[int, Prompt] = {}
+    if group.pool.exact_token_count:  # exact counting needs the prompts up front, in one batch
+        refits = _refit_truncated(builder, group, plan,
+                                  [(builder.build(s_, t_), s_, t_, r_, b_) for s_, t_, r_, b_ in candidates])
+        eager = {i: item[0] for i, item in enumerate(refits)}
+    for index, (source, text, row, base) in enumerate(candidates):
+        docs[index] = (source, text)
+        key = f"{row['doc_id']}|{group.name}|{group.prompt_version}"
+        prompt = eager.get(index)
+        if prompt is not None:
+            fitted[index] = (prompt.truncated, prompt.kept_chars, prompt.est_prompt_tokens)
+            requests.append(ScoreRequest(index=index, key=key, messages=prompt.messages,
+                                         est_prompt_tokens=prompt.est_prompt_tokens))
+        else:
+            requests.append(ScoreRequest(index=index, key=key, messages=[]))
+        pending.append((row, base))
+
+    def prepare(request: ScoreRequest) -> ScoreRequest:
+        if request.messages:
+            return request
+        source, text = docs[request.index]
+        prompt = builder.build(source, text)
+        fitted[request.index] = (prompt.truncated, prompt.kept_chars, prompt.est_prompt_tokens)
+        return ScoreRequest(index=request.index, key=request.key, messages=prompt.messages,
+                            est_prompt_tokens=prompt.est_prompt_tokens)
+
+    def shrink(request: ScoreRequest) -> ScoreRequest | None:
+        source, text = docs[request.index]
+        doc_tokens = request.est_prompt_tokens - builder.static_tokens
+        smaller = builder.build(source, text, token_budget=int(doc_tokens * SHRINK_FACTOR))
+        if smaller.est_prompt_tokens >= request.est_prompt_tokens:
+            return None
+        return ScoreRequest(index=request.index, key=request.key, messages=smaller.messages,
+                            est_prompt_tokens=smaller.est_prompt_tokens)
+
+    if requests:
+        opts = RunnerOptions(
+            pool=group.pool,
+            sampling=group_sampling(plan.sampling, group.rubric, plan.scoring),
+            model=group.model,
+            in_flight=plan.in_flight_per_task.get(group.name, 64),
+            api_key=group.api_key,
+            hooks=RowHooks(check_output=make_check_output(group.rubric, builder, plan.scoring.partial_policy),
+                           shrink=shrink, prepare=prepare, merge=merge_followup),
+            max_output_repairs=plan.scoring.max_output_repairs,
+            share=task_share(plan.concurrent_tasks),
+        )
+        results: list[ScoreResult] = run_requests(requests, opts, stats)
+        for index, ((row, base), result) in enumerate(zip(pending, results, strict=True)):
+            truncated, kept_chars, est_tokens = fitted.get(index, (False, None, None))
+            base.update(truncated=truncated or len(row["text"]) > cap, kept_chars=kept_chars,
+                        est_prompt_tokens=est_tokens)
+            out.append(
+                {
+                    **base,
+                    "status": result.status,
+                    "error": result.error,
+                    "attempts": result.attempts,
+                    "repairs": result.repairs,
+                    "wasted_requests": result.wasted_requests,
+                    "endpoint": result.endpoint,
+                    "latency_s": result.latency_s,
+                    "prompt_tokens": result.prompt_tokens,
+                    "completion_tokens": result.completion_tokens,
+                    "finish_reason": result.finish_reason,
+                    "raw_text": result.text,
+                    "shrunk": result.shrunk,
+                    "truncated": base["truncated"] or result.shrunk,
+                }
+            )
+    return out
+
+
+def score_partition(batches: Iterator[pa.RecordBatch], plan: ScoringPlan) -> Iterator[pa.RecordBatch]:
+    """Body of the mapInArrow function: every input row yields exactly one output row."""
+    rows: list[dict] = []
+    seen: set[tuple[str, str]] = set()
+    for batch in batches:
+        for row in batch.to_pylist():
+            # Exact copies of a document (same doc_id, source and text) reach the same task (rows are
+            # hash-partitioned by doc_id); routing already reported the extra copies as duplicates.
+            key = (row["doc_id"], row["scorer"])
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
+    if not rows:
+        return
+    # Longest documents first: they finish last, so starting them first shortens the task's tail.
+    rows.sort(key=lambda r: -(len(r["text"]) if isinstance(r["text"], str) else 0))
+    by_group: dict[str, list[dict]] = {}
+    for row in rows:
+        by_group.setdefault(row["scorer"], []).append(row)
+    # Each scorer group has its own endpoint pool: score the groups side by side (one event loop per
+    # thread) so one group's tail never leaves another group's GPUs idle.
+    stats = {name: RunStats() for name in by_group}
+    out: list[dict] = []
+    with ThreadPoolExecutor(max_workers=len(by_group), thread_name_prefix="mira-group") as pool:
+        futures = [pool.submit(_score_group, plan, plan.groups[name], group_rows, stats[name])
+                   for name, group_rows in sorted(by_group.items())]
+        for future in futures:
+            out.extend(future.result())
+    if len(out) != len(rows):  # the exactly-once invariant of the stage
+        raise RuntimeError(f"scoring produced {len(out)} rows for {len(rows)} inputs")
+    log.info("scoring task: %d rows, %d requests, %d retries, %d repairs", len(rows),
+             sum(s.requests_sent for s in stats.values()), sum(s.retries for s in stats.values()),
+             sum(s.repairs for s in stats.values()))
+    for start in range(0, len(out), OUTPUT_CHUNK_ROWS):
+        yield pa.RecordBatch.from_pylist(out[start : start + OUTPUT_CHUNK_ROWS], schema=RAW_ARROW_SCHEMA)
+
+
+def score_documents(routed: DataFrame, plan: ScoringPlan, tasks: int) -> DataFrame:
+    """Spark stage: ``doc_id, source, scorer, text`` -> raw outputs (``RAW_OUTPUT_STREAM_SCHEMA``)."""
+    from pyspark.sql import functions as F
+
+    from mira_spark.store.tables import RAW_OUTPUT_STREAM_SCHEMA
+
+    def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return score_partition(batches, plan)
+
+    # Hash partitioning by doc_id spreads long documents evenly and is deterministic on task retry.
+    spread = routed.select("doc_id", "source", "scorer", "text").repartition(tasks, F.xxhash64("doc_id"))
+    return spread.mapInArrow(fn, RAW_OUTPUT_STREAM_SCHEMA)

@@ -1,0 +1,1 @@
+"""Selection: reliability mask, composite, thresholds and decisions (pure maths + thin Spark stages)."""

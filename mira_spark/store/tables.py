@@ -1,0 +1,452 @@
+"""The table layer: schemas, locations, reads, appends, MERGE upserts, replaceWhere, SQL views.
+
+Only this module reads or writes tables. Takes ``Settings.tables`` (a path root or a catalog.schema) and
+DataFrames; gives Delta tables addressed by path locally and by name on Databricks. Every write selects
+columns by name against an explicit schema, because Sail silently drops unknown columns on append and
+moves partition columns to the end (shared/notes/engines.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from mira_spark.errors import CommitConflictError, TableError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from mira_spark.config import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_SLOTS = 15
+MERGE_CONFLICT_ATTEMPTS = 6
+MERGE_CONFLICT_BACKOFF_S = 0.5
+# Messages Delta engines use for a lost optimistic-concurrency race (delta-spark and Sail/delta-rs).
+_CONFLICT_MARKERS = (
+    "ConcurrentAppend",
+    "ConcurrentModification",
+    "ConcurrentTransaction",
+    "ConcurrentDeleteRead",
+    "ConcurrentDeleteDelete",
+    "MetadataChanged",
+    "ProtocolChanged",
+    "Failed to commit transaction",
+    "Transaction conflict",
+    "version already exists",
+    "VersionAlreadyExists",
+    # Sail/delta-rs, when another writer checkpoints (every 10 commits) while this commit re-reads the log.
+    "Missing commit file",
+)
+
+TABLES = ("routing", "raw_outputs", "scores", "reliability", "thresholds", "decisions", "selected", "run_stats",
+          "work_queue")
+
+DOCUMENTS_SCHEMA = T.StructType(
+    [
+        T.StructField("doc_id", T.StringType(), False),
+        T.StructField("source", T.StringType(), True),
+        T.StructField("text", T.StringType(), True),
+    ]
+)
+
+# What the scoring stage adds per document (one row per input row of a wave).
+RAW_OUTPUT_FIELDS = [
+    T.StructField("doc_id", T.StringType(), False),
+    T.StructField("source", T.StringType(), True),
+    T.StructField("scorer", T.StringType(), False),
+    T.StructField("model", T.StringType(), False),
+    T.StructField("prompt_version", T.StringType(), False),
+    T.StructField("status", T.StringType(), False),
+    T.StructField("error", T.StringType(), True),
+    T.StructField("attempts", T.IntegerType(), False),
+    T.StructField("repairs", T.IntegerType(), False),
+    T.StructField("wasted_requests", T.IntegerType(), False),
+    T.StructField("endpoint", T.StringType(), True),
+    T.StructField("latency_s", T.DoubleType(), True),
+    T.StructField("prompt_tokens", T.LongType(), True),
+    T.StructField("completion_tokens", T.LongType(), True),
+    T.StructField("finish_reason", T.StringType(), True),
+    T.StructField("raw_text", T.StringType(), True),
+    T.StructField("truncated", T.BooleanType(), False),
+    T.StructField("shrunk", T.BooleanType(), False),
+    T.StructField("original_chars", T.LongType(), True),
+    T.StructField("kept_chars", T.LongType(), True),
+    T.StructField("est_prompt_tokens", T.LongType(), True),
+]
+RAW_OUTPUT_STREAM_SCHEMA = T.StructType(RAW_OUTPUT_FIELDS)
+RAW_OUTPUTS_SCHEMA = T.StructType(
+    [
+        *RAW_OUTPUT_FIELDS,
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("wave", T.IntegerType(), False),
+        T.StructField("scored_at", T.TimestampType(), False),
+    ]
+)
+
+
+def score_fields(n_slots: int = MAX_SLOTS) -> list[T.StructField]:
+    """Columns the parser adds (mirrors ``mira_spark.parsing.parse.score_schema``)."""
+    fields = [T.StructField(f"a{i}_score", T.DoubleType(), True) for i in range(1, n_slots + 1)]
+    fields += [T.StructField(f"a{i}_rationale", T.StringType(), True) for i in range(1, n_slots + 1)]
+    fields += [
+        T.StructField("overall", T.IntegerType(), True),
+        T.StructField("training_recommendation", T.StringType(), True),
+        T.StructField("domain_tag", T.StringType(), True),
+        T.StructField("brief", T.StringType(), True),
+        T.StructField("parse_status", T.StringType(), True),
+        T.StructField("parse_errors", T.ArrayType(T.StringType(), True), True),
+    ]
+    return fields
+
+
+SCORE_KEYS = ("doc_id", "scorer", "prompt_version")
+SCORES_SCHEMA = T.StructType(
+    [
+        T.StructField("doc_id", T.StringType(), False),
+        T.StructField("source", T.StringType(), True),
+        T.StructField("scorer", T.StringType(), False),
+        T.StructField("prompt_version", T.StringType(), False),
+        T.StructField("status", T.StringType(), False),
+        T.StructField("error", T.StringType(), True),
+        *score_fields(),
+        T.StructField("truncated", T.BooleanType(), False),
+        T.StructField("original_chars", T.LongType(), True),
+        T.StructField("prompt_tokens", T.LongType(), True),
+        T.StructField("completion_tokens", T.LongType(), True),
+        T.StructField("attempts", T.IntegerType(), False),
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("scored_at", T.TimestampType(), False),
+    ]
+)
+
+RELIABILITY_SCHEMA = T.StructType(
+    [
+        T.StructField("source", T.StringType(), False),
+        T.StructField("scorer", T.StringType(), False),
+        T.StructField("slot", T.StringType(), False),
+        T.StructField("dimension", T.StringType(), False),
+        T.StructField("n", T.LongType(), False),
+        T.StructField("mae", T.DoubleType(), True),
+        T.StructField("spearman", T.DoubleType(), True),
+        T.StructField("masked", T.BooleanType(), False),
+        T.StructField("reason", T.StringType(), False),
+        T.StructField("basis", T.StringType(), False),
+    ]
+)
+
+THRESHOLDS_SCHEMA = T.StructType(
+    [
+        T.StructField("source", T.StringType(), False),
+        T.StructField("scorer", T.StringType(), True),
+        T.StructField("retain_ratio", T.DoubleType(), False),
+        T.StructField("threshold", T.DoubleType(), True),
+        T.StructField("n_in", T.LongType(), False),
+        T.StructField("n_eligible", T.LongType(), False),
+        T.StructField("n_kept", T.LongType(), False),
+        T.StructField("kept_fraction", T.DoubleType(), True),
+    ]
+)
+
+DECISIONS_SCHEMA = T.StructType(
+    [
+        T.StructField("doc_id", T.StringType(), True),
+        T.StructField("source", T.StringType(), True),
+        T.StructField("scorer", T.StringType(), True),
+        T.StructField("decision", T.StringType(), False),
+        T.StructField("reason", T.StringType(), False),
+        T.StructField("composite", T.DoubleType(), True),
+        T.StructField("source_rank", T.LongType(), True),
+        T.StructField("threshold", T.DoubleType(), True),
+    ]
+)
+
+# Every input row once, narrow (no text): routed rows have a scorer and no reason (appended once per run,
+# partitioned by run_id, deleted when the run ends).
+ROUTING_SCHEMA = T.StructType(
+    [
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("doc_id", T.StringType(), True),
+        T.StructField("source", T.StringType(), True),
+        T.StructField("scorer", T.StringType(), True),
+        T.StructField("reason", T.StringType(), True),
+        T.StructField("text_hash", T.LongType(), False),
+    ]
+)
+
+# Documents a run will score and the wave each belongs to (appended once at the start of a run).
+WORK_QUEUE_SCHEMA = T.StructType(
+    [
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("doc_id", T.StringType(), False),
+        T.StructField("source", T.StringType(), True),
+        T.StructField("scorer", T.StringType(), False),
+        T.StructField("prompt_version", T.StringType(), False),
+        T.StructField("text", T.StringType(), True),
+        T.StructField("wave", T.IntegerType(), False),
+    ]
+)
+
+RUN_STATS_SCHEMA = T.StructType(
+    [
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("stage", T.StringType(), False),
+        T.StructField("metric", T.StringType(), False),
+        T.StructField("value", T.DoubleType(), False),
+        T.StructField("recorded_at", T.TimestampType(), False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """A table by path (``path``) or by catalog name (``name``)."""
+
+    path: str | None = None
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.path or "?"
+
+    @property
+    def sql(self) -> str:
+        """How SQL addresses it: ``delta.`/path``` or the name."""
+        if self.name:
+            return self.name
+        return f"delta.`{self.path}`"
+
+
+def ref_from_string(value: str) -> TableRef:
+    """A configured table: a path when it contains '/' or a scheme, else a catalog name."""
+    return TableRef(path=value) if ("/" in value or "://" in value) else TableRef(name=value)
+
+
+class Tables:
+    """Locations and I/O of every table of a run."""
+
+    def __init__(self, spark: SparkSession, settings: Settings) -> None:
+        self.spark = spark
+        self.settings = settings
+        self.fmt = settings.table_format
+
+    def ref(self, table: str) -> TableRef:
+        cfg = self.settings.tables
+        if cfg.schema_name:
+            return TableRef(name=f"{cfg.schema_name}.{table}")
+        return TableRef(path=f"{cfg.root.rstrip('/')}/{table}")  # type: ignore[union-attr]
+
+    @property
+    def staging_root(self) -> str | None:
+        cfg = self.settings.tables
+        if cfg.staging:
+            return cfg.staging.rstrip("/")
+        return f"{cfg.root.rstrip('/')}/_staging" if cfg.root else None
+
+    def staging_path(self, run_id: str, wave: int) -> str | None:
+        root = self.staging_root
+        # No "key=value" directory names: partition discovery would fight the columns in the files.
+        return f"{root}/raw_outputs/run-{run_id}/wave-{wave}" if root else None
+
+    def write_staging(self, df: DataFrame, path: str, schema: T.StructType) -> DataFrame:
+        """Write ``df`` once as plain parquet files at ``path`` and return a DataFrame over those files.
+
+        A plain file write has no transaction to conflict with; the Delta commit that follows reads the
+        files, so retrying that commit never re-runs the (billed) computation that produced them.
+        """
+        conform(df, schema).write.format("parquet").mode("overwrite").save(path)
+        return self.spark.read.schema(schema).format("parquet").load(path)
+
+    def read_staged(self, schema: T.StructType) -> DataFrame | None:
+        """Every staged row still on disk (None when nothing is staged)."""
+        root = self.staging_root
+        if not root:
+            return None
+        try:
+            df = (
+                self.spark.read.schema(schema).format("parquet")
+                .option("recursiveFileLookup", "true").load(f"{root}/raw_outputs")
+            )
+            df.limit(1).collect()
+            return df
+        except Exception:  # no staging directory yet
+            return None
+
+    def drop_staging(self, path: str) -> None:
+        """Remove a committed wave's staging files (local paths; elsewhere they are left for cleanup)."""
+        import shutil
+
+        if "://" not in path or path.startswith("file://"):
+            shutil.rmtree(path.removeprefix("file://"), ignore_errors=True)
+
+    @property
+    def documents(self) -> TableRef:
+        return ref_from_string(self.settings.tables.documents)
+
+    @property
+    def validation(self) -> TableRef | None:
+        value = self.settings.tables.validation
+        return ref_from_string(value) if value else None
+
+    # -- reads -----------------------------------------------------------------------------------
+    def read(self, ref: TableRef | str) -> DataFrame:
+        ref = self.ref(ref) if isinstance(ref, str) else ref
+        try:
+            if ref.name:
+                return self.spark.read.table(ref.name)
+            return self.spark.read.format(self.fmt).load(ref.path)
+        except Exception as exc:
+            raise TableError(f"cannot read table {ref.label} ({self.fmt}): {_first_line(exc)}") from None
+
+    def exists(self, ref: TableRef | str) -> bool:
+        ref = self.ref(ref) if isinstance(ref, str) else ref
+        try:
+            df = self.spark.read.table(ref.name) if ref.name else self.spark.read.format(self.fmt).load(ref.path)
+            df.schema  # noqa: B018 - forces analysis, which fails for a missing table
+            return True
+        except Exception:
+            return False
+
+    # -- writes ----------------------------------------------------------------------------------
+    def _writer(self, df: DataFrame, mode: str):
+        return df.write.format(self.fmt).mode(mode)
+
+    def _save(self, writer, ref: TableRef) -> None:
+        if ref.name:
+            writer.saveAsTable(ref.name)
+        else:
+            writer.save(ref.path)
+
+    def overwrite(self, df: DataFrame, table: str, schema: T.StructType) -> None:
+        """Replace a derived table (reliability, thresholds, decisions, selected) with ``df``."""
+        ref = self.ref(table)
+        out = conform(df, schema)
+        writer = self._writer(out, "overwrite").option("overwriteSchema", "true")
+        self._retry_conflicts(lambda: self._save(writer, ref), f"overwrite {ref.label}")
+
+    def append(self, df: DataFrame, table: str, schema: T.StructType,
+               partition_by: Sequence[str] = ()) -> None:
+        ref = self.ref(table)
+        out = conform(df, schema)
+
+        def save() -> None:
+            writer = self._writer(out, "append")
+            if partition_by:
+                writer = writer.partitionBy(*partition_by)
+            self._save(writer, ref)
+
+        self._retry_conflicts(save, f"append {ref.label}")
+
+    def delete_run(self, table: str, run_id: str) -> None:
+        """Remove one run's rows from a table partitioned by ``run_id`` (the work queue)."""
+        ref = self.ref(table)
+        if not self.exists(table):
+            return
+        if self.fmt == "delta":
+            literal = run_id.replace("'", "''")
+            self._retry_conflicts(
+                lambda: self.spark.sql(f"DELETE FROM {ref.sql} WHERE run_id = '{literal}'").collect(),
+                f"delete run {run_id} from {ref.label}",
+            )
+        elif ref.path:  # parquet (local parity suite): the run is one partition directory
+            import shutil
+
+            shutil.rmtree(f"{ref.path}/run_id={run_id}", ignore_errors=True)
+
+    def ensure(self, table: str, schema: T.StructType) -> None:
+        """Create ``table`` empty with ``schema`` if it does not exist, so MERGE always has a target.
+
+        Creating empty then MERGE-ing (rather than "append if missing") keeps two writers that start
+        at once from both appending the same rows.
+        """
+        if self.exists(table):
+            self._check_schema(table, schema)
+            return
+        empty = self.spark.createDataFrame([], schema)
+        try:
+            self._save(self._writer(empty, "append"), self.ref(table))
+        except Exception as exc:  # a concurrent creator won: fine if the table now exists
+            if not self.exists(table):
+                raise TableError(f"cannot create {self.ref(table).label}: {_first_line(exc)}") from None
+
+    def _check_schema(self, table: str, schema: T.StructType) -> None:
+        have = {f.name: f.dataType for f in self.read(table).schema.fields}
+        missing = [f.name for f in schema.fields if f.name not in have]
+        if missing:
+            raise TableError(
+                f"table {self.ref(table).label} lacks columns {missing}; it was written by another version. "
+                "Point tables.root at a new location or migrate the table."
+            )
+
+    def merge(self, df: DataFrame, table: str, schema: T.StructType, keys: Sequence[str]) -> None:
+        """Upsert ``df`` (already one row per key) into ``table`` on ``keys`` with SQL MERGE INTO."""
+        self.ensure(table, schema)
+        out = conform(df, schema)
+        if self.fmt != "delta":
+            self._merge_by_rewrite(out, table, keys)
+            return
+        view = f"mira_merge_src_{table}_{int(time.time() * 1e6)}_{random.randrange(1 << 30)}"
+        out.createOrReplaceTempView(view)
+        cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+        sql = (
+            f"MERGE INTO {self.ref(table).sql} t USING {view} s ON {cond} "
+            "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
+        )
+        try:
+            self._retry_conflicts(lambda: self.spark.sql(sql).collect(), f"merge into {self.ref(table).label}")
+        finally:
+            self.spark.catalog.dropTempView(view)
+
+    def _merge_by_rewrite(self, df: DataFrame, table: str, keys: Sequence[str]) -> None:
+        """Parquet stand-in for MERGE (classic local parity suite only): rewrite the table."""
+        import shutil
+        import uuid
+
+        ref = self.ref(table)
+        current = self.read(table)
+        kept = current.join(df.select(*keys), on=list(keys), how="left_anti")
+        merged = kept.unionByName(df)
+        staging = f"{ref.path}.staging-{uuid.uuid4().hex}"
+        merged.write.format("parquet").mode("overwrite").save(staging)
+        shutil.rmtree(ref.path)  # local paths only: parquet is never used beyond the parity suite
+        shutil.move(staging, ref.path)
+
+    def _retry_conflicts(self, action, what: str) -> None:
+        for attempt in range(1, MERGE_CONFLICT_ATTEMPTS + 1):
+            try:
+                action()
+                return
+            except Exception as exc:
+                text = str(exc)
+                if not any(m in text for m in _CONFLICT_MARKERS) or attempt == MERGE_CONFLICT_ATTEMPTS:
+                    if any(m in text for m in _CONFLICT_MARKERS):
+                        raise CommitConflictError(
+                            f"{what}: lost {attempt} commit races to a concurrent writer; rerun this job "
+                            "(committed work is kept and is not scored again)"
+                        ) from None
+                    raise
+                delay = MERGE_CONFLICT_BACKOFF_S * (2 ** (attempt - 1)) * (0.5 + random.random())
+                log.warning("%s: concurrent commit, retrying in %.2fs (attempt %d)", what, delay, attempt)
+                time.sleep(delay)
+
+
+def conform(df: DataFrame, schema: T.StructType) -> DataFrame:
+    """Select ``schema``'s columns by name and cast them to its types; fail on a missing column."""
+    have = set(df.columns)
+    missing = [f.name for f in schema.fields if f.name not in have]
+    if missing:
+        raise TableError(f"internal: DataFrame lacks columns {missing} of the target schema")
+    return df.select(*[F.col(f"`{f.name}`").cast(f.dataType).alias(f.name) for f in schema.fields])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

@@ -1,0 +1,74 @@
+"""SQL views over every table of a run, so analysts can query results with plain SQL.
+
+Takes the run's :class:`~mira_spark.store.tables.Tables` and the rubrics; gives views ``mira_documents``,
+``mira_raw_outputs``, ``mira_scores``, ``mira_reliability``, ``mira_thresholds``, ``mira_decisions``,
+``mira_selected``, ``mira_run_stats`` and ``scores_long(doc_id, source, scorer, slot, dimension, score,
+masked)``. Path-based runs get session temp views; runs on a catalog schema get persistent views there
+(``<schema>.scores_long``), which SQL warehouses and dashboards can use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pyspark.sql import functions as F
+
+from mira_spark.prompting.rubric import Rubric
+from mira_spark.store.tables import TABLES, Tables
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+def scores_long_sql(scores: str, reliability: str, rubrics: dict[str, Rubric], n_slots: int = 15) -> str:
+    """SQL of the long view: one row per (document, slot), with the dimension name and its mask."""
+    names = ", ".join(
+        f"('{scorer}', '{d.slot}', '{d.dimension.replace(chr(39), chr(39) * 2)}')"
+        for scorer, rubric in sorted(rubrics.items()) for d in rubric.dimensions
+    )
+    cells = ", ".join(f"named_struct('slot', 'A{i}', 'score', s.a{i}_score)" for i in range(1, n_slots + 1))
+    return f"""
+        SELECT c.doc_id, c.source, c.scorer, c.slot, d.dimension, c.score,
+               COALESCE(r.masked, false) AS masked
+        FROM (
+            SELECT s.doc_id, s.source, s.scorer, cell.slot AS slot, cell.score AS score
+            FROM {scores} s LATERAL VIEW explode(array({cells})) t AS cell
+            WHERE s.status = 'ok'
+        ) c
+        JOIN (SELECT * FROM VALUES {names} AS v(scorer, slot, dimension)) d
+          ON c.scorer = d.scorer AND c.slot = d.slot
+        LEFT JOIN {reliability} r
+          ON r.source = c.source AND r.scorer = c.scorer AND r.slot = c.slot
+    """
+
+
+def register_views(spark: SparkSession, tables: Tables, rubrics: dict[str, Rubric]) -> list[str]:
+    """Create (or replace) every view; returns their names."""
+    persistent = tables.settings.tables.schema_name
+    created = []
+    for table in TABLES:
+        if not tables.exists(table):
+            continue
+        if persistent:
+            name = f"{persistent}.mira_{table}"
+            spark.sql(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {tables.ref(table).sql}")
+        else:
+            name = f"mira_{table}"
+            tables.read(table).createOrReplaceTempView(name)
+        created.append(name)
+    if persistent:
+        spark.sql(f"CREATE OR REPLACE VIEW {persistent}.mira_documents AS SELECT * FROM {tables.documents.sql}")
+    else:
+        tables.read(tables.documents).select(F.col("doc_id"), F.col("source"), F.col("text")).createOrReplaceTempView(
+            "mira_documents"
+        )
+    created.append("mira_documents")
+    if tables.exists("scores") and tables.exists("reliability"):
+        prefix = f"{persistent}." if persistent else ""
+        sql = scores_long_sql(f"{prefix}mira_scores", f"{prefix}mira_reliability", rubrics)
+        if persistent:
+            spark.sql(f"CREATE OR REPLACE VIEW {persistent}.scores_long AS {sql}")
+        else:
+            spark.sql(sql).createOrReplaceTempView("scores_long")
+        created.append(f"{prefix}scores_long")
+    return created
