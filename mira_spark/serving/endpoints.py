@@ -62,6 +62,8 @@ STALE_AFTER_POLLS = 3.0
 # Weight of a new service-time sample in the EWMA: ~10 completions to follow a change, few enough
 # that one slow outlier does not swing routing.
 SERVICE_EWMA_ALPHA = 0.1
+# Routing refreshes its copy of the learned service times at most this often (they move slowly).
+SERVICE_REFRESH_S = 0.25
 # Largest step toward a scrape's reading of others' load. N independent clients that react to the
 # same scrape with step a converge while a < 2/N: two jobs of one task each do at 0.5.
 FOREIGN_ALPHA_MAX = 0.5
@@ -155,6 +157,9 @@ class EndpointPool:
         self.stale_after_s = STALE_AFTER_POLLS * metrics_poll_s if metrics_poll_s > 0 else 0.0
         self.clock = clock
         self._rr = 0  # rotates the starting point so ties are spread round robin
+        self._services: list[float] | None = None  # routing's copy of the service times
+        self._services_at = 0.0
+        self._services_dirty = False
 
     @classmethod
     def from_config(
@@ -202,6 +207,12 @@ class EndpointPool:
         wait in the server's queue rather than start at once."""
         return ep.outstanding - 1 + self.foreign_load(ep, now) >= ep.effective_slots - 1e-9
 
+    def _routing_service_times(self, now: float) -> list[float]:
+        """:meth:`_service_times`, recomputed at most every ``SERVICE_REFRESH_S`` (pick is the hot path)."""
+        if self._services is None or (self._services_dirty and now - self._services_at >= SERVICE_REFRESH_S):
+            self._services, self._services_at, self._services_dirty = self._service_times(), now, False
+        return self._services
+
     def _service_times(self) -> list[float]:
         """Expected service time per endpoint: learned, else the weight-scaled mean of the learned ones."""
         known = [(ep.service_s, ep.weight) for ep in self.endpoints if ep.service_s]
@@ -246,7 +257,7 @@ class EndpointPool:
         """
         now = self.clock()
         n = len(self.endpoints)
-        services = self._service_times()
+        services = self._routing_service_times(now)
         best: EndpointState | None = None
         best_key: tuple[int, float, float] | None = None
         for i in range(n):
@@ -342,6 +353,7 @@ class EndpointPool:
                 ep.service_s = (
                     service_s if ep.service_s is None else ep.service_s + SERVICE_EWMA_ALPHA * (service_s - ep.service_s)
                 )
+                self._services_dirty = True
 
     def mark_health(self, ep: EndpointState, healthy: bool) -> None:
         """Result of a ``/health`` check: failing opens the breaker; passing lets an open one be probed."""
