@@ -2,7 +2,8 @@
 
 ``mira-spark run --config conf/local.yaml`` runs the whole job; ``score``, ``parse``, ``reliability`` and
 ``select`` run one stage each; ``serve-sim`` starts simulated scorer endpoints; ``make-sample`` writes
-the sample corpus; ``bench`` prints benchmark figures.
+the sample corpus; ``init-demo DIR`` writes the packaged configs and anchors into ``DIR``; ``bench`` prints
+benchmark figures.
 """
 
 from __future__ import annotations
@@ -79,6 +80,21 @@ def cmd_make_sample(argv: list[str]) -> int:
     return make_sample_main(argv)
 
 
+def cmd_init_demo(argv: list[str]) -> int:
+    from mira_spark.resources import write_demo
+
+    parser = argparse.ArgumentParser(
+        prog="mira-spark init-demo",
+        description="Write the packaged conf/ and anchors/ into DIR (the repository's layout); then "
+                    "`mira-spark make-sample --out DIR/data/sample` and `mira-spark run --config DIR/conf/local.yaml`.")
+    parser.add_argument("directory", help="where conf/ and anchors/ are written (created if missing)")
+    parser.add_argument("--force", action="store_true", help="overwrite files that already exist")
+    args = parser.parse_args(argv)
+    config = write_demo(args.directory, overwrite=args.force)
+    print(config)
+    return 0
+
+
 BENCHES = {
     "parse": "mira_spark.devtools.bench.parse",
     "throughput": "mira_spark.devtools.bench.throughput",
@@ -106,8 +122,8 @@ def cmd_estimate(argv: list[str]) -> int:
     return estimate_main(argv)
 
 
-PASSTHROUGH = {"serve-sim": cmd_serve_sim, "make-sample": cmd_make_sample, "bench": cmd_bench,
-               "estimate": cmd_estimate}
+PASSTHROUGH = {"serve-sim": cmd_serve_sim, "make-sample": cmd_make_sample, "init-demo": cmd_init_demo,
+               "bench": cmd_bench, "estimate": cmd_estimate}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in [
         ("serve-sim", "start simulated scorer endpoints (stand-ins for vLLM; see --help)"),
         ("make-sample", "write the sample corpus and validation table"),
+        ("init-demo", "write the packaged demo configs (conf/) and anchors (anchors/) into a directory"),
         ("bench", "benchmarks: parse | throughput | routing | client-overhead | faults | table-path | constrained"),
         ("estimate", "GPU-hours and wall time for a documents table, before anything is sent"),
     ]:

@@ -47,7 +47,6 @@ EMPTY_TEXTS: tuple[str | None, ...] = (None, "", "   ", "\n\t\n", "\u3000\u3000 
 GARBLED_DOCS = 3
 NOISE_SLOTS = ("A14", "A15")  # teacher labels independent of the document: unreliable by design
 TEACHER_NOISE_SD = 0.6
-DEFAULT_DIM_ANCHORS = Path(__file__).resolve().parents[2] / "anchors" / "text" / "group_B_dim_anchors.jsonl"
 
 # Quality threshold per feature: a feature is present when rng < sigmoid(SLOPE * (quality - threshold)).
 FEATURE_SLOPE = 7.0
@@ -546,8 +545,9 @@ def document_kind(text: str | None) -> str:
 
 def _default_dimensions(slots: list[str]) -> list[tuple[str, str]]:
     from mira_spark.prompting.rubric import load_dimensions
+    from mira_spark.resources import default_anchors
 
-    names = {d.slot: d.dimension for d in load_dimensions(DEFAULT_DIM_ANCHORS)}
+    names = {d.slot: d.dimension for d in load_dimensions(default_anchors())}
     return [(s, names.get(s, s)) for s in slots]
 
 

@@ -24,7 +24,6 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from mira_spark.config import EndpointConfig, PoolConfig, SamplingConfig
@@ -34,11 +33,9 @@ from mira_spark.devtools.simulator.launcher import SimHandle, start_processes
 from mira_spark.devtools.simulator.server import DEFAULT_MODEL, SimConfig
 from mira_spark.prompting.prompts import PromptBuilder, text_problem
 from mira_spark.prompting.rubric import Rubric, load_rubric
+from mira_spark.resources import default_anchors, default_calibration
 from mira_spark.serving.types import ScoreRequest
 
-REPO = Path(__file__).resolve().parents[3]
-ANCHORS = REPO / "anchors" / "text" / "group_B_dim_anchors.jsonl"
-CALIBRATION = REPO / "anchors" / "text" / "group_B_calibration.jsonl"
 BENCH_SOURCES = ("html_cpt", "html_cpt_web")
 MAX_MODEL_LEN = 65_536
 # Simulator tokens per estimated token and cached share, to size the time scale before the run;
@@ -51,7 +48,7 @@ DEFAULT_TARGET_RPS = 100.0
 
 
 def bench_rubric() -> Rubric:
-    return load_rubric("text_group_b", ANCHORS, CALIBRATION if CALIBRATION.is_file() else None)
+    return load_rubric("text_group_b", default_anchors(), default_calibration())
 
 
 def bench_builder(max_tokens: int = 2048) -> PromptBuilder:

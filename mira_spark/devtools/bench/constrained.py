@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 
 from mira_spark.config import EndpointConfig, PoolConfig, SamplingConfig, ScoringConfig
-from mira_spark.devtools.bench.common import ANCHORS, bench_documents
+from mira_spark.devtools.bench.common import bench_documents
 from mira_spark.devtools.bench.llama_cpp import (
     DEFAULT_N_CTX,
     SERVED_MODEL,
@@ -37,6 +37,7 @@ from mira_spark.devtools.bench.llama_cpp import (
 from mira_spark.parsing.parse import parse_output
 from mira_spark.prompting.prompts import PromptBuilder
 from mira_spark.prompting.rubric import Rubric, load_rubric
+from mira_spark.resources import default_anchors
 from mira_spark.scoring.stage import GroupPlan, ScoringPlan, score_partition
 
 GROUP = "text_group_b"
@@ -50,7 +51,7 @@ REQUEST_TIMEOUT_S = 300.0  # one request at a time on a CPU server: generous, ne
 
 def real_rubric() -> Rubric:
     """The sample group's 15 anchor dimensions, without calibration references."""
-    return load_rubric(GROUP, ANCHORS)
+    return load_rubric(GROUP, default_anchors())
 
 
 def real_documents(n: int, doc_chars: int = DEFAULT_DOC_CHARS, seed: int = 7) -> list[dict]:

@@ -36,6 +36,7 @@ import yaml
 from mira_spark.devtools.simulator.faults import FaultProfile, FaultRule
 from mira_spark.devtools.simulator.launcher import SimHandle, free_port, start_in_thread
 from mira_spark.devtools.simulator.server import SimConfig
+from mira_spark.resources import default_scorers_file
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -44,8 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[3]
-SCORERS_FILE = REPO / "conf" / "scorers.yaml"
 N_ENDPOINTS = 3
 SIM_TIME_SCALE = 150.0
 SLOTS = 64
@@ -298,7 +297,7 @@ def scenario_settings(sc: Scenario, work: Path, documents: str, validation: str 
     config: dict[str, Any] = {
         "engine": "sail",
         "table_format": "delta",
-        "scorers_file": str(SCORERS_FILE),
+        "scorers_file": str(default_scorers_file()),
         "tables": {"root": str(work / "tables"), "documents": documents, "validation": validation},
         "scoring": {"wave_size": wave_size, **sc.scoring},
         "selection": {"default_retain_ratio": 0.5},

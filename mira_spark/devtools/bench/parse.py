@@ -17,13 +17,12 @@ import statistics
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 from mira_spark.parsing.parse import parse_batch
-from mira_spark.prompting.rubric import Rubric, load_rubric, rubric_from_names
+from mira_spark.prompting.rubric import Rubric, load_rubric
+from mira_spark.resources import default_anchors
 
-ANCHORS = Path(__file__).resolve().parents[3] / "anchors" / "text" / "group_B_dim_anchors.jsonl"
-# Names from the model card, used when the repo's anchors file is not next to the package (wheel install).
+# The 15 dimension names of the model card (the table-path bench writes a synthetic anchors file from them).
 FALLBACK_NAMES = [
     "Chinese Description Quality", "Feature Completeness", "Frontend Technical Appropriateness",
     "JavaScript Interactivity Quality", "Semantic HTML Structure", "Code Readability & Organization",
@@ -43,9 +42,7 @@ DEFAULT_SEED = 20260501
 
 
 def bench_rubric() -> Rubric:
-    if ANCHORS.is_file():
-        return load_rubric("text_group_b", ANCHORS)
-    return rubric_from_names("text_group_b", FALLBACK_NAMES)
+    return load_rubric("text_group_b", default_anchors())
 
 
 def synthetic_output(rng: random.Random, rubric: Rubric) -> str:
