@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -39,18 +40,17 @@ install_redaction(logger)
 FIRST_SCRAPE_AFTER_S = 1.0
 
 
+@dataclass(eq=False)
 class PoolHealth:
     """Watches one pool for one runner call; single-threaded (the call's event loop)."""
 
-    def __init__(self, *, pool: EndpointPool, cfg: PoolConfig, probe_session: aiohttp.ClientSession,
-                 room: Room, grace_s: float, clock: Callable[[], float]) -> None:
-        self.pool = pool
-        self.cfg = cfg
-        self.probe_session = probe_session
-        self.room = room
-        self.grace_s = grace_s
-        self.clock = clock
-        self.stopped: str | None = None  # set once the pool has been down past the grace period
+    pool: EndpointPool
+    cfg: PoolConfig
+    probe_session: aiohttp.ClientSession
+    room: Room
+    grace_s: float
+    clock: Callable[[], float]
+    stopped: str | None = None  # set once the pool has been down past the grace period
 
     def check_pool_down(self) -> bool:
         """True (and :attr:`stopped` set) once every endpoint has been down for the grace period."""

@@ -17,7 +17,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -103,39 +103,24 @@ class Room:
             backstop.cancel()
 
 
+@dataclass(eq=False)
 class Transport:
     """Sends chat requests over one session, with routing, retries, failover and the breaker."""
 
-    def __init__(
-        self,
-        *,
-        pool: EndpointPool,
-        cfg: PoolConfig,
-        sampling: SamplingConfig,
-        model: str,
-        api_key: str | None,
-        session: aiohttp.ClientSession,
-        room: Room,
-        stopped: Callable[[], str | None],
-        check_pool_down: Callable[[], bool],
-        stats: RunStats,
-        rng: random.Random,
-        clock: Callable[[], float],
-    ) -> None:
-        self.pool = pool
-        self.cfg = cfg
-        self.sampling = sampling
-        self.model = model
-        self.api_key = api_key
-        self.session = session
-        self.room = room
-        self.stopped = stopped
-        self.check_pool_down = check_pool_down
-        self.stats = stats
-        self.rng = rng
-        self.clock = clock
-        self.in_flight = 0
-        self.first_send: dict[int, float] = {}  # request index -> time of its first POST
+    pool: EndpointPool
+    cfg: PoolConfig
+    sampling: SamplingConfig
+    model: str
+    api_key: str | None = field(repr=False)
+    session: aiohttp.ClientSession
+    room: Room
+    stopped: Callable[[], str | None]  # the pool's stop reason, once it has been down past its grace
+    check_pool_down: Callable[[], bool]
+    stats: RunStats
+    rng: random.Random
+    clock: Callable[[], float]
+    in_flight: int = 0
+    first_send: dict[int, float] = field(default_factory=dict)  # request index -> time of its first POST
 
     async def acquire(self) -> EndpointState | None:
         """An endpoint reserved for one request; None once the run has stopped (pool down)."""
