@@ -25,6 +25,7 @@ from mira_spark.prompting.constrained import (
     StructuredOutputAPI,
     check_mode,
 )
+from mira_spark.store.schemas import MAX_SLOTS
 
 Engine = Literal["sail", "local", "connect", "active"]
 TableFormat = Literal["delta", "parquet"]
@@ -97,7 +98,19 @@ class ScorerGroupConfig(_Frozen):
     calibration: Path | None = Field(default=None, description="Calibration references JSONL.")
     pool: str = Field(description="Name of an entry under pools:.")
     sources: tuple[str, ...] = Field(min_length=1, description="Sources scored by this group.")
-    dimensions: int = Field(default=15, ge=1, le=99, description="Number of anchor slots expected.")
+    dimensions: int = Field(
+        default=15, ge=1, description=f"Number of anchor slots expected; at most {MAX_SLOTS}, what the score table holds."
+    )
+
+    @field_validator("dimensions")
+    @classmethod
+    def _fits_the_tables(cls, value: int) -> int:
+        if value > MAX_SLOTS:
+            raise ValueError(
+                f"{value} slots do not fit the score table, which holds {MAX_SLOTS} "
+                f"(a1_score .. a{MAX_SLOTS}_score); use a rubric of at most {MAX_SLOTS} slots"
+            )
+        return value
 
 
 class ScorersConfig(_Frozen):

@@ -47,7 +47,7 @@ from mira_spark.serving.plan import plan_in_flight
 from mira_spark.serving.preflight import check_served_models
 from mira_spark.serving.secrets import resolve_api_key
 from mira_spark.store.engines import default_parallelism, open_session
-from mira_spark.store.tables import (
+from mira_spark.store.schemas import (
     DECISIONS_SCHEMA,
     RAW_OUTPUTS_SCHEMA,
     RELIABILITY_SCHEMA,
@@ -57,8 +57,8 @@ from mira_spark.store.tables import (
     SCORES_SCHEMA,
     THRESHOLDS_SCHEMA,
     WORK_QUEUE_SCHEMA,
-    Tables,
 )
+from mira_spark.store.tables import Tables
 from mira_spark.store.views import register_views
 
 if TYPE_CHECKING:

@@ -23,7 +23,8 @@ import pytest
 from conftest import write_config
 
 from mira_spark.config import load_settings
-from mira_spark.store.tables import SCORE_KEYS, Tables
+from mira_spark.store.schemas import SCORE_KEYS
+from mira_spark.store.tables import Tables
 
 pytestmark = pytest.mark.spark
 

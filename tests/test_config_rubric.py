@@ -163,6 +163,40 @@ def test_missing_slot_is_named(tmp_path: Path) -> None:
     assert str(err.value) == (f"{path}: expected exactly 15 slots A1..A15; missing ['A7'], unexpected none")
 
 
+def _sixteen_slots(tmp_path: Path) -> Path:
+    return _write_jsonl(tmp_path / "a16.jsonl",
+                        [*_anchor_rows(), {"slot": "A16", "dimension": "extra dimension", "cluster_size": 1}])
+
+
+def test_rubric_with_more_slots_than_the_tables_is_rejected(tmp_path: Path) -> None:
+    path = _sixteen_slots(tmp_path)
+    with pytest.raises(RubricError) as err:
+        load_dimensions(path, expected_size=16)
+    assert str(err.value) == (
+        f"{path}: slots ['A16'] exceed the 15 slots the score table holds (a1_score .. a15_score); "
+        "a rubric may use at most A1..A15"
+    )
+    with pytest.raises(RubricError) as err:
+        load_rubric("text_group_b", path, expected_size=16)
+    assert str(err.value).startswith(f"group 'text_group_b' ({path}): 16 slots do not fit the score table, "
+                                     "which holds 15")
+    with pytest.raises(RubricError, match=r"^rubric of group 'g': slots \['A16'\] exceed the 15 slots"):
+        rubric_from_names("g", [f"dim {i}" for i in range(1, 17)])
+
+
+def test_config_with_more_dimensions_than_the_tables_names_group_and_limit(tmp_path: Path) -> None:
+    conf = _conf_dir(tmp_path)
+    scorers = yaml.safe_load((conf / "scorers.yaml").read_text(encoding="utf-8"))
+    scorers["groups"]["text_group_b"]["dimensions"] = 16
+    _write(conf / "scorers.yaml", scorers)
+    with pytest.raises(ConfigError) as err:
+        load_settings(conf / "local.yaml")
+    message = str(err.value)
+    assert message.startswith(f"{conf / 'scorers.yaml'}: invalid configuration"), message
+    assert "groups.text_group_b.dimensions" in message, message
+    assert "16 slots do not fit the score table, which holds 15" in message, message
+
+
 def test_duplicate_slot_names_both_lines(tmp_path: Path) -> None:
     rows = _anchor_rows()
     rows.insert(9, {**rows[2], "dimension": "Another Name"})

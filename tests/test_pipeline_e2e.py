@@ -17,7 +17,8 @@ from mira_spark.parsing.parse import parse_output
 from mira_spark.pipeline import load_groups, run_pipeline
 from mira_spark.prompting.tokens import estimate_tokens
 from mira_spark.selection.stats import composite, keep_count
-from mira_spark.store.tables import SCORES_SCHEMA, Tables
+from mira_spark.store.schemas import SCORES_SCHEMA
+from mira_spark.store.tables import Tables
 
 pytestmark = pytest.mark.spark
 

@@ -33,7 +33,8 @@ from mira_spark.pipeline import (
     run_stages,
 )
 from mira_spark.scoring.stage import score_documents
-from mira_spark.store.tables import RAW_OUTPUTS_SCHEMA, SCORE_KEYS, SCORES_SCHEMA, Tables
+from mira_spark.store.schemas import RAW_OUTPUTS_SCHEMA, SCORE_KEYS, SCORES_SCHEMA
+from mira_spark.store.tables import Tables
 
 pytestmark = pytest.mark.spark
 

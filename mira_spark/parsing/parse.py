@@ -37,6 +37,7 @@ from mira_spark.prompting.rubric import (
     SCORE_MIN,
     Rubric,
 )
+from mira_spark.store.schemas import arrow_schema, score_columns, slot_rationale, slot_score
 
 ParseStatus = Literal["ok", "partial", "failed"]
 STATUS_OK: ParseStatus = "ok"
@@ -370,26 +371,17 @@ def merge_followup(first: str | None, followup: str | None) -> str:
 def score_column_names(rubric: Rubric) -> tuple[list[str], list[str]]:
     """``(["a1_score", ...], ["a1_rationale", ...])`` in rubric order; names come from slot numbers."""
     return (
-        [f"a{d.index}_score" for d in rubric.dimensions],
-        [f"a{d.index}_rationale" for d in rubric.dimensions],
+        [slot_score(d.index) for d in rubric.dimensions],
+        [slot_rationale(d.index) for d in rubric.dimensions],
     )
 
 
 def score_schema(rubric: Rubric) -> pa.Schema:
-    """Arrow schema of the parsed score columns, in the order :func:`parse_batch` produces them."""
-    score_cols, rationale_cols = score_column_names(rubric)
-    return pa.schema(
-        [pa.field(name, pa.float64()) for name in score_cols]
-        + [pa.field(name, pa.string()) for name in rationale_cols]
-        + [
-            pa.field("overall", pa.int32()),
-            pa.field("training_recommendation", pa.string()),
-            pa.field("domain_tag", pa.string()),
-            pa.field("brief", pa.string()),
-            pa.field("parse_status", pa.string()),
-            pa.field("parse_errors", pa.list_(pa.string())),
-        ]
-    )
+    """Arrow schema of the parsed score columns, in the order :func:`parse_batch` produces them.
+
+    The same columns as the score table's (``store.schemas.score_columns``), for the rubric's slots only.
+    """
+    return arrow_schema(score_columns([d.index for d in rubric.dimensions]))
 
 
 def parse_batch(texts: pa.Array | pa.ChunkedArray | Sequence[str | None], rubric: Rubric) -> pa.RecordBatch:
@@ -421,19 +413,9 @@ def parse_batch(texts: pa.Array | pa.ChunkedArray | Sequence[str | None], rubric
         score_cols = rationale_cols = [()] * n
         overall_col = rec_col = tag_col = brief_col = status_col = errors_col = ()
     schema = score_schema(rubric)
-    columns = (
-        # pyarrow converts lists far faster than tuples (the tuple path is ~100x slower for floats).
-        [pa.array(list(col), type=pa.float64()) for col in score_cols]
-        + [pa.array(list(col), type=pa.string()) for col in rationale_cols]
-        + [
-            pa.array(list(overall_col), type=pa.int32()),
-            pa.array(list(rec_col), type=pa.string()),
-            pa.array(list(tag_col), type=pa.string()),
-            pa.array(list(brief_col), type=pa.string()),
-            pa.array(list(status_col), type=pa.string()),
-            pa.array(list(errors_col), type=pa.list_(pa.string())),
-        ]
-    )
+    values_by_column = [*score_cols, *rationale_cols, overall_col, rec_col, tag_col, brief_col, status_col, errors_col]
+    # pyarrow converts lists far faster than tuples (the tuple path is ~100x slower for floats).
+    columns = [pa.array(list(col), type=f.type) for col, f in zip(values_by_column, schema, strict=True)]
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 

@@ -1,7 +1,7 @@
 """Raw outputs -> the columnar score table (Spark side of ``parsing.parse_batch``).
 
 Takes ``raw_outputs`` rows (possibly several per key after a crash or a Spark task retry: the table is
-an append-only log); gives one row per ``(doc_id, scorer, prompt_version)`` in ``tables.SCORES_SCHEMA``
+an append-only log); gives one row per ``(doc_id, scorer, prompt_version)`` in ``store.schemas.SCORES``
 with ``a1_score .. a15_score``, rationales, summary fields, ``parse_status`` and ``parse_errors``.
 ``deferred`` rows (pool unavailable) are not terminal and produce no score row: the next run sends them.
 """
@@ -16,14 +16,10 @@ from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from mira_spark.prompting.rubric import Rubric
-from mira_spark.store.tables import MAX_SLOTS, SCORE_KEYS, SCORES_SCHEMA
+from mira_spark.store.schemas import SCORE_KEYS, SCORE_PASSTHROUGH, SCORES_ARROW_SCHEMA, SCORES_SCHEMA
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
-
-PASSTHROUGH = ("doc_id", "source", "scorer", "prompt_version", "status", "error", "truncated",
-               "original_chars", "prompt_tokens", "completion_tokens", "attempts", "run_id", "scored_at")
-
 
 def latest_terminal(raw: DataFrame) -> DataFrame:
     """One raw row per key: an ok row over a failed one, then the latest; deferred rows excluded."""
@@ -53,15 +49,12 @@ def _parse_partition(batches: Iterator[pa.RecordBatch], rubrics: dict[str, Rubri
             status = part.column("status").to_pylist()
             texts = [t if s == "ok" else None for t, s in zip(part.column("raw_text").to_pylist(), status, strict=True)]
             parsed = parse_batch(pa.array(texts, pa.string()), rubric)
-            columns = {name: part.column(name) for name in PASSTHROUGH}
+            columns = {name: part.column(name) for name in SCORE_PASSTHROUGH}
             for name in parsed.schema.names:
                 columns[name] = parsed.column(name)
             # Rubrics with fewer slots than the table still fill every column (nulls).
-            for i in range(1, MAX_SLOTS + 1):
-                columns.setdefault(f"a{i}_score", pa.nulls(part.num_rows, pa.float64()))
-                columns.setdefault(f"a{i}_rationale", pa.nulls(part.num_rows, pa.string()))
-            ordered = [columns[f.name] for f in SCORES_SCHEMA.fields]
-            out = pa.Table.from_arrays(ordered, names=[f.name for f in SCORES_SCHEMA.fields])
+            ordered = [columns.get(f.name, pa.nulls(part.num_rows, f.type)) for f in SCORES_ARROW_SCHEMA]
+            out = pa.Table.from_arrays(ordered, names=SCORES_ARROW_SCHEMA.names)
             yield from out.to_batches()
 
 
@@ -71,5 +64,5 @@ def parse_raw_outputs(raw: DataFrame, rubrics: dict[str, Rubric]) -> DataFrame:
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         return _parse_partition(batches, rubrics)
 
-    picked = latest_terminal(raw).select(*PASSTHROUGH, "raw_text")
+    picked = latest_terminal(raw).select(*SCORE_PASSTHROUGH, "raw_text")
     return picked.mapInArrow(fn, SCORES_SCHEMA)

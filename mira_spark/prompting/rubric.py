@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mira_spark.errors import RubricError
+from mira_spark.store.schemas import MAX_SLOTS
 
 SLOT_PATTERN = re.compile(r"^A([1-9][0-9]?)$")
 SCORE_MIN = 0.0
@@ -161,6 +162,7 @@ def load_dimensions(path: str | Path, expected_size: int = 15) -> tuple[Dimensio
         seen[dim.slot] = lineno
         dims.append(dim)
     dims.sort(key=lambda d: d.index)
+    _check_fits(dims, f"{path}")
     expected = [f"A{i}" for i in range(1, expected_size + 1)]
     got = [d.slot for d in dims]
     if got != expected:
@@ -171,6 +173,16 @@ def load_dimensions(path: str | Path, expected_size: int = 15) -> tuple[Dimensio
             f"missing {missing or 'none'}, unexpected {extra or 'none'}"
         )
     return tuple(dims)
+
+
+def _check_fits(dims: list[Dimension] | tuple[Dimension, ...], where: str) -> None:
+    """Reject slots the score table has no columns for (it holds ``A1..A{MAX_SLOTS}``)."""
+    beyond = [d.slot for d in dims if d.index > MAX_SLOTS]
+    if beyond:
+        raise RubricError(
+            f"{where}: slots {beyond} exceed the {MAX_SLOTS} slots the score table holds "
+            f"(a1_score .. a{MAX_SLOTS}_score); a rubric may use at most A1..A{MAX_SLOTS}"
+        )
 
 
 def load_calibration(path: str | Path, dimensions: tuple[Dimension, ...]) -> tuple[CalibrationReference, ...]:
@@ -205,6 +217,11 @@ def load_rubric(
     expected_size: int = 15,
 ) -> Rubric:
     """Load a scorer group's rubric from its anchors files."""
+    if expected_size > MAX_SLOTS:
+        raise RubricError(
+            f"group {group!r} ({dimensions_path}): {expected_size} slots do not fit the score table, which "
+            f"holds {MAX_SLOTS}; a rubric may use at most A1..A{MAX_SLOTS}"
+        )
     dims = load_dimensions(dimensions_path, expected_size)
     refs = load_calibration(calibration_path, dims) if calibration_path else ()
     return Rubric(group=group, dimensions=dims, calibration=refs)
@@ -214,4 +231,5 @@ def rubric_from_names(group: str, names: Mapping[str, str] | list[str]) -> Rubri
     """Build a rubric in memory (tests, simulator): ``["name1", ...]`` or ``{"A1": "name1", ...}``."""
     items = names.items() if isinstance(names, Mapping) else ((f"A{i}", n) for i, n in enumerate(names, 1))
     dims = tuple(Dimension(slot=s, dimension=n, cluster_size=0) for s, n in items)
+    _check_fits(dims, f"rubric of group {group!r}")
     return Rubric(group=group, dimensions=tuple(sorted(dims, key=lambda d: d.index)))

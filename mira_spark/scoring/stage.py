@@ -1,8 +1,9 @@
 """The scoring stage: routed documents -> raw outputs, one row per document, via ``mapInArrow``.
 
 Takes a DataFrame with ``doc_id, source, scorer, text`` and a :class:`ScoringPlan`; gives a DataFrame in
-``tables.RAW_OUTPUT_STREAM_SCHEMA``: the completion text, status (ok | failed | deferred), error code,
-attempts, endpoint, latency, tokens, finish_reason and what truncation did. Each Spark task runs one
+``store.schemas.RAW_OUTPUT`` (its Arrow and Spark schemas come from that one definition): the completion
+text, status (ok | failed | deferred), error code, attempts, endpoint, latency, tokens, finish_reason and
+what truncation did. Each Spark task runs one
 asyncio loop (``serving.runner``) over its partition with a bounded number of requests in flight;
 documents that cannot be scored (empty, garbled) get a failed row without a request being sent.
 
@@ -26,6 +27,7 @@ from mira_spark.prompting.prompts import Prompt, PromptBuilder, text_problem
 from mira_spark.prompting.rubric import Rubric
 from mira_spark.serving.plan import task_share
 from mira_spark.serving.types import OutputVerdict, RunStats, ScoreRequest, ScoreResult
+from mira_spark.store.schemas import RAW_OUTPUT_ARROW_SCHEMA
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -34,33 +36,6 @@ log = logging.getLogger(__name__)
 
 OUTPUT_CHUNK_ROWS = 2048
 SHRINK_FACTOR = 0.7  # after a context-length 400, keep this share of the document's estimated tokens
-
-RAW_ARROW_SCHEMA = pa.schema(
-    [
-        pa.field("doc_id", pa.string(), nullable=False),
-        pa.field("source", pa.string()),
-        pa.field("scorer", pa.string(), nullable=False),
-        pa.field("model", pa.string(), nullable=False),
-        pa.field("prompt_version", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("error", pa.string()),
-        pa.field("attempts", pa.int32(), nullable=False),
-        pa.field("repairs", pa.int32(), nullable=False),
-        pa.field("wasted_requests", pa.int32(), nullable=False),
-        pa.field("endpoint", pa.string()),
-        pa.field("latency_s", pa.float64()),
-        pa.field("prompt_tokens", pa.int64()),
-        pa.field("completion_tokens", pa.int64()),
-        pa.field("finish_reason", pa.string()),
-        pa.field("raw_text", pa.string()),
-        pa.field("truncated", pa.bool_(), nullable=False),
-        pa.field("shrunk", pa.bool_(), nullable=False),
-        pa.field("original_chars", pa.int64()),
-        pa.field("kept_chars", pa.int64()),
-        pa.field("est_prompt_tokens", pa.int64()),
-    ]
-)
-
 
 @dataclass(frozen=True)
 class GroupPlan:
@@ -286,14 +261,14 @@ def score_partition(batches: Iterator[pa.RecordBatch], plan: ScoringPlan) -> Ite
              sum(s.requests_sent for s in stats.values()), sum(s.retries for s in stats.values()),
              sum(s.repairs for s in stats.values()))
     for start in range(0, len(out), OUTPUT_CHUNK_ROWS):
-        yield pa.RecordBatch.from_pylist(out[start : start + OUTPUT_CHUNK_ROWS], schema=RAW_ARROW_SCHEMA)
+        yield pa.RecordBatch.from_pylist(out[start : start + OUTPUT_CHUNK_ROWS], schema=RAW_OUTPUT_ARROW_SCHEMA)
 
 
 def score_documents(routed: DataFrame, plan: ScoringPlan, tasks: int) -> DataFrame:
     """Spark stage: ``doc_id, source, scorer, text`` -> raw outputs (``RAW_OUTPUT_STREAM_SCHEMA``)."""
     from pyspark.sql import functions as F
 
-    from mira_spark.store.tables import RAW_OUTPUT_STREAM_SCHEMA
+    from mira_spark.store.schemas import RAW_OUTPUT_STREAM_SCHEMA
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         return score_partition(batches, plan)

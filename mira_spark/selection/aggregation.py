@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
 
+from mira_spark.store.schemas import TABLE_SLOTS, slot_score
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
@@ -22,14 +24,14 @@ def masked_slots(reliability: DataFrame) -> DataFrame:
     )
 
 
-def add_composite(scores: DataFrame, reliability: DataFrame, n_slots: int = 15) -> DataFrame:
+def add_composite(scores: DataFrame, reliability: DataFrame) -> DataFrame:
     masks = masked_slots(reliability)
     joined = scores.join(masks, on=["source", "scorer"], how="left").withColumn(
         "masked_slots", F.coalesce(F.col("masked_slots"), F.array().cast("array<string>"))
     )
     used = [
-        F.when(~F.array_contains(F.col("masked_slots"), F.lit(f"A{i}")), F.col(f"a{i}_score"))
-        for i in range(1, n_slots + 1)
+        F.when(~F.array_contains(F.col("masked_slots"), F.lit(f"A{i}")), F.col(slot_score(i)))
+        for i in TABLE_SLOTS
     ]
     total = sum((F.coalesce(u, F.lit(0.0)) for u in used), F.lit(0.0))
     count = sum((u.isNotNull().cast("int") for u in used), F.lit(0))

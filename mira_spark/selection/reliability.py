@@ -1,7 +1,7 @@
 """Reliability mask per (source, dimension) from teacher-student agreement.
 
 Takes the score table and a validation table of teacher scores (``doc_id, source, slot,
-teacher_score``); gives ``tables.RELIABILITY_SCHEMA`` rows: n, MAE, Spearman's rho (average ranks for
+teacher_score``); gives ``schemas.RELIABILITY_SCHEMA`` rows: n, MAE, Spearman's rho (average ranks for
 ties), ``masked`` and the reason. A (source, dimension) cell with fewer than ``min_n`` validation pairs
 takes the decision of its scorer group pooled over sources (``basis = group``); with no pairs at all
 the dimension is kept (``basis = none``) and the reason says so. Spark computes the aggregates; the
@@ -18,16 +18,16 @@ from pyspark.sql import functions as F
 from mira_spark.config import ReliabilityConfig
 from mira_spark.prompting.rubric import Rubric
 from mira_spark.selection.stats import mask_decision
-from mira_spark.store.tables import RELIABILITY_SCHEMA
+from mira_spark.store.schemas import RELIABILITY_SCHEMA, TABLE_SLOTS, slot_score
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 
-def scores_long(scores: DataFrame, n_slots: int = 15) -> DataFrame:
-    """``doc_id, source, scorer, slot, score`` for every scored slot of every ok row."""
-    cells = F.array(*[F.struct(F.lit(f"A{i}").alias("slot"), F.col(f"a{i}_score").alias("score"))
-                      for i in range(1, n_slots + 1)])
+def scores_long(scores: DataFrame) -> DataFrame:
+    """``doc_id, source, scorer, slot, score`` for every scored slot (of the table's slots) of every ok row."""
+    cells = F.array(*[F.struct(F.lit(f"A{i}").alias("slot"), F.col(slot_score(i)).alias("score"))
+                      for i in TABLE_SLOTS])
     return (
         scores.filter(F.col("status") == "ok")
         .select("doc_id", "source", "scorer", F.explode(cells).alias("cell"))

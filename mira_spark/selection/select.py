@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 
 from mira_spark.config import SelectionConfig
 from mira_spark.selection.stats import keep_count
-from mira_spark.store.tables import DECISIONS_SCHEMA, THRESHOLDS_SCHEMA, conform
+from mira_spark.store.schemas import DECISIONS_SCHEMA, THRESHOLDS_SCHEMA, conform
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

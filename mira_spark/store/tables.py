@@ -1,9 +1,10 @@
-"""The table layer: schemas, locations, reads, appends, MERGE upserts, replaceWhere, SQL views.
+"""The table layer: locations, reads, appends, MERGE upserts, staging files.
 
-Only this module reads or writes tables. Takes ``Settings.tables`` (a path root or a catalog.schema) and
-DataFrames; gives Delta tables addressed by path locally and by name on Databricks. Every write selects
-columns by name against an explicit schema, because Sail silently drops unknown columns on append and
-moves partition columns to the end (shared/notes/engines.md).
+Only this module reads or writes tables; their schemas are in :mod:`mira_spark.store.schemas`. Takes
+``Settings.tables`` (a path root or a catalog.schema), DataFrames and those schemas; gives Delta tables
+addressed by path locally and by name on Databricks. Every write selects columns by name against an
+explicit schema (:func:`~mira_spark.store.schemas.conform`), because Sail silently drops unknown columns
+on append and moves partition columns to the end (shared/notes/engines.md).
 """
 
 from __future__ import annotations
@@ -15,19 +16,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pyspark.sql import functions as F
-from pyspark.sql import types as T
-
 from mira_spark.errors import CommitConflictError, TableError
+from mira_spark.store.schemas import conform
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import types as T
 
     from mira_spark.config import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_SLOTS = 15
 MERGE_CONFLICT_ATTEMPTS = 6
 MERGE_CONFLICT_BACKOFF_S = 0.5
 # Messages Delta engines use for a lost optimistic-concurrency race (delta-spark and Sail/delta-rs).
@@ -49,162 +48,6 @@ _CONFLICT_MARKERS = (
 
 TABLES = ("routing", "raw_outputs", "scores", "reliability", "thresholds", "decisions", "selected", "run_stats",
           "work_queue")
-
-DOCUMENTS_SCHEMA = T.StructType(
-    [
-        T.StructField("doc_id", T.StringType(), False),
-        T.StructField("source", T.StringType(), True),
-        T.StructField("text", T.StringType(), True),
-    ]
-)
-
-# What the scoring stage adds per document (one row per input row of a wave).
-RAW_OUTPUT_FIELDS = [
-    T.StructField("doc_id", T.StringType(), False),
-    T.StructField("source", T.StringType(), True),
-    T.StructField("scorer", T.StringType(), False),
-    T.StructField("model", T.StringType(), False),
-    T.StructField("prompt_version", T.StringType(), False),
-    T.StructField("status", T.StringType(), False),
-    T.StructField("error", T.StringType(), True),
-    T.StructField("attempts", T.IntegerType(), False),
-    T.StructField("repairs", T.IntegerType(), False),
-    T.StructField("wasted_requests", T.IntegerType(), False),
-    T.StructField("endpoint", T.StringType(), True),
-    T.StructField("latency_s", T.DoubleType(), True),
-    T.StructField("prompt_tokens", T.LongType(), True),
-    T.StructField("completion_tokens", T.LongType(), True),
-    T.StructField("finish_reason", T.StringType(), True),
-    T.StructField("raw_text", T.StringType(), True),
-    T.StructField("truncated", T.BooleanType(), False),
-    T.StructField("shrunk", T.BooleanType(), False),
-    T.StructField("original_chars", T.LongType(), True),
-    T.StructField("kept_chars", T.LongType(), True),
-    T.StructField("est_prompt_tokens", T.LongType(), True),
-]
-RAW_OUTPUT_STREAM_SCHEMA = T.StructType(RAW_OUTPUT_FIELDS)
-RAW_OUTPUTS_SCHEMA = T.StructType(
-    [
-        *RAW_OUTPUT_FIELDS,
-        T.StructField("run_id", T.StringType(), False),
-        T.StructField("wave", T.IntegerType(), False),
-        T.StructField("scored_at", T.TimestampType(), False),
-    ]
-)
-
-
-def score_fields(n_slots: int = MAX_SLOTS) -> list[T.StructField]:
-    """Columns the parser adds (mirrors ``mira_spark.parsing.parse.score_schema``)."""
-    fields = [T.StructField(f"a{i}_score", T.DoubleType(), True) for i in range(1, n_slots + 1)]
-    fields += [T.StructField(f"a{i}_rationale", T.StringType(), True) for i in range(1, n_slots + 1)]
-    fields += [
-        T.StructField("overall", T.IntegerType(), True),
-        T.StructField("training_recommendation", T.StringType(), True),
-        T.StructField("domain_tag", T.StringType(), True),
-        T.StructField("brief", T.StringType(), True),
-        T.StructField("parse_status", T.StringType(), True),
-        T.StructField("parse_errors", T.ArrayType(T.StringType(), True), True),
-    ]
-    return fields
-
-
-SCORE_KEYS = ("doc_id", "scorer", "prompt_version")
-SCORES_SCHEMA = T.StructType(
-    [
-        T.StructField("doc_id", T.StringType(), False),
-        T.StructField("source", T.StringType(), True),
-        T.StructField("scorer", T.StringType(), False),
-        T.StructField("prompt_version", T.StringType(), False),
-        T.StructField("status", T.StringType(), False),
-        T.StructField("error", T.StringType(), True),
-        *score_fields(),
-        T.StructField("truncated", T.BooleanType(), False),
-        T.StructField("original_chars", T.LongType(), True),
-        T.StructField("prompt_tokens", T.LongType(), True),
-        T.StructField("completion_tokens", T.LongType(), True),
-        T.StructField("attempts", T.IntegerType(), False),
-        T.StructField("run_id", T.StringType(), False),
-        T.StructField("scored_at", T.TimestampType(), False),
-    ]
-)
-
-RELIABILITY_SCHEMA = T.StructType(
-    [
-        T.StructField("source", T.StringType(), False),
-        T.StructField("scorer", T.StringType(), False),
-        T.StructField("slot", T.StringType(), False),
-        T.StructField("dimension", T.StringType(), False),
-        T.StructField("n", T.LongType(), False),
-        T.StructField("mae", T.DoubleType(), True),
-        T.StructField("spearman", T.DoubleType(), True),
-        T.StructField("masked", T.BooleanType(), False),
-        T.StructField("reason", T.StringType(), False),
-        T.StructField("basis", T.StringType(), False),
-    ]
-)
-
-THRESHOLDS_SCHEMA = T.StructType(
-    [
-        T.StructField("source", T.StringType(), False),
-        T.StructField("scorer", T.StringType(), True),
-        T.StructField("retain_ratio", T.DoubleType(), False),
-        T.StructField("threshold", T.DoubleType(), True),
-        T.StructField("n_in", T.LongType(), False),
-        T.StructField("n_eligible", T.LongType(), False),
-        T.StructField("n_kept", T.LongType(), False),
-        T.StructField("kept_fraction", T.DoubleType(), True),
-    ]
-)
-
-DECISIONS_SCHEMA = T.StructType(
-    [
-        T.StructField("doc_id", T.StringType(), True),
-        T.StructField("source", T.StringType(), True),
-        T.StructField("scorer", T.StringType(), True),
-        T.StructField("decision", T.StringType(), False),
-        T.StructField("reason", T.StringType(), False),
-        T.StructField("composite", T.DoubleType(), True),
-        T.StructField("source_rank", T.LongType(), True),
-        T.StructField("threshold", T.DoubleType(), True),
-    ]
-)
-
-# Every input row once, narrow (no text): routed rows have a scorer and no reason (appended once per run,
-# partitioned by run_id, deleted when the run ends).
-ROUTING_SCHEMA = T.StructType(
-    [
-        T.StructField("run_id", T.StringType(), False),
-        T.StructField("doc_id", T.StringType(), True),
-        T.StructField("source", T.StringType(), True),
-        T.StructField("scorer", T.StringType(), True),
-        T.StructField("reason", T.StringType(), True),
-        T.StructField("text_hash", T.LongType(), False),
-    ]
-)
-
-# Documents a run will score and the wave each belongs to (appended once at the start of a run).
-WORK_QUEUE_SCHEMA = T.StructType(
-    [
-        T.StructField("run_id", T.StringType(), False),
-        T.StructField("doc_id", T.StringType(), False),
-        T.StructField("source", T.StringType(), True),
-        T.StructField("scorer", T.StringType(), False),
-        T.StructField("prompt_version", T.StringType(), False),
-        T.StructField("text", T.StringType(), True),
-        T.StructField("wave", T.IntegerType(), False),
-    ]
-)
-
-RUN_STATS_SCHEMA = T.StructType(
-    [
-        T.StructField("run_id", T.StringType(), False),
-        T.StructField("stage", T.StringType(), False),
-        T.StructField("metric", T.StringType(), False),
-        T.StructField("value", T.DoubleType(), False),
-        T.StructField("recorded_at", T.TimestampType(), False),
-    ]
-)
-
 
 @dataclass(frozen=True)
 class TableRef:
@@ -436,15 +279,6 @@ class Tables:
                 delay = MERGE_CONFLICT_BACKOFF_S * (2 ** (attempt - 1)) * (0.5 + random.random())
                 log.warning("%s: concurrent commit, retrying in %.2fs (attempt %d)", what, delay, attempt)
                 time.sleep(delay)
-
-
-def conform(df: DataFrame, schema: T.StructType) -> DataFrame:
-    """Select ``schema``'s columns by name and cast them to its types; fail on a missing column."""
-    have = set(df.columns)
-    missing = [f.name for f in schema.fields if f.name not in have]
-    if missing:
-        raise TableError(f"internal: DataFrame lacks columns {missing} of the target schema")
-    return df.select(*[F.col(f"`{f.name}`").cast(f.dataType).alias(f.name) for f in schema.fields])
 
 
 def _first_line(exc: BaseException) -> str:

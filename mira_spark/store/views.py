@@ -14,19 +14,20 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 
 from mira_spark.prompting.rubric import Rubric
+from mira_spark.store.schemas import TABLE_SLOTS, slot_score
 from mira_spark.store.tables import TABLES, Tables
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 
-def scores_long_sql(scores: str, reliability: str, rubrics: dict[str, Rubric], n_slots: int = 15) -> str:
+def scores_long_sql(scores: str, reliability: str, rubrics: dict[str, Rubric]) -> str:
     """SQL of the long view: one row per (document, slot), with the dimension name and its mask."""
     names = ", ".join(
         f"('{scorer}', '{d.slot}', '{d.dimension.replace(chr(39), chr(39) * 2)}')"
         for scorer, rubric in sorted(rubrics.items()) for d in rubric.dimensions
     )
-    cells = ", ".join(f"named_struct('slot', 'A{i}', 'score', s.a{i}_score)" for i in range(1, n_slots + 1))
+    cells = ", ".join(f"named_struct('slot', 'A{i}', 'score', s.{slot_score(i)})" for i in TABLE_SLOTS)
     return f"""
         SELECT c.doc_id, c.source, c.scorer, c.slot, d.dimension, c.score,
                COALESCE(r.masked, false) AS masked

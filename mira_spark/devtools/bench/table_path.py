@@ -46,7 +46,8 @@ from mira_spark.config import (
     TablesConfig,
 )
 from mira_spark.devtools.bench.parse import FALLBACK_NAMES
-from mira_spark.store.tables import DOCUMENTS_SCHEMA, SCORES_SCHEMA, Tables, conform
+from mira_spark.store.schemas import DOCUMENTS_SCHEMA, SCORES_SCHEMA, conform
+from mira_spark.store.tables import Tables
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -1,0 +1,276 @@
+"""Every table's columns and every Arrow batch schema, defined once and sized by the slot count.
+
+Each table is a tuple of :class:`Column` ``(name, kind, nullable)``; :func:`arrow_schema` and
+:func:`spark_schema` turn the same tuple into a ``pyarrow.Schema`` (what ``mapInArrow`` tasks yield and the
+pure parser builds) and a Spark ``StructType`` (what the table layer writes and MERGEs), so the two cannot
+drift. The score table holds :data:`MAX_SLOTS` rubric slots (``a1_score .. a15_score`` and rationales);
+the config and the rubric loader reject a rubric with more slots than that, so no slot is silently dropped.
+
+This module imports no Spark at load time (the pure parser uses it): the Spark schemas below
+(``SCORES_SCHEMA``, ``RAW_OUTPUTS_SCHEMA``, ...) are built on first access.
+
+>>> arrow_schema(RUN_STATS).names[:3]
+['run_id', 'stage', 'metric']
+>>> [c.name for c in score_columns((2, 10))][:2]
+['a2_score', 'a10_score']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from mira_spark.errors import TableError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+    from pyspark.sql import types as T
+
+MAX_SLOTS = 15  # rubric slots the score table holds: a1_score .. a15_score, a1_rationale .. a15_rationale
+ARROW_TIMEZONE = "UTC"  # Spark sends timestamps to Arrow as microseconds in the session time zone
+
+# kind -> Arrow type; the Spark type of each kind is in _spark_type (pyspark is imported only there).
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "int": pa.int32(),
+    "long": pa.int64(),
+    "double": pa.float64(),
+    "bool": pa.bool_(),
+    "timestamp": pa.timestamp("us", tz=ARROW_TIMEZONE),
+    "strings": pa.list_(pa.string()),
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: its name, its kind (a key of the type mapping) and whether it may be null."""
+
+    name: str
+    kind: str
+    nullable: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in _ARROW_TYPES:
+            raise ValueError(f"column {self.name!r}: unknown kind {self.kind!r}; known: {sorted(_ARROW_TYPES)}")
+
+
+def _spark_type(kind: str) -> T.DataType:
+    from pyspark.sql import types as T
+
+    return {
+        "string": T.StringType(),
+        "int": T.IntegerType(),
+        "long": T.LongType(),
+        "double": T.DoubleType(),
+        "bool": T.BooleanType(),
+        "timestamp": T.TimestampType(),
+        "strings": T.ArrayType(T.StringType(), True),
+    }[kind]
+
+
+def arrow_schema(columns: Iterable[Column]) -> pa.Schema:
+    """The Arrow schema of ``columns``, in order."""
+    return pa.schema([pa.field(c.name, _ARROW_TYPES[c.kind], nullable=c.nullable) for c in columns])
+
+
+def spark_schema(columns: Iterable[Column]) -> T.StructType:
+    """The Spark schema of ``columns``, in order."""
+    from pyspark.sql import types as T
+
+    return T.StructType([T.StructField(c.name, _spark_type(c.kind), c.nullable) for c in columns])
+
+
+def slot_score(index: int) -> str:
+    """Score column of slot ``A<index>``."""
+    return f"a{index}_score"
+
+
+def slot_rationale(index: int) -> str:
+    """Rationale column of slot ``A<index>``."""
+    return f"a{index}_rationale"
+
+
+TABLE_SLOTS = tuple(range(1, MAX_SLOTS + 1))
+
+
+def score_columns(slots: Sequence[int] = TABLE_SLOTS) -> tuple[Column, ...]:
+    """Columns the parser adds for rubric slots ``slots`` (all :data:`MAX_SLOTS` in the score table)."""
+    return (
+        *(Column(slot_score(i), "double") for i in slots),
+        *(Column(slot_rationale(i), "string") for i in slots),
+        Column("overall", "int"),
+        Column("training_recommendation", "string"),
+        Column("domain_tag", "string"),
+        Column("brief", "string"),
+        Column("parse_status", "string"),
+        Column("parse_errors", "strings"),
+    )
+
+
+DOCUMENTS = (
+    Column("doc_id", "string", False),
+    Column("source", "string"),
+    Column("text", "string"),
+)
+
+# What the scoring stage adds per document (one row per input row of a wave): its mapInArrow batches.
+RAW_OUTPUT = (
+    Column("doc_id", "string", False),
+    Column("source", "string"),
+    Column("scorer", "string", False),
+    Column("model", "string", False),
+    Column("prompt_version", "string", False),
+    Column("status", "string", False),
+    Column("error", "string"),
+    Column("attempts", "int", False),
+    Column("repairs", "int", False),
+    Column("wasted_requests", "int", False),
+    Column("endpoint", "string"),
+    Column("latency_s", "double"),
+    Column("prompt_tokens", "long"),
+    Column("completion_tokens", "long"),
+    Column("finish_reason", "string"),
+    Column("raw_text", "string"),
+    Column("truncated", "bool", False),
+    Column("shrunk", "bool", False),
+    Column("original_chars", "long"),
+    Column("kept_chars", "long"),
+    Column("est_prompt_tokens", "long"),
+)
+_RUN_COLUMNS = (Column("run_id", "string", False), Column("wave", "int", False), Column("scored_at", "timestamp", False))
+RAW_OUTPUTS = (*RAW_OUTPUT, *_RUN_COLUMNS)
+
+SCORE_KEYS = ("doc_id", "scorer", "prompt_version")
+_RAW = {c.name: c for c in RAW_OUTPUTS}
+
+
+def _raw(*names: str) -> tuple[Column, ...]:
+    return tuple(_RAW[n] for n in names)
+
+
+# A score row: its raw output row's keys and bookkeeping around the parsed columns of every table slot.
+SCORES = (
+    *_raw("doc_id", "source", "scorer", "prompt_version", "status", "error"),
+    *score_columns(),
+    *_raw("truncated", "original_chars", "prompt_tokens", "completion_tokens", "attempts", "run_id", "scored_at"),
+)
+_PARSED = {c.name for c in score_columns()}
+SCORE_PASSTHROUGH = tuple(c.name for c in SCORES if c.name not in _PARSED)  # copied from the raw row unchanged
+
+RELIABILITY = (
+    Column("source", "string", False),
+    Column("scorer", "string", False),
+    Column("slot", "string", False),
+    Column("dimension", "string", False),
+    Column("n", "long", False),
+    Column("mae", "double"),
+    Column("spearman", "double"),
+    Column("masked", "bool", False),
+    Column("reason", "string", False),
+    Column("basis", "string", False),
+)
+
+THRESHOLDS = (
+    Column("source", "string", False),
+    Column("scorer", "string"),
+    Column("retain_ratio", "double", False),
+    Column("threshold", "double"),
+    Column("n_in", "long", False),
+    Column("n_eligible", "long", False),
+    Column("n_kept", "long", False),
+    Column("kept_fraction", "double"),
+)
+
+DECISIONS = (
+    Column("doc_id", "string"),
+    Column("source", "string"),
+    Column("scorer", "string"),
+    Column("decision", "string", False),
+    Column("reason", "string", False),
+    Column("composite", "double"),
+    Column("source_rank", "long"),
+    Column("threshold", "double"),
+)
+
+# Every input row once, narrow (no text): routed rows have a scorer and no reason (appended once per run,
+# partitioned by run_id, deleted when the run ends).
+ROUTING = (
+    Column("run_id", "string", False),
+    Column("doc_id", "string"),
+    Column("source", "string"),
+    Column("scorer", "string"),
+    Column("reason", "string"),
+    Column("text_hash", "long", False),
+)
+
+# Documents a run will score and the wave each belongs to (appended once at the start of a run).
+WORK_QUEUE = (
+    Column("run_id", "string", False),
+    Column("doc_id", "string", False),
+    Column("source", "string"),
+    Column("scorer", "string", False),
+    Column("prompt_version", "string", False),
+    Column("text", "string"),
+    Column("wave", "int", False),
+)
+
+RUN_STATS = (
+    Column("run_id", "string", False),
+    Column("stage", "string", False),
+    Column("metric", "string", False),
+    Column("value", "double", False),
+    Column("recorded_at", "timestamp", False),
+)
+
+RAW_OUTPUT_ARROW_SCHEMA = arrow_schema(RAW_OUTPUT)  # the scoring stage's mapInArrow batches
+SCORES_ARROW_SCHEMA = arrow_schema(SCORES)  # the parse stage's mapInArrow batches
+
+# Spark schemas, built on first access so that importing this module needs no pyspark.
+_SPARK_SCHEMAS = {
+    "DOCUMENTS_SCHEMA": DOCUMENTS,
+    "RAW_OUTPUT_STREAM_SCHEMA": RAW_OUTPUT,
+    "RAW_OUTPUTS_SCHEMA": RAW_OUTPUTS,
+    "SCORES_SCHEMA": SCORES,
+    "RELIABILITY_SCHEMA": RELIABILITY,
+    "THRESHOLDS_SCHEMA": THRESHOLDS,
+    "DECISIONS_SCHEMA": DECISIONS,
+    "ROUTING_SCHEMA": ROUTING,
+    "WORK_QUEUE_SCHEMA": WORK_QUEUE,
+    "RUN_STATS_SCHEMA": RUN_STATS,
+}
+_built: dict[str, Any] = {}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SPARK_SCHEMAS:
+        if name not in _built:
+            _built[name] = spark_schema(_SPARK_SCHEMAS[name])
+        return _built[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    DOCUMENTS_SCHEMA: T.StructType
+    RAW_OUTPUT_STREAM_SCHEMA: T.StructType
+    RAW_OUTPUTS_SCHEMA: T.StructType
+    SCORES_SCHEMA: T.StructType
+    RELIABILITY_SCHEMA: T.StructType
+    THRESHOLDS_SCHEMA: T.StructType
+    DECISIONS_SCHEMA: T.StructType
+    ROUTING_SCHEMA: T.StructType
+    WORK_QUEUE_SCHEMA: T.StructType
+    RUN_STATS_SCHEMA: T.StructType
+
+
+def conform(df: DataFrame, schema: T.StructType) -> DataFrame:
+    """Select ``schema``'s columns by name and cast them to its types; fail on a missing column."""
+    from pyspark.sql import functions as F
+
+    have = set(df.columns)
+    missing = [f.name for f in schema.fields if f.name not in have]
+    if missing:
+        raise TableError(f"internal: DataFrame lacks columns {missing} of the target schema")
+    return df.select(*[F.col(f"`{f.name}`").cast(f.dataType).alias(f.name) for f in schema.fields])
