@@ -75,6 +75,7 @@ class RunSummary:
     pending_before: int = 0
     recovered_raw: int = 0
     parsed: int = 0  # rows the parse stage merged into scores
+    exact_copies: int = 0  # duplicate rows identical to the routed copy (same doc_id, source, text)
     waves: int = 0
     requests_sent: int = 0
     rows_scored: int = 0
@@ -385,11 +386,17 @@ def route_stage(ctx: RunContext) -> None:
     """
     routing = route(ctx.spark, ctx.docs, ctx.settings.scorers.group_for_source())
     run_id = ctx.summary.run_id
+    if ctx.tables.exists("routing"):  # a routing table of an older layout fails here, by name
+        ctx.tables.ensure("routing", ROUTING_SCHEMA)
     ctx.tables.append(routing.withColumn("run_id", F.lit(run_id)), "routing", ROUTING_SCHEMA, partition_by=("run_id",))
     ctx.routing = ctx.tables.read("routing").filter(F.col("run_id") == run_id)
-    counts = {r["reason"]: int(r["count"]) for r in ctx.routing.groupBy("reason").count().collect()}
+    rows = ctx.routing.groupBy("reason", "exact_copy").count().collect()
+    counts: dict[str | None, int] = {}
+    for r in rows:
+        counts[r["reason"]] = counts.get(r["reason"], 0) + int(r["count"])
     ctx.summary.documents_in = sum(counts.values())
     ctx.summary.rejected = {k: v for k, v in counts.items() if k is not None}
+    ctx.summary.exact_copies = sum(int(r["count"]) for r in rows if r["exact_copy"])
 
 
 def score_stage(ctx: RunContext) -> None:
@@ -461,10 +468,14 @@ def selected_stage(ctx: RunContext, selection: Selection) -> None:
     tables = ctx.tables
     # The text of the copy routing chose: with duplicate doc_ids in the input, joining on doc_id alone
     # would attach every copy's text to the one kept score row. Exact copies (same id, source, text)
-    # match twice; the join already clusters rows by doc_id, so dropping them moves no text again.
+    # match twice; routing counted them, and only then is the second match dropped (an aggregation over
+    # the wide kept rows, which a corpus without exact copies never pays).
     keys = selection.kept.drop("masked_slots").join(ctx.routed.select("doc_id", "scorer", "text_hash"),
                                                      on=["doc_id", "scorer"], how="inner")
-    selected = attach_text(keys, ctx.docs).dropDuplicates(["doc_id", "scorer"]).drop("text_hash")
+    selected = attach_text(keys, ctx.docs)
+    if ctx.summary.exact_copies:  # rare: only then is there a second match to drop
+        selected = selected.dropDuplicates(["doc_id", "scorer"])
+    selected = selected.drop("text_hash")
     tables.overwrite(selected, "selected", selected.schema)
     for r in tables.read("thresholds").collect():
         ctx.summary.kept[r["source"]] = (int(r["n_kept"]), int(r["n_in"]))

@@ -93,7 +93,7 @@ def text_hash() -> F.Column:
 
 
 def route(spark: SparkSession, docs: DataFrame, source_to_scorer: dict[str, str]) -> DataFrame:
-    """Every input row once, narrow: ``doc_id, source, scorer, reason, text_hash``.
+    """Every input row once, narrow: ``doc_id, source, scorer, reason, text_hash, exact_copy``.
 
     ``reason`` is null for the rows to score (one per unique ``doc_id`` whose source has a scorer) and
     says why for every other row. The text itself never leaves its scan here: duplicate detection
@@ -106,13 +106,17 @@ def route(spark: SparkSession, docs: DataFrame, source_to_scorer: dict[str, str]
     narrow = docs.select("doc_id", "source", text_hash().alias("text_hash"))
     tagged = narrow.join(F.broadcast(routing), on="source", how="left")
     order = Window.partitionBy("doc_id").orderBy(F.col("text_hash"), F.col("source").asc_nulls_last())
-    tagged = tagged.withColumn("_copy", F.row_number().over(order))
+    tagged = tagged.withColumn("_copy", F.row_number().over(order)).withColumn(
+        # An exact copy (same doc_id, source and text) matches the routed copy's text join too.
+        "exact_copy", (F.col("_copy") > 1) & (F.col("text_hash") == F.first("text_hash").over(order))
+    )
     reason = (
         F.when(F.col("doc_id").isNull(), F.lit("null_doc_id"))
         .when(F.col("_copy") > 1, F.lit("duplicate_doc_id"))
         .when(F.col("scorer").isNull(), F.lit("no_scorer"))
     )
-    return tagged.select("doc_id", "source", "scorer", reason.alias("reason"), "text_hash")
+    return tagged.select("doc_id", "source", "scorer", reason.alias("reason"), "text_hash",
+                         F.coalesce(F.col("exact_copy"), F.lit(False)).alias("exact_copy"))
 
 
 def attach_text(keys: DataFrame, docs: DataFrame, broadcast_keys: bool = False) -> DataFrame:

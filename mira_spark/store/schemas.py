@@ -204,6 +204,7 @@ ROUTING = (
     Column("scorer", "string"),
     Column("reason", "string"),
     Column("text_hash", "long", False),
+    Column("exact_copy", "bool", False),  # a duplicate whose source and text equal the routed copy's
 )
 
 # Documents a run will score and the wave each belongs to (appended once at the start of a run).
