@@ -9,6 +9,7 @@ finish_reason)``, ``("status", code, headers, body)``, ``"overflow"``, ``"reset"
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -20,13 +21,23 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from mira_spark.config import EndpointConfig, PoolConfig, SamplingConfig, SecretRef
+from mira_spark.devtools.simulator.des import COMPLETION_BODY, VirtualTimeLoop
 from mira_spark.serving import secrets as secrets_mod
 from mira_spark.serving.plan import default_in_flight
-from mira_spark.serving.runner import PoolUnavailableError, RowHooks, RunnerOptions, run_requests
+from mira_spark.serving.retry import RETRY_AFTER_JITTER
+from mira_spark.serving.runner import (
+    PoolUnavailableError,
+    RowHooks,
+    RunnerOptions,
+    arun_requests,
+    run_requests,
+)
 from mira_spark.serving.secrets import (
     RedactingFilter,
     SecretUnavailableError,
@@ -207,6 +218,78 @@ def run(reqs: list[ScoreRequest], pool: PoolConfig, in_flight: int = 4, stats: R
     return run_requests(reqs, opts, stats)
 
 
+# ---- virtual time: a scripted session on a loop whose clock only moves on timers --------------------
+
+
+class _Answer:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = CIMultiDictProxy(CIMultiDict(headers))
+        self._body = body
+
+    async def read(self) -> bytes:
+        return self._body
+
+    async def text(self, errors: str = "strict") -> str:
+        return self._body.decode("utf-8", errors)
+
+
+class ScriptedSession:
+    """``aiohttp.ClientSession`` stand-in: each POST takes the next ``(status, headers, latency_s)`` of
+    ``script`` (then 200 after ``latency_s``) and records the loop's time and the URL; GETs answer 200,
+    ``/metrics`` with ``metrics[endpoint url]``. With ``refuse`` every call fails as a refused connection does."""
+
+    def __init__(self, script: list[tuple[int, dict[str, str], float]] | None = None, refuse: bool = False,
+                 latency_s: float = 0.0, metrics: dict[str, str] | None = None) -> None:
+        self.script = deque(script or [])
+        self.refuse = refuse
+        self.latency_s = latency_s
+        self.metrics = metrics or {}
+        self.sent: list[float] = []
+        self.urls: list[str] = []
+
+    async def __aenter__(self) -> ScriptedSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> bool:
+        return False
+
+    @contextlib.asynccontextmanager
+    async def post(self, url: str, json: Any = None, headers: Any = None):
+        self.sent.append(asyncio.get_running_loop().time())
+        self.urls.append(url.removesuffix("/chat/completions"))
+        if self.refuse:
+            raise aiohttp.ClientConnectionError(f"{url}: connection refused")
+        status, answer_headers, latency_s = self.script.popleft() if self.script else (200, {}, self.latency_s)
+        if latency_s:
+            await asyncio.sleep(latency_s)
+        yield _Answer(status, answer_headers, COMPLETION_BODY if status == 200 else b'{"error": "scripted"}')
+
+    @contextlib.asynccontextmanager
+    async def get(self, url: str, timeout: Any = None):
+        if self.refuse:
+            raise aiohttp.ClientConnectionError(f"{url}: connection refused")
+        base, _, path = url.rpartition("/")
+        yield _Answer(200, {}, self.metrics.get(base + "/v1", "").encode() if path == "metrics" else b"")
+
+
+def run_virtual(reqs: list[ScoreRequest], pool: PoolConfig, session: ScriptedSession, in_flight: int = 4,
+                stats: RunStats | None = None, **kw: Any) -> tuple[list[ScoreResult], float]:
+    """Run the real runner on a :class:`VirtualTimeLoop` with its clock; return results and virtual seconds."""
+    loop = VirtualTimeLoop()
+    try:
+        opts = RunnerOptions(pool=pool, model="m", in_flight=in_flight, seed=1, sampling=SamplingConfig(),
+                             session_factory=lambda: session, clock=loop.time, **kw)
+        results = loop.run_until_complete(arun_requests(reqs, opts, stats))
+        return results, loop.time()
+    finally:
+        loop.close()
+
+
+def virtual_pool(n: int = 1, **kw: Any) -> PoolConfig:
+    return pool_for(*(f"http://virtual-{i}.invalid:8000/v1" for i in range(n)), startup_check=False, **kw)
+
+
 def assert_aligned(reqs: list[ScoreRequest], results: list[ScoreResult]) -> None:
     assert len(results) == len(reqs)
     assert [r.index for r in results] == [q.index for q in reqs]
@@ -299,15 +382,42 @@ def test_attempts_exhausted(servers) -> None:
     assert res.attempts == 3 and stats.failed_by_reason == {"http_503": 1}
 
 
-def test_retry_after_honoured(servers) -> None:
-    a = servers()
-    a.plan.append(("status", 429, {"retry-after-ms": "300"}, "rate limited"))
-    a.plan.append(("status", 503, {"Retry-After": "0"}, "overloaded"))
-    (res,) = run(make_requests(1), pool_for(a.url, backoff_initial_s=5.0, backoff_max_s=5.0))
-    assert res.status == "ok" and res.attempts == 3
-    t = [ts for ts, _, _ in a.requests]
-    assert 0.3 <= t[1] - t[0] < 1.0  # waited as told, not the 2.5-5 s backoff
-    assert t[2] - t[1] < 1.0  # Retry-After: 0 means now, also overriding the backoff
+@pytest.mark.parametrize(
+    ("headers", "told_s"),
+    [
+        ({"retry-after-ms": "300"}, 0.3),
+        ({"Retry-After": "7"}, 7.0),
+        ({"Retry-After": "0"}, 0.0),  # now: also overrides the 5 s backoff
+    ],
+)
+def test_retry_after_honoured(headers: dict[str, str], told_s: float) -> None:
+    session = ScriptedSession([(429, headers, 0.0)])
+    stats = RunStats()
+    (res,), _ = run_virtual(make_requests(1), virtual_pool(backoff_initial_s=5.0, backoff_max_s=5.0), session,
+                            stats=stats)
+    assert res.status == "ok" and res.attempts == 2 and stats.retries == 1
+    waited = session.sent[1] - session.sent[0]
+    # waited as told (never less), with at most the documented jitter on top; not the 2.5-5 s backoff
+    assert told_s <= waited <= told_s * (1 + RETRY_AFTER_JITTER) + 1e-9
+
+
+def test_backoff_without_retry_after_is_capped_and_jittered() -> None:
+    session = ScriptedSession([(503, {}, 0.0)] * 4)
+    (res,), _ = run_virtual(make_requests(1), virtual_pool(backoff_initial_s=1.0, backoff_max_s=2.0,
+                                                           breaker_failures=10), session)
+    assert res.status == "ok" and res.attempts == 5
+    waits = [b - a for a, b in zip(session.sent, session.sent[1:], strict=False)]
+    assert len(waits) == 4 and all(0 < w <= 2.0 for w in waits)  # capped at backoff_max_s
+    assert len(set(waits)) > 1  # jittered, not a fixed step
+
+
+def test_latency_is_virtual_not_wall_clock() -> None:
+    session = ScriptedSession([(200, {}, 30.0)] * 4)  # four answers of 30 virtual seconds each
+    stats = RunStats()
+    results, elapsed = run_virtual(make_requests(4), virtual_pool(), session, in_flight=4, stats=stats)
+    assert all(r.status == "ok" for r in results)
+    assert elapsed == pytest.approx(30.0, abs=0.5)  # concurrent: one latency, not four
+    assert session.sent == [0.0] * 4
 
 
 def test_non_retryable_400_not_retried(servers) -> None:
@@ -451,14 +561,15 @@ def test_breaker_opens_and_probe_closes(servers, caplog) -> None:
     assert a.served() > 10  # back in rotation after the probe
 
 
-def test_all_endpoints_dead_defers_rows(servers) -> None:
+def test_all_endpoints_dead_defers_rows() -> None:
     stats = RunStats()
     reqs = make_requests(40)
-    pool = pool_for(dead_url(), dead_url(), startup_check=False, breaker_failures=2, breaker_probe_s=0.05,
-                    max_attempts=3)  # fmt: skip
-    started = time.monotonic()
-    results = run(reqs, pool, in_flight=8, stats=stats, pool_down_grace_s=0.3)
-    assert time.monotonic() - started < 5
+    pool = virtual_pool(2, breaker_failures=2, breaker_probe_s=0.05, max_attempts=3)
+    session = ScriptedSession(refuse=True)
+    results, elapsed = run_virtual(reqs, pool, session, in_flight=8, stats=stats, pool_down_grace_s=0.3)
+    # rows are deferred once the pool has been down for the grace, not after each row's own retries
+    assert 0.3 <= elapsed < 0.3 + 2 * 0.05, elapsed
+    assert len(session.sent) < len(reqs)  # most rows were never sent to a dead pool
     assert_aligned(reqs, results)
     assert {r.status for r in results} == {"deferred"}
     assert all(r.error is not None and r.error.startswith("pool_unavailable") for r in results)
@@ -508,15 +619,20 @@ def test_routing_prefers_faster_endpoint(servers) -> None:
     assert fast.served() > 2 * slow.served()
 
 
-def test_routing_avoids_server_loaded_by_others(servers) -> None:
-    busy, idle = servers((0.004, 0.006), seed=1), servers((0.004, 0.006), seed=2)
-    busy.metrics_text = (
-        'vllm:num_requests_running{model_name="m"} 200.0\nvllm:num_requests_waiting{model_name="m"} 50\n'
-    )
-    idle.metrics_text = 'vllm:num_requests_running{model_name="m"} 0\n'
-    results = run(make_requests(300), pool_for(busy.url, idle.url, metrics_poll_s=0.05), in_flight=8)
+def test_routing_avoids_server_loaded_by_others() -> None:
+    pool = virtual_pool(2, metrics_poll_s=0.05)
+    busy, idle = (e.url for e in pool.endpoints)
+    session = ScriptedSession(latency_s=0.005, metrics={
+        busy: 'vllm:num_requests_running{model_name="m"} 200.0\nvllm:num_requests_waiting{model_name="m"} 50\n',
+        idle: 'vllm:num_requests_running{model_name="m"} 0\n',
+    })
+    results, _ = run_virtual(make_requests(300), pool, session, in_flight=8)
     assert all(r.status == "ok" for r in results)
-    assert idle.served() > 0.9 * 300
+    served = Counter(session.urls)
+    assert served[busy] + served[idle] == 300 and served[idle] > 0.8 * 300
+    # once the first scrape (at one poll interval, 0.05 s virtual) is in, nothing more goes to the busy server
+    after_scrape = [url for t, url in zip(session.sent, session.urls, strict=True) if t > 0.05 + 0.005 + 1e-9]
+    assert len(after_scrape) > 200 and set(after_scrape) == {idle}
 
 
 # ---- secrets ------------------------------------------------------------------------------------
