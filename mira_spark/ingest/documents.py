@@ -127,6 +127,10 @@ def attach_text(keys: DataFrame, docs: DataFrame, broadcast_keys: bool = False) 
     need one row per key drop them where the rows are already co-located (see
     :func:`mira_spark.scoring.stage.score_partition`).
     """
-    texts = docs.select("doc_id", "text", text_hash().alias("text_hash"))
+    # Join on doc_id first and hash only the rows that matched (the kept or pending documents and their
+    # other copies), not every document of the corpus.
+    texts = docs.select("doc_id", F.col("source").alias("_doc_source"), "text")
     right = F.broadcast(keys) if broadcast_keys else keys
-    return texts.join(right, on=["doc_id", "text_hash"], how="inner")
+    joined = texts.join(right, on="doc_id", how="inner")
+    copy_hash = F.xxhash64(F.coalesce(F.col("_doc_source"), F.lit("")), F.coalesce(F.col("text"), F.lit("")))
+    return joined.filter(copy_hash == F.col("text_hash")).drop("_doc_source")
