@@ -36,6 +36,7 @@ from mira_spark.selection.confidence import (
     reliability_cells,
     shrink_mae,
 )
+from mira_spark.selection.stats import average_ranks
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -49,17 +50,8 @@ def expand(counts: list[tuple[float, float, int]]) -> tuple[list[float], list[fl
 
 
 def direct_mid_ranks(values: list[float]) -> list[float]:
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+    """Mid-ranks by sorting every row: the tested reference in ``selection.stats``."""
+    return average_ranks(values)
 
 
 def direct_spearman(xs: list[float], ys: list[float]) -> float | None:
