@@ -163,6 +163,31 @@ class ServingConfig(_Frozen):
     max_model_len: int = Field(default=65536, ge=1024, description="Server context length (vLLM --max-model-len).")
 
 
+class CanaryConfig(_Frozen):
+    """Drift guard: the group's calibration references scored on every endpoint before the corpus is sent."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Score the calibration references on every endpoint before the first wave (and every "
+        "every_waves waves) and take endpoints that drift out of the pool; groups without references skip it.",
+    )
+    max_deviation: float = Field(
+        default=1.5, gt=0, le=10,
+        description="Largest mean absolute deviation (score points, 0-10 scale) of an endpoint's scores from the "
+        "references' scores; an endpoint above it is quarantined (README: why 1.5).",
+    )
+    every_waves: int = Field(
+        default=5, ge=0,
+        description="Check again before every N-th wave, so a replaced or restarted node is checked too "
+        "(0 = only before the first wave).",
+    )
+    references: int | None = Field(
+        default=None, ge=1,
+        description="Calibration references sent to each endpoint per check (the first N of the file); "
+        "default all.",
+    )
+
+
 class ScoringConfig(_Frozen):
     wave_size: int = Field(default=20000, ge=1, description="Documents per committed wave.")
     tasks: int | None = Field(
@@ -195,6 +220,10 @@ class ScoringConfig(_Frozen):
         default=120, ge=8, le=4000,
         description="Longest rationale, brief (and domain_tag, at most 32) that constrained output allows, one "
         "line each: bounds the completion so a model cannot ramble.",
+    )
+    canary: CanaryConfig = Field(
+        default_factory=CanaryConfig,
+        description="Canary drift guard: scoring.canary.enabled, max_deviation, every_waves, references.",
     )
 
     @model_validator(mode="after")

@@ -42,12 +42,14 @@ from mira_spark.scoring.stage import GroupPlan, ScoringPlan, score_documents
 from mira_spark.selection.aggregation import add_composite
 from mira_spark.selection.reliability import compute_reliability
 from mira_spark.selection.select import Selection, select_documents
+from mira_spark.serving.canary import CanaryGuard
 from mira_spark.serving.health import check_pool_reachable
 from mira_spark.serving.plan import plan_in_flight
 from mira_spark.serving.preflight import check_served_models
 from mira_spark.serving.secrets import resolve_api_key
 from mira_spark.store.engines import default_parallelism, open_session
 from mira_spark.store.schemas import (
+    CANARY_SCHEMA,
     DECISIONS_SCHEMA,
     RAW_OUTPUTS_SCHEMA,
     RELIABILITY_SCHEMA,
@@ -87,6 +89,7 @@ class RunSummary:
     scoring_s: float = 0.0
     wall_s: float = 0.0
     stopped: str | None = None
+    canary: dict = field(default_factory=dict)  # drift guard: checks, requests, quarantined, skipped groups
 
     @property
     def requests_per_s(self) -> float:
@@ -230,6 +233,9 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
         name: replace(g, pool=g.pool.model_copy(update={"startup_check": False})) for name, g in plan.groups.items()
     })
     n_waves = math.ceil(n_pending / settings.scoring.wave_size)
+    canary = _canary_hook(tables, settings, plan, run_id, n_waves, summary)
+    if canary is not None:  # before the first wave, before anything of the corpus is sent
+        plan = canary(0, plan)
     for name in plan.groups:
         in_flight = plan.in_flight_per_task[name] * min(tasks, concurrent)
         idle = wave_tail_idle(min(settings.scoring.wave_size, n_pending), in_flight)
@@ -251,15 +257,34 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
     tables.append(work, "work_queue", WORK_QUEUE_SCHEMA, partition_by=("run_id", "wave"))
     queue = tables.read("work_queue").filter(F.col("run_id") == run_id)
     try:
-        _run_waves(tables, settings, groups, queue, plan, tasks, checked, n_waves, run_id, summary)
+        _run_waves(tables, settings, groups, queue, plan, tasks, checked, n_waves, run_id, summary, canary)
     finally:
         tables.delete_run("work_queue", run_id)
 
 
+CanaryHook = Callable[[int, ScoringPlan], ScoringPlan]
+
+
+def _canary_hook(tables: Tables, settings: Settings, plan: ScoringPlan, run_id: str, n_waves: int,
+                 summary: RunSummary) -> CanaryHook | None:
+    """``(wave, plan) -> plan`` without the endpoints that drifted (serving/canary.py); None when off."""
+    if not settings.scoring.canary.enabled:
+        return None
+    guard = CanaryGuard(plan, settings.scoring.canary, run_id, n_waves, summary.canary)
+
+    def write(rows: list[tuple]) -> None:
+        tables.append(tables.spark.createDataFrame(rows, CANARY_SCHEMA), "canary", CANARY_SCHEMA)
+
+    return lambda wave, current: guard.before_wave(wave, current, write)
+
+
 def _run_waves(tables: Tables, settings: Settings, groups: Groups, queue: DataFrame, plan: ScoringPlan,
-               tasks: int, checked: dict, n_waves: int, run_id: str, summary: RunSummary) -> None:
+               tasks: int, checked: dict, n_waves: int, run_id: str, summary: RunSummary,
+               canary: CanaryHook | None = None) -> None:
     started = time.perf_counter()
     for wave in range(n_waves):
+        if canary is not None and wave > 0:  # every scoring.canary.every_waves waves: a replaced node too
+            plan = canary(wave, plan)
         if wave > 0 and checked:
             try:
                 for pool in checked.values():

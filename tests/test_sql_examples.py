@@ -1,9 +1,8 @@
 """Every example query in sql/ runs against the demo output and returns what its header says.
 
-The queries use the views the job registers (mira_spark/store/views.py). The canary table is being built by
-another change (contract: canary(run_id, endpoint, scorer, slot, reference_score, score, deviation,
-quarantined)); while the demo run does not produce it, this test writes a small fixture table with that
-contract (one endpoint shifted and quarantined) and registers it as the view mira_canary.
+The queries use the views the job registers (mira_spark/store/views.py), the canary drift guard's
+``mira_canary`` included: the demo run checks both simulated endpoints before its corpus (neither drifts;
+tests/test_canary.py covers a shifted one).
 """
 
 from __future__ import annotations
@@ -29,8 +28,8 @@ COLUMNS = {
     "05_retained_tokens_by_source": ["source", "kept_docs", "input_docs", "kept_chars", "est_tokens",
                                      "prompt_tokens"],
     "06_failures_by_reason": ["source", "reason_kind", "reason", "docs", "share_of_source"],
-    "07_canary_drift": ["run_id", "endpoint", "scorer", "slots_checked", "mean_abs_deviation",
-                        "max_abs_deviation", "mean_shift", "quarantined"],
+    "07_canary_drift": ["run_id", "wave", "endpoint", "scorer", "slots_checked", "mean_abs_deviation",
+                        "max_abs_deviation", "mean_shift", "quarantined", "reason"],
     "08_cost_so_far": ["run_id", "requests", "rows_scored", "rows_ok", "prompt_tokens", "completion_tokens",
                        "endpoints", "scoring_s", "gpu_hours_est"],
 }
@@ -38,23 +37,14 @@ COLUMNS = {
 
 @pytest.fixture(scope="module")
 def views(demo_run: Any, spark: Any) -> dict[str, Any]:
-    """The demo run's views (re-registered: other tests share the session), plus the canary fixture."""
+    """The demo run's views (re-registered: other tests share the session)."""
     from mira_spark.explore import open_run_views
 
     names = open_run_views(spark, str(demo_run.config))
-    fixture = "mira_canary" not in names
-    if fixture:
-        rows = [("demo", url, "text_group_b", f"A{slot}", 6.0, 6.0 + shift, shift, shift > 1.0)
-                for url, shift in (("http://10.0.0.1:8000/v1", 0.0), ("http://10.0.0.2:8000/v1", 0.25),
-                                   ("http://10.0.0.9:8000/v1", 3.0)) for slot in range(1, 16)]
-        schema = ("run_id string, endpoint string, scorer string, slot string, reference_score double, "
-                  "score double, deviation double, quarantined boolean")
-        path = str(demo_run.root / "canary")
-        spark.createDataFrame(rows, schema).write.format("delta").mode("overwrite").save(path)
-        spark.read.format("delta").load(path).createOrReplaceTempView("mira_canary")
+    assert "mira_canary" in names, "the demo run writes the canary table"
     docs = spark.sql("SELECT doc_id, source, text FROM mira_documents").toPandas()
     decisions = spark.sql("SELECT * FROM mira_decisions").toPandas()
-    return {"fixture_canary": fixture, "docs": docs, "decisions": decisions, "summary": demo_run.summary}
+    return {"docs": docs, "decisions": decisions, "summary": demo_run.summary}
 
 
 def test_there_are_at_least_eight_documented_queries() -> None:
@@ -114,12 +104,16 @@ def _failures(r: pd.DataFrame, v: dict) -> None:
 
 
 def _canary(r: pd.DataFrame, v: dict) -> None:
+    from mira_spark.config import CanaryConfig
+
     assert (r["mean_abs_deviation"] <= r["max_abs_deviation"] + 1e-9).all()
-    if v["fixture_canary"]:
-        worst = r.iloc[0]
-        assert worst["endpoint"] == "http://10.0.0.9:8000/v1" and bool(worst["quarantined"])
-        assert worst["mean_shift"] == pytest.approx(3.0) and worst["slots_checked"] == 15
-        assert r["quarantined"].astype(bool).sum() == 1
+    demo = r[r["run_id"] == "demo"]
+    # One check before the corpus (1 wave), both endpoints, every slot of the 12 references scored.
+    assert list(demo["wave"]) == [0, 0] and demo["endpoint"].nunique() == 2
+    assert (demo["slots_checked"] == 12 * 15).all()
+    assert (demo["mean_abs_deviation"] < CanaryConfig().max_deviation).all()
+    assert not demo["quarantined"].astype(bool).any() and demo["reason"].isna().all()
+    assert v["summary"]["canary"]["checks"] == 1 and v["summary"]["canary"]["quarantined"] == []
 
 
 def _cost(r: pd.DataFrame, v: dict) -> None:

@@ -226,6 +226,25 @@ RUN_STATS = (
     Column("recorded_at", "timestamp", False),
 )
 
+# Canary drift guard (serving/canary.py): one row per (check, endpoint, reference, slot). ``wave`` is the
+# wave the check ran before (0 = before the corpus); ``score`` and ``deviation`` (score - reference_score)
+# are null when the endpoint gave no parseable score for the slot; ``quarantined`` and ``reason`` are the
+# endpoint's verdict for that check, repeated on each of its rows.
+CANARY = (
+    Column("run_id", "string", False),
+    Column("wave", "int", False),
+    Column("endpoint", "string", False),
+    Column("scorer", "string", False),
+    Column("ref_id", "string", False),
+    Column("slot", "string", False),
+    Column("reference_score", "double", False),
+    Column("score", "double"),
+    Column("deviation", "double"),
+    Column("quarantined", "bool", False),
+    Column("reason", "string"),
+    Column("checked_at", "timestamp", False),
+)
+
 RAW_OUTPUT_ARROW_SCHEMA = arrow_schema(RAW_OUTPUT)  # the scoring stage's mapInArrow batches
 SCORES_ARROW_SCHEMA = arrow_schema(SCORES)  # the parse stage's mapInArrow batches
 
@@ -241,6 +260,7 @@ _SPARK_SCHEMAS = {
     "ROUTING_SCHEMA": ROUTING,
     "WORK_QUEUE_SCHEMA": WORK_QUEUE,
     "RUN_STATS_SCHEMA": RUN_STATS,
+    "CANARY_SCHEMA": CANARY,
 }
 _built: dict[str, Any] = {}
 
@@ -264,6 +284,7 @@ if TYPE_CHECKING:
     ROUTING_SCHEMA: T.StructType
     WORK_QUEUE_SCHEMA: T.StructType
     RUN_STATS_SCHEMA: T.StructType
+    CANARY_SCHEMA: T.StructType
 
 
 def conform(df: DataFrame, schema: T.StructType) -> DataFrame:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from mira_spark.prompting.prompts import DOC_BEGIN
 
@@ -30,6 +31,10 @@ JITTER = 0.5  # +- per-slot spread derived from the text hash, in score points
 SAMPLE_HEAD_CHARS = 12_000
 SAMPLE_TAIL_CHARS = 4_000
 
+# A calibration reference as prompts.system_prompt renders it: its excerpt, then one scored line per slot.
+REFERENCE_BLOCK = re.compile(r"^### Reference \d+ \([^)\n]*\)\nExcerpt:\n(.*?)\nReference scores:\n((?:\[A\d{1,2}\][^\n]*\n?)+)",
+                             re.MULTILINE | re.DOTALL)
+REFERENCE_SCORE = re.compile(r"^\[(A\d{1,2})\][^:\n]*:\s*([0-9.]+)/10", re.MULTILINE)
 TEMPLATE_LINE = re.compile(r"^\[(A\d{1,2})\]\s*([^:\n]+?):\s*<score>/10\b", re.MULTILINE)
 
 # Plain substring counts (str.count) keep a 30 KB document well under 2 ms; regexes over the whole text
@@ -340,3 +345,46 @@ def parse_template_dimensions(user_content: str) -> list[tuple[str, str]]:
         seen.setdefault(slot, name.strip())
     return list(seen.items())
 
+
+
+@lru_cache(maxsize=8)
+def reference_scores(system_text: str) -> dict[str, dict[str, float]]:
+    """``{excerpt: {slot: score}}`` of the calibration references in a system prompt (cached: it repeats).
+
+    >>> reference_scores("### Reference 1 (r1)\\nExcerpt:\\n<p>x</p>\\nReference scores:\\n[A1] Clarity: 7/10 — ok\\n")
+    {'<p>x</p>': {'A1': 7.0}}
+    """
+    out: dict[str, dict[str, float]] = {}
+    for excerpt, lines in REFERENCE_BLOCK.findall(system_text):
+        out[excerpt.strip()] = {slot: float(score) for slot, score in REFERENCE_SCORE.findall(lines)}
+    return out
+
+
+def judge_reference(document: str, source: str, dimensions: list[tuple[str, str]],
+                    references: dict[str, dict[str, float]]) -> Judgement | None:
+    """A calibrated scorer's answer on one of its own calibration references, or None for other documents.
+
+    The references sit in the scorer's system prompt with their scores, and a well-served checkpoint
+    reproduces them up to its rounding (scores are given in steps of 0.5): each slot is the reference
+    score moved by a content-seeded -0.5, 0 or +0.5 (a mean absolute error of ~0.33 points).
+    """
+    scores = references.get(document.strip())
+    if scores is None:
+        return None
+    base = judge_document(document, source, dimensions)
+    digest = hashlib.blake2b(f"{source}\x00{document}".encode(), digest_size=16).digest()
+    recalled = {slot: min(SCORE_MAX, max(SCORE_MIN, scores.get(slot, base.scores[slot])
+                                         + 0.5 * (int(_unit_hash(digest, "ref:" + slot) * 3) - 1)))
+                for slot, _ in dimensions}
+    return replace(base, scores=recalled)
+
+
+def shift_scores(j: Judgement, shift: float) -> Judgement:
+    """Every slot score moved by ``shift`` points, within 0-10: a mis-served endpoint (wrong checkpoint).
+
+    >>> shift_scores(Judgement({"A1": 8.0, "A2": 2.0}, {}, 50, "keep", "t", "b"), 3).scores
+    {'A1': 10.0, 'A2': 5.0}
+    """
+    if not shift:
+        return j
+    return replace(j, scores={slot: min(SCORE_MAX, max(SCORE_MIN, score + shift)) for slot, score in j.scores.items()})
