@@ -12,6 +12,7 @@ from mira_spark.errors import (
     EXIT_SPARK_ERROR,
     EXIT_STOPPED,
     EXIT_USER_ERROR,
+    CanaryDriftError,
     CommitConflictError,
     ConfigError,
     EngineError,
@@ -43,6 +44,9 @@ CASES: list[tuple[BaseException, int, str]] = [
      "mira-spark: stopped: every endpoint stopped answering during wave 2/7: 40 documents deferred."),
     (PoolUnavailableError("no endpoint answered GET /health: http://h:1/v1. Nothing was sent."), EXIT_USER_ERROR,
      "mira-spark: no endpoint answered GET /health: http://h:1/v1. Nothing was sent."),
+    (CanaryDriftError("group g: every endpoint failed the canary check before any document was sent"),
+     EXIT_USER_ERROR,
+     "mira-spark: canary drift: group g: every endpoint failed the canary check before any document was sent"),
     (SecretUnavailableError("secret scope='mira' key='k' cannot be read; set MIRA_API_KEY"), EXIT_USER_ERROR,
      "mira-spark: secret scope='mira' key='k' cannot be read; set MIRA_API_KEY"),
 ]

@@ -299,7 +299,9 @@ def scenario_settings(sc: Scenario, work: Path, documents: str, validation: str 
         "table_format": "delta",
         "scorers_file": str(default_scorers_file()),
         "tables": {"root": str(work / "tables"), "documents": documents, "validation": validation},
-        "scoring": {"wave_size": wave_size, **sc.scoring},
+        # The canary guard is off: faults would hit its reference requests too, and this bench counts
+        # what the corpus cost (the guard is tested in tests/test_canary.py).
+        "scoring": {"wave_size": wave_size, "canary": {"enabled": False}, **sc.scoring},
         "selection": {"default_retain_ratio": 0.5},
         "scorers": {"pools": {"text_group_b_pool": {
             "endpoints": [{"url": u} for u in urls], **BENCH_POOL, **sc.pool,
