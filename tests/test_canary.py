@@ -267,3 +267,45 @@ def test_node_drifting_after_the_first_check_is_quarantined_at_the_next(
     corpus_on_drifting = sum(n for k, n in _keys(drifting).items() if not k.startswith("canary|"))
     assert corpus_on_drifting == (first_wave["endpoint"] == drifting.url).sum()
     assert _canary_keys(drifting) == 3 * N_REFS and summary.canary["checks"] == 3
+
+
+# ------------------------------------------------------------------ the guard, without Spark
+
+def _plan(rubric: Rubric, urls: list[str]) -> Any:
+    from mira_spark.config import EndpointConfig, PoolConfig, SamplingConfig, ScoringConfig
+    from mira_spark.scoring.stage import GroupPlan, ScoringPlan
+
+    pool = PoolConfig(endpoints=tuple(EndpointConfig(url=u) for u in urls), api_key_env=None,
+                      slots_per_endpoint=8, backoff_initial_s=0.01, backoff_max_s=0.1, breaker_probe_s=0.5)
+    group = GroupPlan(name=rubric.group, model="whw06/MIRA-Text-Group1", rubric=rubric, pool=pool,
+                      prompt_version="v")
+    return ScoringPlan(groups={rubric.group: group}, sampling=SamplingConfig(), scoring=ScoringConfig(),
+                       max_model_len=65536, in_flight_per_task={rubric.group: 1})
+
+
+def test_group_without_references_is_skipped_without_a_request() -> None:
+    from mira_spark.prompting.rubric import rubric_from_names
+    from mira_spark.serving.canary import CanaryGuard
+
+    plan = _plan(rubric_from_names("plain", ["Clarity"]), ["http://127.0.0.1:9/v1"])  # nothing listens there
+    summary: dict[str, Any] = {}
+    guard = CanaryGuard(plan, CanaryConfig(), "r", 1, summary)
+    assert guard.before_wave(0, plan, write=lambda rows: pytest.fail("no rows to write")) is plan
+    assert summary == {"checks": 0, "requests": 0, "quarantined": [], "skipped": ["plain"]}
+
+
+@pytest.mark.parametrize("sims", [[(0.0, 0), (0.0, 0)]], indirect=True)
+def test_every_check_scores_the_configured_pool_so_a_passing_node_rejoins(rubric: Rubric, sims: list[Any]) -> None:
+    """A node left out of the current plan (quarantined earlier, then replaced) is checked and rejoins."""
+    from mira_spark.serving.canary import CanaryGuard
+
+    first, replaced = sims
+    full = _plan(rubric, [first.url, replaced.url])
+    guard = CanaryGuard(full, CanaryConfig(references=2, every_waves=1), "r", 4, {})
+    current = _plan(rubric, [first.url])  # as a quarantine at an earlier check left it
+    written: list[list[tuple]] = []
+    after = guard.before_wave(1, current, write=written.append)
+    assert [e.url for e in after.groups[rubric.group].pool.endpoints] == [first.url, replaced.url]
+    assert after.in_flight_per_task[rubric.group] > current.in_flight_per_task[rubric.group]  # re-planned
+    assert len(written) == 1 and len(written[0]) == 2 * 2 * SLOTS  # 2 endpoints x 2 references x 15 slots
+    assert {k.split("|")[0] for k in _keys(replaced)} == {"canary"} and sum(_keys(replaced).values()) == 2

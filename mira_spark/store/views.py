@@ -2,7 +2,7 @@
 
 Takes the run's :class:`~mira_spark.store.tables.Tables` and the rubrics; gives views ``mira_documents``,
 ``mira_raw_outputs``, ``mira_scores``, ``mira_reliability``, ``mira_thresholds``, ``mira_decisions``,
-``mira_selected``, ``mira_run_stats`` and ``scores_long(doc_id, source, scorer, slot, dimension, score,
+``mira_selected``, ``mira_run_stats``, ``mira_canary`` (the drift guard's checks, when a run made one) and ``scores_long(doc_id, source, scorer, slot, dimension, score,
 masked)``. Path-based runs get session temp views; runs on a catalog schema get persistent views there
 (``<schema>.scores_long``), which SQL warehouses and dashboards can use.
 """
