@@ -32,6 +32,11 @@ def _summary_lines(summary) -> list[str]:
         f"  requests sent     {d['requests_sent']} ({d['requests_per_s']} req/s over {d['scoring_s']:.1f}s scoring)",
         f"  truncated prompts {d['truncated']}",
     ]
+    canary = d.get("canary") or {}
+    if canary.get("checks"):  # the drift guard (scoring.canary): what it cost and whom it took out
+        out = ", ".join(f"{q['endpoint']} (before wave {q['wave'] + 1}: {q['reason']})"
+                        for q in canary["quarantined"]) or "none"
+        lines.append(f"  canary checks     {canary['checks']} ({canary['requests']} requests), quarantined: {out}")
     for source, (kept, n_in) in sorted(d["kept"].items()):
         lines.append(f"  kept {source:<16} {kept} of {n_in}")
     lines.append(f"  wall time         {d['wall_s']:.1f}s")
