@@ -35,6 +35,8 @@ class Runs:
     overflows: int
     scores_after_first: int
     scores_after_second: int
+    progress: list[Any]  # the first run's progress lines, one per committed wave
+    tags: list[str]  # Spark job tags the first run set (stage and wave names)
     answers_parsed: int  # texts parsed during the first run (by the scoring task's output check)
     batch_parses: int  # parse_batch calls during the first run: re-parsing after read-back
 
@@ -65,8 +67,17 @@ def runs(spark: Any, sample_dir: Path, sim_pool: list[Any], tmp_path_factory: py
         return real_batch(*args, **kwargs)
 
     # Sail runs mapInArrow functions in this process, so the patch sees the scoring tasks' parses.
-    with patch.object(parse_module, "_parse", counting_parse), patch.object(parse_module, "parse_batch", counting_batch):
-        first = run_pipeline(spark, settings, run_id="first")
+    progress: list[Any] = []
+    tags: list[str] = []
+    real_add_tag = type(spark).addTag
+
+    def recording_add_tag(self: Any, tag: str) -> None:
+        tags.append(tag)
+        real_add_tag(self, tag)
+
+    with patch.object(parse_module, "_parse", counting_parse), patch.object(parse_module, "parse_batch", counting_batch), \
+            patch.object(type(spark), "addTag", recording_add_tag):
+        first = run_pipeline(spark, settings, run_id="first", progress=progress.append)
     requests_first = _total_requests(sim_pool)
     overflows = sum(h.stats()["overflows"] for h in sim_pool)
     tables = Tables(spark, settings)
@@ -74,7 +85,19 @@ def runs(spark: Any, sample_dir: Path, sim_pool: list[Any], tmp_path_factory: py
     second = run_pipeline(spark, settings, run_id="second")
     n2 = tables.read("scores").count()
     return Runs(settings, first, second, requests_first, _total_requests(sim_pool) - requests_first, overflows, n1, n2,
-                len(texts), len(batch_calls))
+                progress, tags, len(texts), len(batch_calls))
+
+
+def test_progress_line_per_wave_and_job_tags(runs: Runs) -> None:
+    assert runs.first.waves >= 2  # the case: several waves
+    assert [p.wave for p in runs.progress] == list(range(1, runs.first.waves + 1))
+    assert [p.done for p in runs.progress] == sorted(p.done for p in runs.progress)
+    last = runs.progress[-1]
+    assert last.done == last.total == runs.first.rows_scored and last.eta_s == 0
+    assert last.gpu_hours > 0 and last.requests_per_s > 0
+    waves = runs.first.waves
+    assert [t for t in runs.tags if "wave" in t] == [f"mira-score-wave-{i}-of-{waves}" for i in range(1, waves + 1)]
+    assert {"mira-route", "mira-score", "mira-select"} <= set(runs.tags)
 
 
 def test_every_answer_is_parsed_once(runs: Runs) -> None:

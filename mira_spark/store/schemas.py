@@ -10,7 +10,7 @@ This module imports no Spark at load time (the pure parser uses it): the Spark s
 (``SCORES_SCHEMA``, ``RAW_OUTPUTS_SCHEMA``, ...) are built on first access.
 
 >>> arrow_schema(RUN_STATS).names[:3]
-['run_id', 'stage', 'metric']
+['run_id', 'stage', 'started_at']
 >>> [c.name for c in score_columns((2, 10))][:2]
 ['a2_score', 'a10_score']
 """
@@ -41,6 +41,7 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "bool": pa.bool_(),
     "timestamp": pa.timestamp("us", tz=ARROW_TIMEZONE),
     "strings": pa.list_(pa.string()),
+    "counts": pa.map_(pa.string(), pa.int64()),
 }
 
 
@@ -68,6 +69,7 @@ def _spark_type(kind: str) -> T.DataType:
         "bool": T.BooleanType(),
         "timestamp": T.TimestampType(),
         "strings": T.ArrayType(T.StringType(), True),
+        "counts": T.MapType(T.StringType(), T.LongType(), True),
     }[kind]
 
 
@@ -128,6 +130,7 @@ ANSWER = (
     Column("attempts", "int", False),
     Column("repairs", "int", False),
     Column("wasted_requests", "int", False),
+    Column("wasted_completion_tokens", "long"),
     Column("retry_causes", "strings"),  # error code of each retried send (http_429, timeout, connection_error, ...)
     Column("endpoint", "string"),
     Column("latency_s", "double"),
@@ -223,11 +226,28 @@ WORK_QUEUE = (
     Column("wave", "int", False),
 )
 
+# One row per (run, stage): what the stage did (mira_spark.runstats.StageStats). Sums over the stage's rows;
+# `counts` holds the breakdowns (status:<s>, failed:<code>, retry:<cause>, rejected:<reason>, kept:<unit>, ...).
 RUN_STATS = (
     Column("run_id", "string", False),
     Column("stage", "string", False),
-    Column("metric", "string", False),
-    Column("value", "double", False),
+    Column("started_at", "timestamp"),
+    Column("seconds", "double", False),
+    Column("rows_in", "long", False),
+    Column("rows_out", "long", False),
+    Column("requests", "long", False),
+    Column("retries", "long", False),
+    Column("repairs", "long", False),
+    Column("wasted_requests", "long", False),
+    Column("wasted_completion_tokens", "long", False),
+    Column("resent_requests", "long", False),
+    Column("resent_completion_tokens", "long", False),
+    Column("prompt_tokens", "long", False),
+    Column("completion_tokens", "long", False),
+    Column("failed", "long", False),
+    Column("latency_p50_s", "double"),
+    Column("latency_p99_s", "double"),
+    Column("counts", "counts"),
     Column("recorded_at", "timestamp", False),
 )
 
