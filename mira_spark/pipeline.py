@@ -73,6 +73,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunSummary:
+    """What one run did, as the stages fill it in; ``stages`` are the ``run_stats`` rows it writes."""
+
     run_id: str
     documents_in: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
@@ -81,12 +83,6 @@ class RunSummary:
     parsed: int = 0  # rows the parse stage merged into scores
     exact_copies: int = 0  # duplicate rows identical to the routed copy (same doc_id, source, text)
     waves: int = 0
-    requests_sent: int = 0
-    rows_scored: int = 0
-    scored_ok: int = 0
-    failed: dict[str, int] = field(default_factory=dict)
-    deferred: int = 0
-    truncated: int = 0
     kept: dict[str, tuple[int, int]] = field(default_factory=dict)  # source -> (kept, n_in)
     scoring_s: float = 0.0
     wall_s: float = 0.0
@@ -97,6 +93,31 @@ class RunSummary:
         """The counts of stage ``name`` in this run (created empty on first use)."""
         return self.stages.setdefault(name, StageStats(name))
 
+    # The scoring figures are the score stage's counts (one aggregation per wave over its rows).
+    @property
+    def requests_sent(self) -> int:
+        return self.stage("score").requests  # every HTTP request, repairs included
+
+    @property
+    def rows_scored(self) -> int:
+        return self.stage("score").rows_out
+
+    @property
+    def scored_ok(self) -> int:
+        return self.stage("score").counts.get("status:ok", 0)
+
+    @property
+    def deferred(self) -> int:
+        return self.stage("score").counts.get("status:deferred", 0)
+
+    @property
+    def truncated(self) -> int:
+        return self.stage("score").counts.get("truncated", 0)
+
+    @property
+    def failed(self) -> dict[str, int]:
+        return self.stage("score").by_prefix("failed")
+
     @property
     def requests_per_s(self) -> float:
         return self.requests_sent / self.scoring_s if self.scoring_s > 0 else 0.0
@@ -104,6 +125,8 @@ class RunSummary:
     def as_dict(self) -> dict:
         out = asdict(self)
         out.pop("stages")
+        for name in ("requests_sent", "rows_scored", "scored_ok", "deferred", "truncated", "failed"):
+            out[name] = getattr(self, name)
         out["requests_per_s"] = round(self.requests_per_s, 2)
         return out
 
@@ -315,17 +338,6 @@ def _run_waves(tables: Tables, settings: Settings, groups: Groups, queue: DataFr
     summary.scoring_s = time.perf_counter() - started
 
 
-def _fill_score_summary(summary: RunSummary) -> None:
-    """The scoring fields of the summary, from the stage's counts (no scan of raw_outputs)."""
-    st = summary.stage("score")
-    summary.rows_scored = st.rows_out
-    summary.requests_sent = st.requests  # every HTTP request, repairs included
-    summary.scored_ok = st.counts.get("status:ok", 0)
-    summary.deferred = st.counts.get("status:deferred", 0)
-    summary.truncated = st.counts.get("truncated", 0)
-    summary.failed = st.by_prefix("failed")
-
-
 def _write_run_stats(tables: Tables, summary: RunSummary) -> None:
     """One ``run_stats`` row per stage that ran (``mira_spark.runstats.StageStats.record``)."""
     now = datetime.now(timezone.utc).replace(tzinfo=None)
@@ -430,7 +442,6 @@ def score_stage(ctx: RunContext) -> None:
     st.count("recovered_raw", ctx.summary.recovered_raw)
     score_waves(ctx.tables, ctx.settings, ctx.groups, pending, ctx.docs, ctx.summary.run_id, ctx.summary,
                 ctx.progress)
-    _fill_score_summary(ctx.summary)
 
 
 def parse_stage(ctx: RunContext) -> int:
