@@ -310,3 +310,23 @@ def test_every_check_scores_the_configured_pool_so_a_passing_node_rejoins(rubric
     assert after.in_flight_per_task[rubric.group] > current.in_flight_per_task[rubric.group]  # re-planned
     assert len(written) == 1 and len(written[0]) == 2 * 2 * SLOTS  # 2 endpoints x 2 references x 15 slots
     assert {k.split("|")[0] for k in _keys(replaced)} == {"canary"} and sum(_keys(replaced).values()) == 2
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("sims", [[(3.0, N_REFS), (-3.0, N_REFS)]], indirect=True)
+def test_whole_pool_drifting_mid_run_stops_with_committed_waves_kept(
+        spark: Any, tmp_path: Path, few_docs: str, sample_dir: Path, sims: list[Any]) -> None:
+    """Both endpoints pass the first check, then drift: the run stops before wave 2, wave 1 stays committed."""
+    settings, run = _run(spark, tmp_path, few_docs, sample_dir, sims, "pool-drifts", every_waves=1,
+                         wave_size=8, tasks=1)
+    with pytest.raises(CanaryDriftError) as info:
+        run()
+    assert "before wave 2/3 (wave 1 is committed; a rerun scores the rest)" in str(info.value)
+    raw = _table(spark, settings, "raw_outputs")
+    assert len(raw) > 0 and set(raw["wave"]) == {0}  # nothing of waves 2 and 3 was sent
+    corpus = sum(n for sim in sims for k, n in _keys(sim).items() if not k.startswith("canary|"))
+    assert corpus == len(raw) and all(_canary_keys(sim) == 2 * N_REFS for sim in sims)
+    scores = _table(spark, settings, "scores")
+    assert set(scores["doc_id"]) == set(raw["doc_id"])  # the committed wave was merged
+    canary = _table(spark, settings, "canary")
+    assert set(canary[canary["quarantined"]]["wave"]) == {1} and not canary[canary["wave"] == 0]["quarantined"].any()

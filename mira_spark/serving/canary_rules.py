@@ -120,8 +120,9 @@ def kept_endpoints(verdicts: Iterable[EndpointVerdict]) -> list[str]:
 def pool_failed_message(group: str, model: str, verdicts: Sequence[EndpointVerdict], max_deviation: float,
                         wave: int, n_waves: int) -> str:
     """One line for a pool whose every endpoint failed the check: which, by how much, and what to do."""
+    committed = "wave 1 is committed" if wave == 1 else f"waves 1-{wave} are committed"
     when = "before any document was sent" if wave == 0 else (
-        f"before wave {wave + 1}/{n_waves} (waves 1-{wave} are committed; a rerun scores the rest)")
+        f"before wave {wave + 1}/{n_waves} ({committed}; a rerun scores the rest)")
     return (
         f"group {group}: every endpoint failed the canary check {when}; bound: mean |deviation| <= "
         f"{max_deviation:g} from the calibration references' scores: "
