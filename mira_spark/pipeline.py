@@ -266,7 +266,7 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
         name: replace(g, pool=g.pool.model_copy(update={"startup_check": False})) for name, g in plan.groups.items()
     })
     n_waves = math.ceil(n_pending / settings.scoring.wave_size)
-    canary = _canary_hook(tables, settings, plan, run_id, n_waves, summary)
+    canary = _canary_hook(tables, settings, plan, run_id, n_waves, summary, set(checked))
     if canary is not None:  # before the first wave, before anything of the corpus is sent
         plan = canary(0, plan)
     for name in plan.groups:
@@ -300,11 +300,11 @@ CanaryHook = Callable[[int, ScoringPlan], ScoringPlan]
 
 
 def _canary_hook(tables: Tables, settings: Settings, plan: ScoringPlan, run_id: str, n_waves: int,
-                 summary: RunSummary) -> CanaryHook | None:
+                 summary: RunSummary, health_checked: set[str]) -> CanaryHook | None:
     """``(wave, plan) -> plan`` without the endpoints that drifted (serving/canary.py); None when off."""
     if not settings.scoring.canary.enabled:
         return None
-    guard = CanaryGuard(plan, settings.scoring.canary, run_id, n_waves, summary.canary)
+    guard = CanaryGuard(plan, settings.scoring.canary, run_id, n_waves, summary.canary, health_checked)
 
     def write(rows: list[tuple]) -> None:
         tables.append(tables.spark.createDataFrame(rows, CANARY_SCHEMA), "canary", CANARY_SCHEMA)

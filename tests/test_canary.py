@@ -330,3 +330,17 @@ def test_whole_pool_drifting_mid_run_stops_with_committed_waves_kept(
     assert set(scores["doc_id"]) == set(raw["doc_id"])  # the committed wave was merged
     canary = _table(spark, settings, "canary")
     assert set(canary[canary["quarantined"]]["wave"]) == {1} and not canary[canary["wave"] == 0]["quarantined"].any()
+
+
+@pytest.mark.parametrize("sims", [[(0.0, 0)]], indirect=True)
+def test_endpoint_without_health_is_unreachable_and_leaves_the_pool(rubric: Rubric, sims: list[Any]) -> None:
+    from mira_spark.devtools.simulator.launcher import free_port
+    from mira_spark.serving.canary import CanaryGuard
+
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    plan = _plan(rubric, [sims[0].url, dead])
+    summary: dict[str, Any] = {}
+    after = CanaryGuard(plan, CanaryConfig(references=1), "r", 1, summary).before_wave(0, plan, write=lambda r: None)
+    assert [e.url for e in after.groups[rubric.group].pool.endpoints] == [sims[0].url]
+    assert [(q["endpoint"], q["reason"]) for q in summary["quarantined"]] == [(dead, REASON_UNREACHABLE)]
+    assert summary["requests"] == 1  # the live endpoint's one reference; none to the dead one

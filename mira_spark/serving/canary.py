@@ -20,7 +20,7 @@ endpoints included, so a replaced or restarted node rejoins once it passes. The 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -82,11 +82,17 @@ class EndpointAnswers:
 
 
 def score_references(group: GroupPlan, plan: ScoringPlan, endpoint: EndpointConfig,
-                     references: Sequence[CalibrationReference], run_id: str, wave: int) -> EndpointAnswers:
-    """Send the references to one endpoint (a one-endpoint copy of the group's pool) and parse the answers."""
+                     references: Sequence[CalibrationReference], run_id: str, wave: int,
+                     health_check: bool = True) -> EndpointAnswers:
+    """Send the references to one endpoint (a one-endpoint copy of the group's pool) and parse the answers.
+
+    ``health_check``: GET /health first and report the endpoint unreachable when it fails (off for pools
+    configured with ``startup_check: false``, e.g. llama.cpp, which has no /health).
+    """
     builder = PromptBuilder(group.rubric, group.model, plan.max_model_len, plan.sampling.max_tokens)
     requests = reference_requests(builder, references, run_id, wave)
-    pool = group.pool.model_copy(update={"endpoints": (endpoint,), "startup_check": True, "in_flight_target": None})
+    pool = group.pool.model_copy(update={"endpoints": (endpoint,), "startup_check": health_check,
+                                         "in_flight_target": None})
     opts = RunnerOptions(
         pool=pool, sampling=group_sampling(plan.sampling, group.rubric, plan.scoring), model=group.model,
         in_flight=max(1, len(requests)), api_key=group.api_key,
@@ -123,8 +129,10 @@ class CanaryGuard:
     """
 
     def __init__(self, plan: ScoringPlan, cfg: CanaryConfig, run_id: str, n_waves: int,
-                 summary: dict[str, Any]) -> None:
+                 summary: dict[str, Any], health_checked: Collection[str] | None = None) -> None:
         self.cfg = cfg
+        # Groups whose endpoints answer /health (pools.<p>.startup_check); default: every group.
+        self.health_checked = set(plan.groups if health_checked is None else health_checked)
         self.run_id = run_id
         self.n_waves = n_waves
         self.endpoints = {name: g.pool.endpoints for name, g in plan.groups.items()}
@@ -144,7 +152,7 @@ class CanaryGuard:
                                 thread_name_prefix="mira-canary") as pool:
             answers = list(pool.map(
                 lambda job: score_references(plan.groups[job[0]], plan, job[1], self.references[job[0]],
-                                             self.run_id, wave), jobs))
+                                             self.run_id, wave, job[0] in self.health_checked), jobs))
         by_group: dict[str, list[EndpointAnswers]] = {}
         for (name, _), answer in zip(jobs, answers, strict=True):
             by_group.setdefault(name, []).append(answer)
