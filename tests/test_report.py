@@ -170,6 +170,8 @@ def test_report_from_the_two_group_demo_run(spark: Any, two_group_run: Any, tmp_
     text, linked = _check_page(render_report(data, tmp_path / "report"))
     assert {"reliability_text_group_b.png", "reliability_code_demo.png", "retention_default.png"} <= set(linked)
     assert "legacy_forum" in text  # the unknown source is in the mix, as excluded tokens
+    reasons = text[text.index("Decisions by reason"):text.index('<section id="histograms">')]
+    assert "<td>no_scorer</td><td>legacy_forum</td><td>3</td>" in reasons  # reported with count and reason
 
 
 @pytest.mark.spark

@@ -56,7 +56,7 @@ class ReportData:
     reliability: pd.DataFrame  # source, scorer, slot, dimension, mae, spearman, masked [, *_lo, *_hi, n, basis]
     thresholds: pd.DataFrame  # variant, unit_kind, unit, method, threshold [, n_in, n_kept, tokens_in, tokens_kept,...]
     curves: pd.DataFrame  # variant, source, scorer, composite, n, tokens (rows competing on the threshold)
-    tokens: pd.DataFrame  # variant, source, decision, n, tokens (every decision row)
+    tokens: pd.DataFrame  # variant, source, decision [, reason], n, tokens (every decision row)
     overlap: pd.DataFrame  # variant_a, variant_b, n_both (kept documents in both; a <= b)
     canary: pd.DataFrame | None = None  # the canary table's rows (CANARY_COLUMNS), None when there is none
     title: str = "mira-spark selection report"
@@ -145,6 +145,20 @@ def source_mix(tokens: pd.DataFrame) -> pd.DataFrame:
                                                           aggfunc="sum", fill_value=0)
     mix = pd.concat([raw.to_frame().T, kept]).fillna(0.0)
     return mix.div(mix.sum(axis=1).where(lambda s: s > 0), axis=0).fillna(0.0)
+
+
+def reasons_table(tokens: pd.DataFrame) -> pd.DataFrame:
+    """Documents and tokens per (variant, decision, reason), with the sources involved.
+
+    >>> t = pd.DataFrame({"variant": ["v"] * 3, "source": ["a", "b", "x"], "decision": ["kept", "kept", "excluded"],
+    ...                   "reason": ["selected", "selected", "no_scorer"], "n": [2, 1, 3], "tokens": [5, 5, 9]})
+    >>> reasons_table(t).values.tolist()
+    [['v', 'excluded', 'no_scorer', 'x', 3, 9], ['v', 'kept', 'selected', 'a, b', 3, 10]]
+    """
+    df = tokens if "reason" in tokens else tokens.assign(reason="")
+    out = df.groupby(["variant", "decision", "reason"], as_index=False).agg(
+        sources=("source", lambda s: ", ".join(sorted({str(x) for x in s}))), n=("n", "sum"), tokens=("tokens", "sum"))
+    return out.sort_values(["variant", "decision", "reason"], kind="mergesort").reset_index(drop=True)
 
 
 def canary_summary(canary: pd.DataFrame) -> pd.DataFrame:
@@ -373,7 +387,9 @@ def render_report(data: ReportData, out_dir: str | Path) -> Path:
     shown = [c for c in ("variant", "unit_kind", "unit", "mode", "method", "budget", "threshold", "n_in", "n_kept",
                          "tokens_in", "tokens_kept", "kept_fraction", "budget_met", "tokens_estimated")
              if c in thresholds]
-    parts.append("<h3>Thresholds per variant and unit</h3>" + _table(thresholds[shown]) + "</section>")
+    parts.append("<h3>Thresholds per variant and unit</h3>" + _table(thresholds[shown]))
+    parts.append("<h3>Decisions by reason (every input row once per variant)</h3>"
+                 + _table(reasons_table(data.tokens)) + "</section>")
 
     parts.append('<section id="histograms"><h2>Dimension scores per source</h2>')
     for source in sorted(data.histograms["source"].unique()):
@@ -498,7 +514,7 @@ def read_report_data(spark: SparkSession, settings: Settings) -> ReportData:
         notes.append("decisions has no tokens column: tokens are the project's estimate from each document's text.")
         decisions = decisions.join(_estimated_tokens(tables.read(tables.documents)), "doc_id", "left")
     decisions = decisions.withColumn("tokens", F.coalesce(F.col("tokens").cast("long"), F.lit(0)))
-    tokens = (decisions.groupBy("variant", "source", "decision")
+    tokens = (decisions.groupBy("variant", "source", "decision", "reason")
               .agg(F.count(F.lit(1)).alias("n"), F.sum("tokens").alias("tokens")).toPandas())
 
     competing = decisions.filter(F.col("composite").isNotNull()
