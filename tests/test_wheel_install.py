@@ -58,8 +58,11 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 30.0) -> 
 def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv holding only the built wheel (dependencies reachable through a .pth line)."""
     work = tmp_path_factory.mktemp("wheel")
+    # Without PYTHONPATH: a checkout on it (as when testing a worktree) carries the build's mira_spark.egg-info,
+    # and pip would then take mira-spark as installed already and skip installing the wheel.
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(REPO)],
-                   check=True, cwd=work)
+                   check=True, cwd=work, env=clean)
     (wheel,) = (work / "dist").glob("mira_spark-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert set(PACKAGED) <= names, sorted(set(PACKAGED) - names)
@@ -69,7 +72,7 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-                    str(wheel)], check=True, cwd=work)
+                    str(wheel)], check=True, cwd=work, env=clean)
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
     (site / "zz_main_venv_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
