@@ -20,26 +20,6 @@ log = logging.getLogger(__name__)
 __all__ = ["EXIT_SPARK_ERROR", "EXIT_STOPPED", "EXIT_USER_ERROR", "main"]
 
 
-def _summary_lines(summary) -> list[str]:
-    d = summary.as_dict()
-    lines = [
-        f"run {d['run_id']}",
-        f"  documents in      {d['documents_in']}",
-        f"  rejected          {d['rejected'] or 0}",
-        f"  pending at start  {d['pending_before']} (recovered from an earlier run: {d['recovered_raw']})",
-        f"  scored this run   {d['rows_scored']} rows in {d['waves']} waves, {d['scored_ok']} ok, "
-        f"failed {d['failed'] or 0}, deferred {d['deferred']}",
-        f"  requests sent     {d['requests_sent']} ({d['requests_per_s']} req/s over {d['scoring_s']:.1f}s scoring)",
-        f"  truncated prompts {d['truncated']}",
-    ]
-    for source, (kept, n_in) in sorted(d["kept"].items()):
-        lines.append(f"  kept {source:<16} {kept} of {n_in}")
-    lines.append(f"  wall time         {d['wall_s']:.1f}s")
-    if d["stopped"]:
-        lines.append(f"  STOPPED: {d['stopped']}")
-    return lines
-
-
 def _load(args) -> object:
     from mira_spark.config import TRANSIENT_ERRORS, load_settings
 
@@ -52,17 +32,23 @@ def _load(args) -> object:
 
 
 def cmd_run(args) -> int:
-    from mira_spark.pipeline import run_pipeline
+    from mira_spark.pipeline import read_run_stats, run_pipeline
+    from mira_spark.progress import TerminalProgress
+    from mira_spark.runstats import summary_lines
     from mira_spark.store.engines import open_session
+    from mira_spark.store.tables import Tables
 
     settings = _load(args)
     stages = None if args.command == "run" else [args.command]
     with open_session(settings) as spark:
-        summary = run_pipeline(spark, settings, args.run_id, stages=stages, reparse_all=args.command == "parse" and args.all)
+        summary = run_pipeline(spark, settings, args.run_id, stages=stages,
+                               reparse_all=args.command == "parse" and args.all, progress=TerminalProgress())
+        recorded = read_run_stats(Tables(spark, settings), summary.run_id)  # the summary is what run_stats holds
     if args.command == "parse":
         print(f"parsed {summary.parsed} raw outputs into scores")
-    print("\n".join(_summary_lines(summary)))
-    print(json.dumps({"summary": summary.as_dict()}, default=str))
+    print("\n".join([*summary_lines(summary.run_id, recorded, summary.stopped), f"  wall time    {summary.wall_s:.1f}s"]))
+    run_stats = {name: st.record(summary.run_id, st.started_at) for name, st in recorded.items()}  # type: ignore[arg-type]
+    print(json.dumps({"summary": summary.as_dict(), "run_stats": run_stats}, default=str))
     if summary.stopped:
         raise RunStoppedError(summary.stopped)
     return 0

@@ -45,6 +45,8 @@ class SecretRef(_Frozen):
 class EndpointConfig(_Frozen):
     url: str = Field(description="OpenAI-compatible base URL ending in /v1, e.g. http://10.0.0.5:8000/v1.")
     weight: float = Field(default=1.0, gt=0, description="Relative capacity; a 2x faster replica gets 2.")
+    gpus: int = Field(default=8, ge=1, description="GPUs behind this endpoint (the seed serves TP=8 on one node); "
+                                                   "progress and cost lines count GPU-hours with it.")
 
     @field_validator("url")
     @classmethod
