@@ -337,6 +337,9 @@ def plot_mix(mix: pd.DataFrame) -> Figure:
 
 
 def plot_canary(summary: pd.DataFrame) -> Figure:
+    """Mean |deviation| per endpoint and scorer of the latest run (run ids sort by time: ``<UTC stamp>-<hex>``)."""
+    latest = summary["run_id"].astype(str).max()
+    summary = summary[summary["run_id"].astype(str) == latest]
     fig = _figure(max(5.0, 0.8 * len(summary) + 2.0), 3.2)
     ax = fig.subplots()
     labels = [f"{e}\n{s}" for e, s in zip(summary["endpoint"], summary["scorer"], strict=True)]
@@ -344,7 +347,7 @@ def plot_canary(summary: pd.DataFrame) -> Figure:
     ax.bar(range(len(summary)), summary["mean_abs_deviation"], color=colors)
     ax.set_xticks(range(len(summary)), labels, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("mean |score - reference|", fontsize=8)
-    ax.set_title("canary: deviation per endpoint (red = quarantined)", fontsize=9)
+    ax.set_title(f"canary, run {latest}: deviation per endpoint (red = quarantined)", fontsize=9)
     return fig
 
 
