@@ -56,7 +56,10 @@ def test_repository_config_loads_and_resolves_relative_paths(tmp_path: Path) -> 
     group = settings.scorers.groups["text_group_b"]
     assert group.anchors == (tmp_path / "anchors" / "text" / "group_B_dim_anchors.jsonl").resolve()
     assert settings.scorers.pools[group.pool].verify_tls is True
-    assert settings.scorers.group_for_source() == {"html_cpt": "text_group_b", "html_cpt_web": "text_group_b"}
+    assert settings.scorers.group_for_source() == {"html_cpt": "text_group_b", "html_cpt_web": "text_group_b",
+                                                   "py_snippets": "code_demo"}
+    code = settings.scorers.groups["code_demo"]  # set inline in local.yaml: paths relative to local.yaml
+    assert code.anchors == (tmp_path / "anchors" / "code" / "demo_python_dim_anchors.jsonl").resolve()
 
 
 def test_overrides_are_deep_merged(tmp_path: Path) -> None:

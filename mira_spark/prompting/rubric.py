@@ -216,12 +216,18 @@ def load_rubric(
     calibration_path: str | Path | None = None,
     expected_size: int = 15,
 ) -> Rubric:
-    """Load a scorer group's rubric from its anchors files."""
+    """Load a scorer group's rubric from its anchors files (a missing file names the group and the fix)."""
     if expected_size > MAX_SLOTS:
         raise RubricError(
             f"group {group!r} ({dimensions_path}): {expected_size} slots do not fit the score table, which "
             f"holds {MAX_SLOTS}; a rubric may use at most A1..A{MAX_SLOTS}"
         )
+    for key, path in (("anchors", dimensions_path), ("calibration", calibration_path)):
+        if path is not None and not Path(path).is_file():
+            raise RubricError(
+                f"group {group!r}: {key} file {path} not found; supply the group's file there, point "
+                f"groups.{group}.{key} in conf/scorers.yaml at it, or set groups.{group}.enabled: false"
+            )
     dims = load_dimensions(dimensions_path, expected_size)
     refs = load_calibration(calibration_path, dims) if calibration_path else ()
     return Rubric(group=group, dimensions=dims, calibration=refs)
