@@ -2,8 +2,8 @@
 
 ``mira-spark run --config conf/local.yaml`` runs the whole job; ``score``, ``parse``, ``reliability`` and
 ``select`` run one stage each; ``serve-sim`` starts simulated scorer endpoints; ``make-sample`` writes
-the sample corpus; ``init-demo DIR`` writes the packaged configs and anchors into ``DIR``; ``bench`` prints
-benchmark figures.
+the sample corpus; ``init-demo DIR`` writes the packaged configs and anchors into ``DIR``; ``report`` writes
+the static HTML selection report of a run; ``bench`` prints benchmark figures.
 """
 
 from __future__ import annotations
@@ -51,6 +51,17 @@ def cmd_run(args) -> int:
     print(json.dumps({"summary": summary.as_dict(), "run_stats": run_stats}, default=str))
     if summary.stopped:
         raise RunStoppedError(summary.stopped)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from mira_spark.selection.report import write_report
+    from mira_spark.store.engines import open_session
+
+    settings = _load(args)
+    with open_session(settings) as spark:
+        page = write_report(spark, settings, args.out)
+    print(page)
     return 0
 
 
@@ -130,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="send again documents whose scoring failed transiently (5xx, 429, timeouts)")
         if name == "parse":
             p.add_argument("--all", action="store_true", help="re-parse every raw output of this prompt version")
+    report = sub.add_parser("report", help="write the run's selection report: one HTML page with PNG plots")
+    report.add_argument("--config", required=True, help="conf/<name>.yaml of the run")
+    report.add_argument("--engine", choices=["sail", "local", "connect", "active"], help="override engine:")
+    report.add_argument("--out", default=None, help="directory for index.html and its PNGs "
+                                                    "(default: <tables.root>/report)")
     for name, help_text in [
         ("serve-sim", "start simulated scorer endpoints (stand-ins for vLLM; see --help)"),
         ("make-sample", "write the sample corpus and validation table"),
@@ -155,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
     install_redaction(log)
     try:
-        return cmd_run(args)
+        return cmd_report(args) if args.command == "report" else cmd_run(args)
     except Exception as exc:
         outcome = cli_outcome(exc)  # by type: MiraError subclasses carry their exit code and label
         if outcome is None:
