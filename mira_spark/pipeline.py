@@ -377,7 +377,9 @@ def read_run_stats(tables: Tables, run_id: str) -> dict[str, StageStats]:
     if not tables.exists("run_stats"):
         return {}
     rows = tables.read("run_stats").filter(F.col("run_id") == run_id).collect()
-    order = {name: i for i, name in enumerate(STAGE_NAMES)}
+    names = list(STAGE_NAMES)
+    names.insert(names.index("score"), "canary")  # the drift guard runs at the start of scoring
+    order = {name: i for i, name in enumerate(names)}
     stages = sorted((StageStats.from_record(r.asDict()) for r in rows), key=lambda st: order.get(st.stage, 99))
     return {st.stage: st for st in stages}
 
@@ -467,6 +469,20 @@ def score_stage(ctx: RunContext) -> None:
     st.count("recovered_raw", ctx.summary.recovered_raw)
     score_waves(ctx.tables, ctx.settings, ctx.groups, pending, ctx.docs, ctx.summary.run_id, ctx.summary,
                 ctx.progress)
+    _count_canary(ctx.summary)
+
+
+def _count_canary(summary: RunSummary) -> None:
+    """The drift guard's checks as a ``canary`` row of run_stats (its requests are billed, not corpus rows)."""
+    c = summary.canary
+    if not c:
+        return
+    st = summary.stage("canary")
+    st.rows_out, st.requests = c.get("checks", 0), c.get("requests", 0)
+    for q in c.get("quarantined", []):
+        st.count("quarantined")
+        st.count(f"quarantined:{q['reason']}")
+    st.count("groups_without_references", len(c.get("skipped", [])))
 
 
 def parse_stage(ctx: RunContext) -> int:

@@ -179,6 +179,9 @@ def summary_lines(run_id: str, stages: Mapping[str, StageStats], stopped: str | 
             f"               tokens {s.prompt_tokens} prompt + {s.completion_tokens} completion; "
             f"resent {s.resent_requests} ({s.resent_completion_tokens} completion tokens)",
         ]
+    if (c := stages.get("canary")) is not None:
+        lines.append(f"  canary       {c.rows_out} checks, {c.requests} requests; quarantined "
+                     f"{c.counts.get('quarantined', 0)} ({_fmt(c.by_prefix('quarantined'))})")
     if (p := stages.get("parse")) is not None:
         lines.append(f"  parse        {p.rows_out} rows merged into scores  ({p.seconds:.1f}s)")
     if (rel := stages.get("reliability")) is not None:

@@ -227,6 +227,13 @@ def test_shifted_endpoint_is_quarantined_and_gets_no_corpus(spark: Any, tmp_path
     assert summary.canary["checks"] == 1 and summary.canary["requests"] == 2 * N_REFS
     assert [(q["endpoint"], q["reason"]) for q in summary.canary["quarantined"]] == [(shifted.url, REASON_DRIFT)]
     assert summary.as_dict()["canary"] == summary.canary  # in the run's JSON line (mira-spark run)
+    from mira_spark.pipeline import read_run_stats
+    from mira_spark.store.tables import Tables
+
+    stages = read_run_stats(Tables(spark, settings), "one-shifted")  # and a row of run_stats, in the summary
+    assert list(stages)[:3] == ["route", "canary", "score"]
+    assert (stages["canary"].rows_out, stages["canary"].requests) == (1, 2 * N_REFS)
+    assert stages["canary"].counts == {"quarantined": 1, f"quarantined:{REASON_DRIFT}": 1}
 
 
 @pytest.mark.spark
