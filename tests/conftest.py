@@ -47,7 +47,6 @@ def write_config(path: Path, root: Path, documents: str, validation: str | None,
         "scorers_file": str(REPO / "conf" / "scorers.yaml"),
         "tables": {"root": str(root), "documents": documents, "validation": validation},
         "scoring": {"wave_size": 100},
-        "selection": {"default_retain_ratio": 0.5, "retain_ratio": {"html_cpt": 0.4, "html_cpt_web": 0.6}},
         "scorers": {
             "pools": {
                 "text_group_b_pool": {

@@ -300,7 +300,6 @@ def scenario_settings(sc: Scenario, work: Path, documents: str, validation: str 
         "scorers_file": str(default_scorers_file()),
         "tables": {"root": str(work / "tables"), "documents": documents, "validation": validation},
         "scoring": {"wave_size": wave_size, **sc.scoring},
-        "selection": {"default_retain_ratio": 0.5},
         "scorers": {"pools": {"text_group_b_pool": {
             "endpoints": [{"url": u} for u in urls], **BENCH_POOL, **sc.pool,
         }}},
