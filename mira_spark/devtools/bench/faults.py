@@ -389,7 +389,7 @@ def measure(spark: SparkSession, settings: Settings, run_id: str, sims: SimTotal
     tables = Tables(spark, settings)
     docs = tables.read(tables.documents)
     scores = tables.read("scores")
-    decisions = tables.read("decisions")
+    decisions = tables.read("decisions").filter(F.col("variant") == settings.selection.variants[0].name)
     raw = tables.read("raw_outputs").filter(F.col("run_id") == run_id)
     res = ScenarioResult(scenario="")
     doc_ids = {r["doc_id"] for r in docs.select("doc_id").collect()}
