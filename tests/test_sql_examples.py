@@ -113,14 +113,15 @@ def _tokens(r: pd.DataFrame, v: dict) -> None:
         assert part["kept_token_share"].sum() == pytest.approx(1, abs=1e-3)
         if variant == "source":  # MIRA-Source keeps the raw source mix (of the eligible tokens)
             assert (part["kept_token_share"] - part["input_token_share"]).abs().max() < 0.1
-    assert r["estimated"].all()  # the sample has no tokens column
+    counted = r[r["input_tokens"] > 0]  # sources with routed rows (no_scorer rows have no token count)
+    assert len(counted) and counted["estimated"].all()  # the sample has no tokens column
 
 
 def _failures(r: pd.DataFrame, v: dict) -> None:
     excluded = v["decisions"][v["decisions"]["decision"] == "excluded"]
     assert r["docs"].sum() == len(excluded)
     assert "below_threshold" in set(r["reason_kind"])
-    assert (r.groupby(["variant", "source"])["share_of_source"].sum() <= 1 + 1e-9).all()
+    assert (r.groupby(["variant", "source"])["share_of_source"].sum() <= 1 + 1e-3).all()  # rounded to 4 places
 
 
 def _canary(r: pd.DataFrame, v: dict) -> None:
