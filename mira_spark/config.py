@@ -318,26 +318,157 @@ TRANSIENT_ERRORS = ("http_408", "http_429", "http_500", "http_502", "http_503", 
                     "connection_error")
 
 
+MaskOn = Literal["point", "ci_strict", "ci_lenient"]
+MaskMerge = Literal["replace", "union", "override"]
+
+
 class ReliabilityConfig(_Frozen):
-    max_mae: float = Field(default=2.0, gt=0, description="Mask a (source, dimension) whose teacher-student MAE exceeds this.")
+    """The reliability mask: per (source, dimension) agreement with the teacher, with CIs and shrinkage.
+
+    Maths: mira_spark/selection/confidence.py; the defaults are justified in README "Selection".
+    """
+
+    max_mae: float = Field(default=2.0, gt=0, description="Mask a (source, dimension) whose teacher-student MAE exceeds this (0-10 scale).")
     min_spearman: float = Field(default=0.3, ge=-1, le=1, description="Mask when Spearman rho is below this.")
-    min_n: int = Field(default=20, ge=2, description="Fewer validation pairs than this: use the group-wide decision.")
+    min_n: int = Field(
+        default=50, ge=4,
+        description="Validation pairs a cell needs to be judged on its own (shrunk) estimate; fewer: its "
+        "scorer group's pooled estimate (basis group), else the global one, else kept (basis none).",
+    )
+    mask_on: MaskOn = Field(
+        default="point",
+        description="What the rule compares: point (shrunk point estimates), ci_strict (masked unless the 95% "
+        "interval shows reliability) or ci_lenient (masked only when the interval shows unreliability).",
+    )
+    kappa: float = Field(default=20.0, gt=0, description="MAE shrinkage pseudo-count toward the group's pooled MAE.")
+    level: float = Field(default=0.95, gt=0.5, lt=1, description="Confidence level of every interval.")
+    bootstrap_replicates: int = Field(
+        default=2000, ge=200, description="Bootstrap replicates for cells with < 5 distinct teacher values."
+    )
+    seed: int = Field(default=20261201, description="Bootstrap seed (each cell derives its own from it).")
+    published_mask: Path | None = Field(
+        default=None, description="A published mask file (.csv with header source,dimension,masked, or .jsonl); "
+        "dimension is the dimension name or its slot (A1..A15).",
+    )
+    published_mask_mode: MaskMerge = Field(
+        default="union",
+        description="How the published mask combines with the computed one: replace (only the file), union "
+        "(masked when either masks) or override (the file where it lists a cell, computed elsewhere).",
+    )
+
+
+Weights = Literal["uniform", "cluster_size", "custom"]
+UnitKind = Literal["global", "group", "source"]
+ThresholdMode = Literal["fraction", "tokens", "min_score"]
+Method = Literal["score", "random"]
+Semantics = Literal["never_exceed", "reach"]
+
+
+class VariantConfig(_Frozen):
+    """One selection written side by side with the others from the same scores (MIRA-Global/Group/Source, Random)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Variant name (the variant column).")
+    unit: UnitKind = Field(default="global", description="Budget unit: global, group (scorer group) or source.")
+    mode: ThresholdMode = Field(default="tokens", description="fraction of documents, tokens, or min_score.")
+    method: Method = Field(default="score", description="score (composite order) or random (seeded hash order).")
+    fraction: float | None = Field(default=None, ge=0, le=1, description="mode fraction: documents kept per unit.")
+    unit_fractions: dict[str, float] = Field(
+        default_factory=dict, description="mode fraction: per-unit fractions (others take fraction)."
+    )
+    token_fraction: float | None = Field(
+        default=None, ge=0, le=1,
+        description="mode tokens: budget as this share of the tokens of every scored document (the same base "
+        "for score and random variants), split over units in proportion to their eligible tokens.",
+    )
+    token_budget: int | None = Field(default=None, ge=0, description="mode tokens: absolute total token budget.")
+    unit_token_budgets: dict[str, int] = Field(
+        default_factory=dict, description="mode tokens: a budget per unit instead of a split total."
+    )
+    min_score: float | None = Field(default=None, ge=0, le=100, description="mode min_score: keep composite >= this (0-100).")
+    semantics: Semantics = Field(
+        default="never_exceed",
+        description="never_exceed: kept tokens/documents stay within the budget; reach: up to the first "
+        "document that reaches it.",
+    )
+    tau: float | None = Field(
+        default=None, gt=0, description="Gumbel top-k temperature on the composite's 0-10 scale (diversity); none: plain top-k."
+    )
+    seed: int = Field(default=0, description="Seed of the random order and of the Gumbel noise.")
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> VariantConfig:
+        if self.mode == "fraction" and self.fraction is None and not self.unit_fractions:
+            raise ValueError(f"variant {self.name!r}: mode fraction needs fraction (0-1) or unit_fractions")
+        if self.mode == "tokens":
+            given = [k for k in ("token_fraction", "token_budget") if getattr(self, k) is not None]
+            given += ["unit_token_budgets"] if self.unit_token_budgets else []
+            if len(given) != 1:
+                raise ValueError(f"variant {self.name!r}: mode tokens needs exactly one of token_fraction, "
+                                 f"token_budget, unit_token_budgets (got {given or 'none'})")
+        if self.mode == "min_score" and self.min_score is None:
+            raise ValueError(f"variant {self.name!r}: mode min_score needs min_score (0-100)")
+        if self.method == "random" and self.mode == "min_score":
+            raise ValueError(f"variant {self.name!r}: method random has no score; use mode fraction or tokens")
+        if self.method == "random" and self.tau is not None:
+            raise ValueError(f"variant {self.name!r}: tau applies to method score only")
+        for unit, f in self.unit_fractions.items():
+            if not 0 <= f <= 1:
+                raise ValueError(f"variant {self.name!r}: unit_fractions[{unit}] = {f} must be between 0 and 1")
+        return self
+
+
+def _default_variants() -> tuple[VariantConfig, ...]:
+    return tuple(
+        VariantConfig(name=name, unit=unit, mode="tokens", token_fraction=0.5, method=method)
+        for name, unit, method in (("global", "global", "score"), ("group", "group", "score"),
+                                   ("source", "source", "score"), ("random", "global", "random"))
+    )
 
 
 class SelectionConfig(_Frozen):
-    retain_ratio: dict[str, float] = Field(default_factory=dict, description="Fraction kept per source.")
-    default_retain_ratio: float = Field(default=0.5, ge=0, le=1, description="For sources not listed.")
+    """Composite and thresholds (mira_spark/selection/aggregation.py, select.py, thresholds.py)."""
 
-    @field_validator("retain_ratio")
-    @classmethod
-    def _ratios(cls, value: dict[str, float]) -> dict[str, float]:
-        for source, ratio in value.items():
-            if not 0 <= ratio <= 1:
-                raise ValueError(f"retain_ratio[{source}] = {ratio} must be between 0 and 1")
-        return value
+    weights: Weights = Field(
+        default="uniform",
+        description="Dimension weights of the composite: uniform, cluster_size (the rubric's teacher cluster "
+        "sizes) or custom (custom_weights).",
+    )
+    custom_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="weights: custom: slot (A1..A15) or dimension name -> non-negative weight; unlisted: 0.",
+    )
+    overall_blend: float = Field(
+        default=0.0, ge=0, le=1, description="Share of the scorer's overall (0-100) blended into the composite."
+    )
+    veto_drop: bool = Field(default=False, description="Exclude documents the scorer recommends to drop.")
+    downsample_keep: float = Field(
+        default=1.0, ge=0, le=1,
+        description="Share of documents recommended 'downsample' that stay eligible (a hash sample of doc_id).",
+    )
+    seed: int = Field(default=0, description="Seed of the downsample hash.")
+    score_resolution: int = Field(default=10, ge=1, description="Score quanta per point (10: tenths).")
+    tokens_column: str | None = Field(
+        default=None,
+        description="Integer column of the documents table with each document's token count; none (or null "
+        "rows): the project's estimate (prompting/tokens.py), flagged tokens_estimated.",
+    )
+    variants: tuple[VariantConfig, ...] = Field(
+        default_factory=_default_variants, min_length=1,
+        description="Selections written side by side; default Global / Group / Source / Random at 50% of the tokens.",
+    )
 
-    def ratio_for(self, source: str) -> float:
-        return self.retain_ratio.get(source, self.default_retain_ratio)
+    @model_validator(mode="after")
+    def _check(self) -> SelectionConfig:
+        names = [v.name for v in self.variants]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"variant names must be unique; repeated: {dup}")
+        if self.weights == "custom" and not any(w > 0 for w in self.custom_weights.values()):
+            raise ValueError("weights: custom needs custom_weights with at least one positive weight")
+        bad = sorted(k for k, w in self.custom_weights.items() if w < 0)
+        if bad:
+            raise ValueError(f"custom_weights must be >= 0; negative for {bad}")
+        return self
 
 
 class TablesConfig(_Frozen):
@@ -514,6 +645,9 @@ def load_settings(path: str | Path, overrides: Mapping[str, Any] | None = None) 
             value = tables.get(key)
             if isinstance(value, str) and (key in ("root", "staging") or _is_path(value)):
                 tables[key] = _resolve(path.parent, value)
+    reliability = raw.get("reliability")
+    if isinstance(reliability, dict) and isinstance(reliability.get("published_mask"), str):
+        reliability["published_mask"] = _resolve(path.parent, reliability["published_mask"])
     if isinstance(raw.get("delta_jars"), list):
         raw["delta_jars"] = [_resolve(path.parent, str(jar)) for jar in raw["delta_jars"]]
     scorers_ref = raw.get("scorers_file", "scorers.yaml")

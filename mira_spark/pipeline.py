@@ -43,7 +43,7 @@ from mira_spark.prompting.rubric import Rubric, load_rubric
 from mira_spark.runstats import StageStats
 from mira_spark.scoring.accounting import wave_stats
 from mira_spark.scoring.stage import GroupPlan, ScoringPlan, score_documents
-from mira_spark.selection.aggregation import add_composite
+from mira_spark.selection.aggregation import add_composite, cell_weights, composite_plan
 from mira_spark.selection.reliability import compute_reliability
 from mira_spark.selection.select import Selection, select_documents
 from mira_spark.serving.canary import CanaryGuard
@@ -420,7 +420,8 @@ def open_run(spark: SparkSession, settings: Settings, run_id: str | None = None)
     summary = RunSummary(run_id=run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
     tables = Tables(spark, settings)
     groups = load_groups(settings)
-    docs = check_documents(tables.read(tables.documents), tables.documents.label)
+    docs = check_documents(tables.read(tables.documents), tables.documents.label,
+                           settings.selection.tokens_column)
     tables.ensure("raw_outputs", RAW_OUTPUTS_SCHEMA)
     tables.ensure("scores", SCORES_SCHEMA)
     return RunContext(spark, settings, tables, groups, summary, docs, _versions_df(spark, groups))
@@ -505,10 +506,11 @@ def _current_scores(ctx: RunContext) -> DataFrame:
 
 
 def reliability_stage(ctx: RunContext) -> None:
-    """Mask unreliable (source, dimension) cells.
+    """Mask unreliable (source, dimension) cells, with confidence intervals and shrinkage.
 
-    Reads ``scores`` (current prompt versions) and the validation (teacher) table. Overwrites
-    ``reliability`` (source, scorer, slot, dimension, n, mae, spearman, masked, reason, basis).
+    Reads ``scores`` (current prompt versions), the validation (teacher) table and, when configured,
+    ``reliability.published_mask``. Overwrites ``reliability`` (source, scorer, slot, dimension, n, mae,
+    mae_lo, mae_hi, spearman, spearman_lo, spearman_hi, ..., masked, reason, basis, mask_version).
     """
     tables = ctx.tables
     validation = tables.read(tables.validation) if tables.validation and tables.exists(tables.validation) else None
@@ -527,47 +529,69 @@ def _count_reliability(st: StageStats, cells: DataFrame) -> None:
         st.count(f"basis:{r['basis']}", n)
 
 
+def _mask_version(reliability: DataFrame) -> str | None:
+    versions = [r["mask_version"] for r in reliability.select("mask_version").distinct().collect()]
+    return versions[0] if len(versions) == 1 else None
+
+
 def composite_scores(ctx: RunContext) -> DataFrame:
-    """Current score rows with ``composite`` and ``dims_used`` added (reads the reliability table)."""
-    return add_composite(_current_scores(ctx), ctx.tables.read("reliability"))
+    """This run's routed score rows with ``score_key, composite (0-100), dims_used, weights_version,
+    mask_version, tokens, tokens_estimated`` (reads ``reliability`` and ``routing``)."""
+    tables = ctx.tables
+    if tables.exists("reliability") and "mask_version" not in tables.read("reliability").columns:
+        reliability_stage(ctx)  # a reliability table of the layout before masks were versioned
+    plan = composite_plan(ctx.groups.rubrics, ctx.settings.selection)
+    weights = cell_weights(ctx.spark, tables.read("reliability"), plan)
+    tokens = ctx._routing().filter(F.col("reason").isNull()).select("doc_id", "scorer", "tokens", "tokens_estimated")
+    scores = _current_scores(ctx).join(tokens, on=["doc_id", "scorer"], how="inner")
+    return add_composite(scores, weights, plan, ctx.settings.selection)
 
 
 def decide_stage(ctx: RunContext) -> Selection:
-    """Write ``thresholds`` and ``decisions``; return the selection whose kept rows ``selected`` gets."""
+    """Write ``thresholds`` and ``decisions`` for every variant; return the selection ``selected`` gets."""
     tables = ctx.tables
     if not tables.exists("reliability"):
         reliability_stage(ctx)
     scored = composite_scores(ctx)
+    plan = composite_plan(ctx.groups.rubrics, ctx.settings.selection)
     still_pending = pending_documents(ctx.routed, tables.read("scores"), ctx.versions)
-    selection = select_documents(ctx.spark, scored, ctx.rejected, still_pending, ctx.settings.selection)
+    selection = select_documents(ctx.spark, scored, ctx.rejected, still_pending, ctx.settings.selection, plan,
+                                 _mask_version(tables.read("reliability")))
     tables.overwrite(selection.thresholds, "thresholds", THRESHOLDS_SCHEMA)
     tables.overwrite(selection.decisions, "decisions", DECISIONS_SCHEMA)
     return selection
 
 
-def selected_stage(ctx: RunContext, selection: Selection) -> None:
-    """Write ``selected`` (the kept rows with their text: the one join that brings text here)."""
+def selected_stage(ctx: RunContext, selection: Selection) -> dict[str, dict[str, tuple[int, int]]]:
+    """Write ``selected`` (``variant`` + the kept rows with their text: the one join that brings text here).
+
+    Returns per variant and unit ``(n_kept, n_in)``.
+    """
     tables = ctx.tables
     # The text of the copy routing chose: with duplicate doc_ids in the input, joining on doc_id alone
     # would attach every copy's text to the one kept score row. Exact copies (same id, source, text)
     # match twice; routing counted them, and only then is the second match dropped (an aggregation over
     # the wide kept rows, which a corpus without exact copies never pays).
-    keys = selection.kept.drop("masked_slots").join(ctx.routed.select("doc_id", "scorer", "text_hash"),
-                                                     on=["doc_id", "scorer"], how="inner")
+    keys = selection.kept.join(ctx.routed.select("doc_id", "scorer", "text_hash"), on=["doc_id", "scorer"],
+                               how="inner")
     selected = attach_text(keys, ctx.docs)
     if ctx.summary.exact_copies:  # rare: only then is there a second match to drop
-        selected = selected.dropDuplicates(["doc_id", "scorer"])
+        selected = selected.dropDuplicates(["variant", "doc_id", "scorer"])
     selected = selected.drop("text_hash")
     tables.overwrite(selected, "selected", selected.schema)
-    for r in tables.read("thresholds").collect():
-        ctx.summary.kept[r["source"]] = (int(r["n_kept"]), int(r["n_in"]))
+    # TODO(summary owner): RunSummary.kept was source -> (kept, n_in) of the one selection; with variants it
+    # is "<variant>:<unit>" -> (kept, n_in) until RunSummary gets a per-variant field.
+    for variant, units in selection.counts.items():
+        for unit, counts in units.items():
+            ctx.summary.kept[f"{variant}:{unit}"] = counts
+    return selection.counts
 
 
 def select_stage(ctx: RunContext) -> None:
-    """Composite, thresholds, decisions and ``selected``.
+    """Composite, thresholds, decisions and ``selected``, for every variant of ``selection.variants``.
 
     Reads ``scores``, ``reliability``, ``routing`` (this run) and the kept documents' text. Overwrites
-    ``thresholds``, ``decisions`` (every input row once, with a reason) and ``selected``.
+    ``thresholds``, ``decisions`` (every input row once per variant, with a reason) and ``selected``.
     """
     selected_stage(ctx, decide_stage(ctx))
 

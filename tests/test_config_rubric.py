@@ -80,13 +80,19 @@ def test_deep_merge_recurses_and_copies() -> None:
     ("extra", "wants"),
     [
         ({"engine": "spark"}, ["engine", "'sail', 'local', 'connect' or 'active'", "'spark'"]),
-        ({"selection": {"retain_ratio": {"html_cpt": 1.5}}},
-         ["selection.retain_ratio", "retain_ratio[html_cpt] = 1.5 must be between 0 and 1"]),
+        ({"selection": {"variants": [{"name": "g", "mode": "fraction", "unit_fractions": {"html_cpt": 1.5}}]}},
+         ["selection.variants.0", "variant 'g': unit_fractions[html_cpt] = 1.5 must be between 0 and 1"]),
+        ({"selection": {"variants": [{"name": "t", "mode": "tokens"}]}},
+         ["selection.variants.0", "mode tokens needs exactly one of token_fraction, token_budget, unit_token_budgets"]),
+        ({"selection": {"variants": [{"name": "r", "mode": "min_score", "min_score": 50, "method": "random"}]}},
+         ["selection.variants.0", "method random has no score"]),
+        ({"reliability": {"mask_on": "ci"}}, ["reliability.mask_on", "'point', 'ci_strict' or 'ci_lenient'"]),
         ({"scoring": {"wave_size": 0}}, ["scoring.wave_size", "greater than or equal to 1", "(got 0)"]),
         ({"scoring": {"wave_sise": 10}}, ["scoring.wave_sise", "Extra inputs are not permitted"]),
         ({"colour": "blue"}, ["colour", "Extra inputs are not permitted"]),
     ],
-    ids=["engine", "retain_ratio", "wave_size", "nested_unknown_key", "unknown_key"],
+    ids=["engine", "unit_fraction", "tokens_budget_missing", "random_min_score", "mask_on", "wave_size",
+         "nested_unknown_key", "unknown_key"],
 )
 def test_invalid_run_config_names_file_key_and_allowed_values(tmp_path: Path, extra: dict, wants: list[str]) -> None:
     conf = _conf_dir(tmp_path)

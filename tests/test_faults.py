@@ -63,7 +63,7 @@ def assert_accounted(spark: Any, work: Path, res: ScenarioResult) -> None:
     scores = tables.read("scores")
     routed = res.routed
     assert scores.count() == scores.select("doc_id").distinct().count() == routed
-    assert tables.read("decisions").count() == res.documents_in
+    assert tables.read("decisions").count() == res.documents_in * len(tables.settings.selection.variants)
     # Documents that could not be sent were never requested.
     assert res.stopped is None
 

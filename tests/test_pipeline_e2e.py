@@ -18,7 +18,8 @@ from mira_spark.parsing import parse as parse_module
 from mira_spark.parsing.parse import parse_output
 from mira_spark.pipeline import load_groups, run_pipeline
 from mira_spark.prompting.tokens import estimate_tokens
-from mira_spark.selection.stats import composite, keep_count
+from mira_spark.selection.aggregation import composite_plan
+from mira_spark.selection.thresholds import ScoreKeyScale, score_key, split_largest_remainder, tie_hash
 from mira_spark.store.schemas import SCORES_SCHEMA
 from mira_spark.store.tables import Tables
 
@@ -107,16 +108,22 @@ def test_every_answer_is_parsed_once(runs: Runs) -> None:
     assert runs.batch_parses == 0  # nothing parses again after read-back
 
 
-def test_every_input_row_has_exactly_one_decision(spark: Any, runs: Runs) -> None:
+VARIANTS = ("global", "group", "source", "random")  # the default selection.variants
+
+
+def test_every_input_row_has_exactly_one_decision_per_variant(spark: Any, runs: Runs) -> None:
     tables = Tables(spark, runs.settings)
     docs = tables.read(tables.documents)
     decisions = tables.read("decisions")
-    assert decisions.count() == docs.count() == runs.first.documents_in
-    dup = decisions.groupBy("doc_id").count().filter("count > 1").count()
-    assert dup == 0
-    assert {r["doc_id"] for r in decisions.select("doc_id").collect()} == {
-        r["doc_id"] for r in docs.select("doc_id").collect()
-    }
+    assert decisions.count() == docs.count() * len(VARIANTS) == runs.first.documents_in * len(VARIANTS)
+    dup = decisions.groupBy("variant", "doc_id").count().filter("count > 1").count()
+    assert dup == 0  # the sample's duplicate doc_ids are distinct rows only through their source
+    doc_ids = {r["doc_id"] for r in docs.select("doc_id").collect()}
+    for variant in VARIANTS:
+        got = {r["doc_id"] for r in decisions.filter(f"variant = '{variant}'").select("doc_id").collect()}
+        assert got == doc_ids
+    reasons = {r["reason"] for r in decisions.select("reason").distinct().collect()}
+    assert {"selected", "below_threshold", "scoring_failed:empty_text", "no_scorer"} <= reasons
 
 
 def test_row_accounting_in_equals_ok_plus_failed(runs: Runs) -> None:
@@ -164,34 +171,61 @@ def test_unreliable_dimensions_are_masked(spark: Any, runs: Runs) -> None:
         assert (source, "A14") in masked and (source, "A15") in masked
         assert not any((source, f"A{i}") in masked for i in range(1, 14))
     assert all(r["n"] >= 20 for r in rel)
+    assert len({r["mask_version"] for r in rel}) == 1
+    ci = [r for r in rel if r["spearman_lo"] is not None]
+    assert ci and all(r["spearman_lo"] <= r["spearman"] <= r["spearman_hi"] for r in ci)
+    assert all(r["mae_lo"] <= r["mae"] <= r["mae_hi"] for r in rel if r["mae_lo"] is not None)
+
+
+def _brute_force_kept(items: list[tuple[int, int, str, int]], budget: int) -> set[str]:
+    """Sort a unit's (key, tie_hash, doc_id, tokens) rows and keep the prefix within ``budget`` tokens."""
+    kept, cum = set(), 0
+    for _k, _h, doc_id, tokens in sorted(items, key=lambda x: (-x[0], x[1], x[2])):
+        if cum + tokens > budget:
+            break
+        cum += tokens
+        kept.add(doc_id)
+    return kept
 
 
 def test_thresholds_are_exact_and_reproducible(spark: Any, runs: Runs) -> None:
-    """Recompute composite, ranks and keep counts in pure Python from the stored scores and mask."""
+    """Recompute keys, budgets and the kept sets of the score variants with a plain sort + cumulative sum."""
     tables = Tables(spark, runs.settings)
+    rubrics = load_groups(runs.settings).rubrics
+    plan = composite_plan(rubrics, runs.settings.selection)
     masks = {(r["source"], r["slot"]) for r in tables.read("reliability").collect() if r["masked"]}
-    scores = tables.read("scores").collect()
-    decisions = {r["doc_id"]: r for r in tables.read("decisions").collect()}
-    thresholds = {r["source"]: r for r in tables.read("thresholds").collect()}
-    by_source: dict[str, list[tuple[float, str]]] = {}
-    for row in scores:
-        comp = composite([row[f"a{i}_score"] for i in range(1, 16)],
-                         [(row["source"], f"A{i}") in masks for i in range(1, 16)])
-        if row["status"] == "ok" and row["parse_status"] in ("ok", "partial") and comp is not None:
-            by_source.setdefault(row["source"], []).append((comp, row["doc_id"]))
-            assert decisions[row["doc_id"]]["composite"] == pytest.approx(comp)
-    for source, items in by_source.items():
-        ratio = runs.settings.selection.ratio_for(source)
-        k = keep_count(len(items), ratio)
-        t = thresholds[source]
-        assert (t["n_eligible"], t["n_kept"]) == (len(items), k)
-        kept = {d for d, r in decisions.items() if r["source"] == source and r["decision"] == "kept"}
-        assert len(kept) == k
-        best = sorted(items, key=lambda x: -x[0])
-        cut = best[k - 1][0]
-        assert t["threshold"] == pytest.approx(cut)
-        assert all(c >= cut for c, d in items if d in kept)
-        assert all(c <= cut for c, d in items if d not in kept)
+    scores = {(r["doc_id"], r["scorer"]): r for r in tables.read("scores").collect()}
+    decisions = tables.read("decisions").collect()
+    thresholds = {(r["variant"], r["unit"]): r for r in tables.read("thresholds").collect()}
+    assert {v for v, _ in thresholds} == set(VARIANTS)
+    scored_tokens = sum(d["tokens"] for d in decisions if d["variant"] == "global" and d["tokens"] is not None
+                        and not d["reason"].startswith(("scoring_failed", "parse_failed")))
+    budget = scored_tokens // 2
+    checked = 0
+    for variant in ("global", "group", "source"):
+        rows = [d for d in decisions if d["variant"] == variant and d["composite"] is not None]
+        units: dict[str, list[tuple[int, int, str, int]]] = {}
+        for d in rows:
+            s = scores[(d["doc_id"], d["scorer"])]
+            scale = ScoreKeyScale(plan.weights[d["scorer"]], plan.resolution, plan.multiplier, plan.exact)
+            key = 10 * plan.blend[1] * score_key([s[f"a{i}_score"] for i in range(1, 16)], scale,
+                                                 [(d["source"], f"A{i}") in masks for i in range(1, 16)])
+            assert d["composite"] == pytest.approx(plan.composite(key))
+            units.setdefault(d["unit"], []).append((key, tie_hash(d["doc_id"]), d["doc_id"], d["tokens"]))
+        unit_tokens = {u: sum(t for *_x, t in items) for u, items in units.items()}
+        budgets = split_largest_remainder(budget, unit_tokens)
+        for unit, items in units.items():
+            want = _brute_force_kept(items, budgets[unit])
+            got = {d["doc_id"] for d in rows if d["unit"] == unit and d["decision"] == "kept"}
+            assert got == want and want
+            t = thresholds[(variant, unit)]
+            assert (t["budget"], t["n_kept"], t["tokens_kept"]) == (
+                budgets[unit], len(want), sum(x[3] for x in items if x[2] in want))
+            assert t["tokens_kept"] <= t["budget"] and t["tokens_estimated"]
+            assert t["threshold"] == pytest.approx(min(d["composite"] for d in rows
+                                                       if d["unit"] == unit and d["doc_id"] in want))
+            checked += 1
+    assert checked >= 1 + 1 + 2  # one global unit, >= 1 group, >= 2 sources
 
 
 def test_selected_table_holds_kept_documents_with_text(spark: Any, runs: Runs) -> None:
@@ -199,8 +233,10 @@ def test_selected_table_holds_kept_documents_with_text(spark: Any, runs: Runs) -
     selected = tables.read("selected")
     kept = tables.read("decisions").filter("decision = 'kept'")
     assert selected.count() == kept.count() == sum(k for k, _ in runs.first.kept.values())
-    assert {"doc_id", "text", "composite", "a1_score"} <= set(selected.columns)
+    assert {"variant", "doc_id", "text", "composite", "a1_score", "mask_version", "weights_version"} <= set(
+        selected.columns)
     assert selected.filter("text is null").count() == 0
+    assert {r["variant"] for r in selected.select("variant").distinct().collect()} == set(VARIANTS)
 
 
 def test_views_answer_sql(spark: Any, runs: Runs) -> None:
@@ -210,8 +246,11 @@ def test_views_answer_sql(spark: Any, runs: Runs) -> None:
         "SELECT DISTINCT slot FROM scores_long WHERE masked ORDER BY slot"
     ).collect()
     assert [r["slot"] for r in masked] == ["A14", "A15"]
-    top = spark.sql("SELECT source, count(*) AS n FROM mira_selected GROUP BY source").collect()
-    assert {r["source"]: r["n"] for r in top} == {s: k for s, (k, _) in runs.first.kept.items()}
+    top = spark.sql("SELECT variant, count(*) AS n FROM mira_selected GROUP BY variant").collect()
+    per_variant: dict[str, int] = {}
+    for key, (k, _n) in runs.first.kept.items():
+        per_variant[key.split(":")[0]] = per_variant.get(key.split(":")[0], 0) + k
+    assert {r["variant"]: r["n"] for r in top} == per_variant
 
 
 def test_rerun_sends_nothing_and_adds_nothing(runs: Runs) -> None:

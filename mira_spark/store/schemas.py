@@ -173,38 +173,76 @@ RELIABILITY = (
     Column("scorer", "string", False),
     Column("slot", "string", False),
     Column("dimension", "string", False),
-    Column("n", "long", False),
-    Column("mae", "double"),
+    Column("n", "long", False),  # validation pairs of the cell
+    Column("mae", "double"),  # the cell's own (raw) estimates and 95% intervals
+    Column("mae_lo", "double"),
+    Column("mae_hi", "double"),
     Column("spearman", "double"),
+    Column("spearman_lo", "double"),
+    Column("spearman_hi", "double"),
+    Column("ci_method", "string"),  # fisher (Bonett-Wright) or bootstrap (few distinct teacher values)
+    Column("mae_shrunk", "double"),  # toward the scorer group: (n MAE_s + kappa MAE_g) / (n + kappa)
+    Column("spearman_shrunk", "double"),  # DerSimonian-Laird BLUP on Fisher z within the group
+    Column("shrink_weight", "double"),
+    Column("used_mae", "double"),  # what the mask rule saw (from the basis), and its intervals
+    Column("used_mae_lo", "double"),
+    Column("used_mae_hi", "double"),
+    Column("used_spearman", "double"),
+    Column("used_spearman_lo", "double"),
+    Column("used_spearman_hi", "double"),
+    Column("computed_masked", "bool", False),  # the rule's decision before a published mask
     Column("masked", "bool", False),
+    Column("mask_origin", "string", False),  # computed | published | both | published:unlisted
     Column("reason", "string", False),
-    Column("basis", "string", False),
+    Column("basis", "string", False),  # source | group | global | none
+    Column("mask_version", "string", False),
 )
 
 THRESHOLDS = (
-    Column("source", "string", False),
-    Column("scorer", "string"),
-    Column("retain_ratio", "double", False),
-    Column("threshold", "double"),
-    Column("n_in", "long", False),
-    Column("n_eligible", "long", False),
+    Column("variant", "string", False),
+    Column("unit_kind", "string", False),  # global | group | source
+    Column("unit", "string", False),
+    Column("mode", "string", False),  # fraction | tokens | min_score
+    Column("method", "string", False),  # score | random
+    Column("semantics", "string", False),  # never_exceed | reach
+    Column("tau", "double"),
+    Column("budget_measure", "string", False),  # documents | tokens | none
+    Column("budget", "long", False),
+    Column("threshold", "double"),  # lowest kept composite (0-100); the lowest kept order key for random/tau
+    Column("threshold_key", "long"),
+    Column("n_in", "long", False),  # eligible rows of the unit
     Column("n_kept", "long", False),
-    Column("kept_fraction", "double"),
+    Column("tokens_in", "long", False),
+    Column("tokens_kept", "long", False),
+    Column("kept_fraction", "double"),  # n_kept / n_in
+    Column("tokens_kept_fraction", "double"),
+    Column("budget_met", "bool"),  # null for min_score
+    Column("tokens_estimated", "bool", False),  # some of the unit's token counts are estimates
+    Column("mask_version", "string"),
+    Column("weights_version", "string"),
 )
 
 DECISIONS = (
+    Column("variant", "string", False),
     Column("doc_id", "string"),
     Column("source", "string"),
     Column("scorer", "string"),
-    Column("decision", "string", False),
+    Column("unit", "string"),
+    Column("decision", "string", False),  # kept | excluded
     Column("reason", "string", False),
-    Column("composite", "double"),
-    Column("source_rank", "long"),
+    Column("composite", "double"),  # 0-100
+    Column("dims_used", "int"),
+    Column("tokens", "long"),
+    Column("tokens_estimated", "bool"),
     Column("threshold", "double"),
+    Column("mask_version", "string"),
+    Column("weights_version", "string"),
 )
 
 # Every input row once, narrow (no text): routed rows have a scorer and no reason (appended once per run,
-# partitioned by run_id, deleted when the run ends).
+# partitioned by run_id, deleted when the run ends). ``tokens``: the documents table's tokens column
+# (selection.tokens_column) or, where it has none, the project's estimate (prompting/tokens.py),
+# computed in the same scan that hashes the text.
 ROUTING = (
     Column("run_id", "string", False),
     Column("doc_id", "string"),
@@ -213,6 +251,8 @@ ROUTING = (
     Column("reason", "string"),
     Column("text_hash", "long", False),
     Column("exact_copy", "bool", False),  # a duplicate whose source and text equal the routed copy's
+    Column("tokens", "long", False),
+    Column("tokens_estimated", "bool", False),
 )
 
 # Documents a run will score and the wave each belongs to (appended once at the start of a run).
