@@ -643,15 +643,30 @@ def run_stages(ctx: RunContext, names: Sequence[str] | None = None, around: Stag
                 stage.run(ctx)
             st.seconds += time.perf_counter() - began
     if "select" in wanted:
-        _count_selection(ctx.summary)
+        _count_selection(ctx)
 
 
-def _count_selection(summary: RunSummary) -> None:
+def _count_selection(ctx: RunContext) -> None:
+    """rows_in: the documents every variant decides on; rows_out: kept rows over all variants (``selected``);
+    counts per ``<variant>:<unit>`` (``kept:``, ``in:``) and per variant (``tokens_kept:``, ``tokens_in:``,
+    ``budget_missed:``) from the thresholds table (one row per variant and unit: small)."""
+    summary = ctx.summary
     st = summary.stage("select")
+    st.rows_in = summary.documents_in
     for unit, (kept, n_in) in summary.kept.items():
-        st.rows_in += n_in
         st.rows_out += kept
         st.count(f"kept:{unit}", kept)
+        st.count(f"in:{unit}", n_in)
+    if not ctx.tables.exists("thresholds"):
+        return
+    per_variant = ctx.tables.read("thresholds").groupBy("variant").agg(
+        F.sum("tokens_kept").alias("kept"), F.sum("tokens_in").alias("tokens_in"),
+        F.sum(F.when(F.col("budget_met") == F.lit(False), 1).otherwise(0)).alias("missed"),
+    ).collect()
+    for r in per_variant:
+        st.count(f"tokens_kept:{r['variant']}", int(r["kept"] or 0))
+        st.count(f"tokens_in:{r['variant']}", int(r["tokens_in"] or 0))
+        st.count(f"budget_missed:{r['variant']}", int(r["missed"] or 0))
 
 
 def finish_run(ctx: RunContext, started: float) -> RunSummary:

@@ -188,8 +188,17 @@ def summary_lines(run_id: str, stages: Mapping[str, StageStats], stopped: str | 
         lines.append(f"  reliability  {rel.rows_out} cells, {rel.counts.get('masked', 0)} masked; basis: "
                      f"{_fmt(rel.by_prefix('basis'))}  ({rel.seconds:.1f}s)")
     if (sel := stages.get("select")) is not None:
-        lines.append(f"  select       {sel.rows_out} kept of {sel.rows_in}  ({sel.seconds:.1f}s)")
-        lines += [f"    kept {k:<16} {v}" for k, v in sorted(sel.by_prefix("kept").items())]
+        lines.append(f"  select       {sel.rows_in} documents; {sel.rows_out} kept rows over all variants  "
+                     f"({sel.seconds:.1f}s)")
+        tokens_in, missed = sel.by_prefix("tokens_in"), sel.by_prefix("budget_missed")
+        for variant, kept in sorted(sel.by_prefix("tokens_kept").items()):
+            share = kept / tokens_in[variant] if tokens_in.get(variant) else 0.0
+            budget = f"budget missed in {missed[variant]} units" if missed.get(variant) else "budget met"
+            lines.append(f"    {variant:<12} {kept:>12,} of {tokens_in.get(variant, 0):,} tokens kept ({share:.1%}), "
+                         f"{budget}")
+        n_in = sel.by_prefix("in")
+        lines += [f"    kept {k:<28} {v} of {n_in.get(k, '?')} documents"
+                  for k, v in sorted(sel.by_prefix("kept").items())]
     if stopped:
         lines.append(f"  STOPPED: {stopped}")
     return lines

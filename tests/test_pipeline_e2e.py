@@ -287,3 +287,16 @@ def test_parse_all_reparses_raw_text_after_a_parser_change(spark: Any, runs: Run
     assert ok_counts() == 0
     run_pipeline(spark, runs.settings, run_id="reparse", stages=["parse"], reparse_all=True)
     assert ok_counts() == before
+
+
+def test_run_stats_select_row_holds_each_variants_tokens(spark: Any, runs: Runs) -> None:
+    from mira_spark.pipeline import read_run_stats
+
+    tables = Tables(spark, runs.settings)
+    select = read_run_stats(tables, "first")["select"]
+    thresholds = tables.read("thresholds").toPandas()
+    by_variant = thresholds.groupby("variant")[["tokens_kept", "tokens_in"]].sum()
+    assert len(by_variant) >= 4  # global, group, source, random
+    assert select.by_prefix("tokens_kept") == {v: int(t) for v, t in by_variant["tokens_kept"].items()}
+    assert select.by_prefix("tokens_in") == {v: int(t) for v, t in by_variant["tokens_in"].items()}
+    assert select.rows_in == runs.first.documents_in and select.rows_out == int(thresholds["n_kept"].sum())
