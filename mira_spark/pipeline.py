@@ -35,7 +35,7 @@ from pyspark.sql import functions as F
 from mira_spark.config import Settings
 from mira_spark.errors import PoolUnavailableError
 from mira_spark.ingest.documents import attach_text, check_documents, route
-from mira_spark.parsing.stage import parse_raw_outputs
+from mira_spark.parsing.stage import reparse_raw_outputs, score_rows
 from mira_spark.prompting.prompts import PromptBuilder
 from mira_spark.prompting.rubric import Rubric, load_rubric
 from mira_spark.scoring.stage import GroupPlan, ScoringPlan, score_documents
@@ -165,7 +165,7 @@ def recover_unmerged(tables: Tables, groups: Groups) -> int:
     n = orphans.select(*SCORE_KEYS).distinct().count()
     if n:
         log.info("recovering %d raw outputs committed by an earlier run but not merged", n)
-        tables.merge(parse_raw_outputs(orphans, groups.rubrics), "scores", SCORES_SCHEMA, SCORE_KEYS)
+        tables.merge(score_rows(orphans), "scores", SCORES_SCHEMA, SCORE_KEYS)
     return n
 
 
@@ -281,7 +281,7 @@ def _run_waves(tables: Tables, settings: Settings, groups: Groups, queue: DataFr
         else:
             tables.append(raw, "raw_outputs", RAW_OUTPUTS_SCHEMA)  # the wave's one scoring action
         wave_raw = tables.read("raw_outputs").filter((F.col("run_id") == run_id) & (F.col("wave") == wave))
-        tables.merge(parse_raw_outputs(wave_raw, groups.rubrics), "scores", SCORES_SCHEMA, SCORE_KEYS)
+        tables.merge(score_rows(wave_raw), "scores", SCORES_SCHEMA, SCORE_KEYS)
         summary.waves += 1
         if staging:
             tables.drop_staging(staging)
@@ -423,7 +423,7 @@ def parse_stage(ctx: RunContext) -> int:
         ctx.summary.parsed = recover_unmerged(ctx.tables, ctx.groups)
         return ctx.summary.parsed
     raw = ctx.tables.read("raw_outputs").join(F.broadcast(ctx.versions), ["scorer", "prompt_version"])
-    ctx.tables.merge(parse_raw_outputs(raw, ctx.groups.rubrics), "scores", SCORES_SCHEMA, SCORE_KEYS)
+    ctx.tables.merge(reparse_raw_outputs(raw, ctx.groups.rubrics), "scores", SCORES_SCHEMA, SCORE_KEYS)
     ctx.summary.parsed = ctx.tables.read("scores").count()
     return ctx.summary.parsed
 

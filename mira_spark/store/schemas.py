@@ -116,8 +116,8 @@ DOCUMENTS = (
     Column("text", "string"),
 )
 
-# What the scoring stage adds per document (one row per input row of a wave): its mapInArrow batches.
-RAW_OUTPUT = (
+# What the scoring stage learns per document (one row per input row of a wave): the request's outcome ...
+ANSWER = (
     Column("doc_id", "string", False),
     Column("source", "string"),
     Column("scorer", "string", False),
@@ -128,6 +128,7 @@ RAW_OUTPUT = (
     Column("attempts", "int", False),
     Column("repairs", "int", False),
     Column("wasted_requests", "int", False),
+    Column("retry_causes", "strings"),  # error code of each retried send (http_429, timeout, connection_error, ...)
     Column("endpoint", "string"),
     Column("latency_s", "double"),
     Column("prompt_tokens", "long"),
@@ -140,6 +141,10 @@ RAW_OUTPUT = (
     Column("kept_chars", "long"),
     Column("est_prompt_tokens", "long"),
 )
+# ... and the answer parsed once, in the task (the check that decides on repairs parses it anyway): the
+# mapInArrow batches carry both, so nothing downstream parses an answer again (except `parse --all`
+# after a parser change).
+RAW_OUTPUT = (*ANSWER, *score_columns())
 _RUN_COLUMNS = (Column("run_id", "string", False), Column("wave", "int", False), Column("scored_at", "timestamp", False))
 RAW_OUTPUTS = (*RAW_OUTPUT, *_RUN_COLUMNS)
 
@@ -226,6 +231,7 @@ RUN_STATS = (
     Column("recorded_at", "timestamp", False),
 )
 
+ANSWER_ARROW_SCHEMA = arrow_schema(ANSWER)  # the request side of the scoring stage's batches
 RAW_OUTPUT_ARROW_SCHEMA = arrow_schema(RAW_OUTPUT)  # the scoring stage's mapInArrow batches
 SCORES_ARROW_SCHEMA = arrow_schema(SCORES)  # the parse stage's mapInArrow batches
 
