@@ -48,6 +48,8 @@ def _load(args) -> object:
         overrides["engine"] = args.engine
     if getattr(args, "retry_failed", False):
         overrides["scoring"] = {"rescore_errors": list(TRANSIENT_ERRORS)}
+    if getattr(args, "wait_for_lease", False):
+        overrides["lease"] = {"wait": True}
     return load_settings(args.config, overrides)
 
 
@@ -139,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", required=True, help="conf/<name>.yaml")
         p.add_argument("--engine", choices=["sail", "local", "connect", "active"], help="override engine:")
         p.add_argument("--run-id", default=None, help="id recorded in raw_outputs and run_stats")
+        p.add_argument("--wait-for-lease", action="store_true",
+                       help="when another live run holds the table root, wait for it instead of refusing")
         if name in ("run", "score"):
             p.add_argument("--retry-failed", action="store_true",
                            help="send again documents whose scoring failed transiently (5xx, 429, timeouts)")

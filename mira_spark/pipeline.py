@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 
 from mira_spark.config import Settings
-from mira_spark.errors import PoolUnavailableError
+from mira_spark.errors import DuplicateAttemptsError, PoolUnavailableError
 from mira_spark.ingest.documents import attach_text, check_documents, route
 from mira_spark.parsing.stage import reparse_raw_outputs, score_rows
 from mira_spark.prompting.prompts import PromptBuilder
@@ -46,7 +46,9 @@ from mira_spark.serving.health import check_pool_reachable
 from mira_spark.serving.plan import plan_in_flight
 from mira_spark.serving.preflight import check_served_models
 from mira_spark.serving.secrets import resolve_api_key
+from mira_spark.store import journal
 from mira_spark.store.engines import default_parallelism, open_session
+from mira_spark.store.lease import Lease, run_lease
 from mira_spark.store.schemas import (
     DECISIONS_SCHEMA,
     RAW_OUTPUTS_SCHEMA,
@@ -85,6 +87,9 @@ class RunSummary:
     truncated: int = 0
     kept: dict[str, tuple[int, int]] = field(default_factory=dict)  # source -> (kept, n_in)
     scoring_s: float = 0.0
+    journal_folded: int = 0  # answers a dead run had journaled, committed at this run's start unasked
+    resent_requests: int = 0  # requests sent again because an earlier attempt died with them in flight
+    resent_completion_tokens: int = 0  # ... and the completion tokens those answers cost again
     wall_s: float = 0.0
     stopped: str | None = None
 
@@ -169,6 +174,59 @@ def recover_unmerged(tables: Tables, groups: Groups) -> int:
     return n
 
 
+def fold_journal(tables: Tables, root: str, run_id: str) -> int:
+    """Commit what dead runs journaled but never committed, so none of it is requested again.
+
+    Every journaled row whose key is in neither ``scores`` nor ``raw_outputs`` (ok/failed) is appended to
+    ``raw_outputs`` under the run and wave that paid for it (then :func:`recover_unmerged` MERGEs it); the
+    dead runs' in-flight lists are kept for this run's waste accounting and their files removed. Runs only
+    under the table root's lease, so every other run's journal is a dead run's.
+    """
+    dead = [r for r in journal.journal_runs(root) if r != run_id]
+    if not dead:
+        return 0
+    rows = journal.read_journal(root, origin=True)
+    n = 0
+    if rows.num_rows:
+        run_col, wave_col = journal.ORIGIN_COLUMNS
+        df = tables.spark.createDataFrame(rows).withColumnRenamed(run_col, "run_id").withColumnRenamed(
+            wave_col, "wave").withColumn("scored_at", F.current_timestamp())
+        final = F.col("status").isin("ok", "failed")
+        known = tables.read("raw_outputs").filter(final).select(*SCORE_KEYS).unionByName(
+            tables.read("scores").select(*SCORE_KEYS))
+        fresh = df.join(known, on=list(SCORE_KEYS), how="left_anti")
+        n = fresh.count()
+        if n:
+            log.info("committing %d answers journaled by dead runs %s (not requested again)", n, dead)
+            tables.append(fresh, "raw_outputs", RAW_OUTPUTS_SCHEMA)
+    kept = journal.retire_runs(root, run_id, dead)
+    if kept:
+        log.info("%d requests were in flight when runs %s died; this run counts what it sends again", kept, dead)
+    return n
+
+
+def check_duplicate_attempts(spark: SparkSession, journaled: bool) -> None:
+    """Refuse Spark settings that launch duplicate scoring attempts unless the journal makes them free."""
+    def get(key: str) -> str | None:
+        try:
+            return spark.conf.get(key, None)
+        except Exception:  # a Connect server that does not expose the key: not set
+            return None
+
+    found = journal.duplicate_attempt_settings(get)
+    if not found:
+        return
+    if journaled:
+        log.info("%s: a duplicate scoring attempt waits for the first one and reuses its journal", found)
+        return
+    raise DuplicateAttemptsError(
+        f"{', '.join(found)} launches duplicate scoring attempts that would each send (and bill) the same "
+        "requests; set spark.speculation=false for this job (spark-submit --conf spark.speculation=false, or "
+        "the cluster's Spark config), or enable the request journal (journal.enabled: true with tables.root "
+        "or tables.staging)"
+    )
+
+
 WAVE_TAIL_IDLE_WARN = 0.02
 # Pending keys (doc_id, source, scorer, hash: ~60 bytes each) up to this many are broadcast to the text
 # join, so the documents are read once and never shuffled.
@@ -209,11 +267,12 @@ def wave_tail_idle(wave_docs: int, in_flight: int) -> float:
 
 
 def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: DataFrame, docs: DataFrame,
-                run_id: str, summary: RunSummary) -> None:
+                run_id: str, summary: RunSummary, lease: Lease | None = None) -> None:
     spark = tables.spark
     n_pending = summary.pending_before
     if n_pending == 0:
         return
+    check_duplicate_attempts(spark, journal.journal_root(settings) is not None)
     concurrent = default_parallelism(spark)
     tasks = settings.scoring.tasks or plan_tasks(settings, concurrent)
     plan = make_plan(settings, groups, min(tasks, concurrent))
@@ -251,13 +310,23 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
     tables.append(work, "work_queue", WORK_QUEUE_SCHEMA, partition_by=("run_id", "wave"))
     queue = tables.read("work_queue").filter(F.col("run_id") == run_id)
     try:
-        _run_waves(tables, settings, groups, queue, plan, tasks, checked, n_waves, run_id, summary)
+        _run_waves(tables, settings, groups, queue, plan, tasks, checked, n_waves, run_id, summary, lease)
     finally:
         tables.delete_run("work_queue", run_id)
 
 
+def _wave_journal(settings: Settings, run_id: str, wave: int) -> journal.JournalSpec | None:
+    root = journal.journal_root(settings)
+    if root is None:
+        return None
+    cfg = settings.journal
+    return journal.JournalSpec(root=root, run_id=run_id, wave=wave, flush_rows=cfg.flush_rows, flush_s=cfg.flush_s,
+                               claim_stale_s=cfg.claim_stale_s, claim_heartbeat_s=cfg.claim_heartbeat_s)
+
+
 def _run_waves(tables: Tables, settings: Settings, groups: Groups, queue: DataFrame, plan: ScoringPlan,
-               tasks: int, checked: dict, n_waves: int, run_id: str, summary: RunSummary) -> None:
+               tasks: int, checked: dict, n_waves: int, run_id: str, summary: RunSummary,
+               lease: Lease | None = None) -> None:
     started = time.perf_counter()
     for wave in range(n_waves):
         if wave > 0 and checked:
@@ -271,18 +340,28 @@ def _run_waves(tables: Tables, settings: Settings, groups: Groups, queue: DataFr
                 )
                 break
         wave_docs = queue.filter(F.col("wave") == wave).select("doc_id", "source", "scorer", "text")
-        raw = score_documents(wave_docs, plan, tasks).select(
+        spec = _wave_journal(settings, run_id, wave)
+        raw = score_documents(wave_docs, replace(plan, journal=spec), tasks).select(
             "*", F.lit(run_id).alias("run_id"), F.lit(wave).alias("wave"), F.current_timestamp().alias("scored_at")
         )
         staging = tables.staging_path(run_id, wave)
+        if lease is not None:
+            lease.check()  # taken over while this wave was planned: stop before scoring and committing it
         if staging:
             staged = tables.write_staging(raw, staging, RAW_OUTPUTS_SCHEMA)  # the wave's one scoring action
+            if lease is not None:
+                lease.check()
             tables.append(staged, "raw_outputs", RAW_OUTPUTS_SCHEMA)  # retry-safe: re-reads the files
         else:
             tables.append(raw, "raw_outputs", RAW_OUTPUTS_SCHEMA)  # the wave's one scoring action
         wave_raw = tables.read("raw_outputs").filter((F.col("run_id") == run_id) & (F.col("wave") == wave))
         tables.merge(score_rows(wave_raw), "scores", SCORES_SCHEMA, SCORE_KEYS)
         summary.waves += 1
+        if spec is not None:  # the wave is committed: what its attempts re-sent, then its journal goes
+            waste = journal.wave_waste(spec)
+            summary.resent_requests += waste.resent_requests
+            summary.resent_completion_tokens += waste.resent_completion_tokens
+            journal.clear_wave(spec)
         if staging:
             tables.drop_staging(staging)
         counts = wave_raw.groupBy("status").agg(F.count(F.lit(1)).alias("n")).collect()
@@ -325,7 +404,9 @@ def _write_run_stats(tables: Tables, summary: RunSummary) -> None:
         ("score", "requests_sent", summary.requests_sent), ("score", "rows_scored", summary.rows_scored),
         ("score", "scored_ok", summary.scored_ok), ("score", "deferred", summary.deferred),
         ("score", "truncated", summary.truncated), ("score", "recovered_raw", summary.recovered_raw),
-        ("score", "seconds", summary.scoring_s),
+        ("score", "seconds", summary.scoring_s), ("score", "journal_folded", summary.journal_folded),
+        ("score", "resent_requests", summary.resent_requests),
+        ("score", "resent_completion_tokens", summary.resent_completion_tokens),
     ]
     rows += [("route", f"rejected:{k}", v) for k, v in summary.rejected.items()]
     rows += [("score", f"failed:{k}", v) for k, v in summary.failed.items()]
@@ -349,6 +430,7 @@ class RunContext:
     versions: DataFrame
     routing: DataFrame | None = None  # set by the route stage: this run's rows of the routing table
     reparse_all: bool = False  # parse stage: re-parse every raw output (after a parser fix)
+    lease: Lease | None = None  # the table root's run lease, held from open_run to finish_run
 
     def _routing(self) -> DataFrame:
         if self.routing is None:
@@ -367,14 +449,31 @@ class RunContext:
 
 
 def open_run(spark: SparkSession, settings: Settings, run_id: str | None = None) -> RunContext:
-    """Check the documents table and make sure the score tables exist; stages do the rest."""
+    """Take the table root's lease, check the documents table and make sure the score tables exist.
+
+    Raises :class:`~mira_spark.errors.LeaseHeldError` naming the live holder when another run holds the
+    lease (``lease.wait``: wait for it instead). The lease is released by :func:`finish_run` (or
+    :func:`run_pipeline` when a stage fails).
+    """
     summary = RunSummary(run_id=run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
+    lease = run_lease(settings, summary.run_id)
+    if lease is not None:
+        lease.acquire(wait=settings.lease.wait, wait_limit_s=settings.lease.wait_limit_s)
+    try:
+        return _open_run(spark, settings, summary, lease)
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
+
+
+def _open_run(spark: SparkSession, settings: Settings, summary: RunSummary, lease: Lease | None) -> RunContext:
     tables = Tables(spark, settings)
     groups = load_groups(settings)
     docs = check_documents(tables.read(tables.documents), tables.documents.label)
     tables.ensure("raw_outputs", RAW_OUTPUTS_SCHEMA)
     tables.ensure("scores", SCORES_SCHEMA)
-    return RunContext(spark, settings, tables, groups, summary, docs, _versions_df(spark, groups))
+    return RunContext(spark, settings, tables, groups, summary, docs, _versions_df(spark, groups), lease=lease)
 
 
 def route_stage(ctx: RunContext) -> None:
@@ -406,11 +505,14 @@ def score_stage(ctx: RunContext) -> None:
     text once, for the pending rows. Writes ``work_queue`` (this run, deleted at the end), appends
     ``raw_outputs`` (one Spark action per wave) and MERGEs each wave into ``scores``.
     """
+    root = journal.journal_root(ctx.settings)
+    if root is not None:
+        ctx.summary.journal_folded = fold_journal(ctx.tables, root, ctx.summary.run_id)
     ctx.summary.recovered_raw = recover_unmerged(ctx.tables, ctx.groups)
     pending = pending_documents(ctx.routed, ctx.tables.read("scores"), ctx.versions,
                                 tuple(ctx.settings.scoring.rescore_errors))
     ctx.summary.pending_before = pending.count()
-    score_waves(ctx.tables, ctx.settings, ctx.groups, pending, ctx.docs, ctx.summary.run_id, ctx.summary)
+    score_waves(ctx.tables, ctx.settings, ctx.groups, pending, ctx.docs, ctx.summary.run_id, ctx.summary, ctx.lease)
     _collect_run_counts(ctx.tables, ctx.summary.run_id, ctx.summary)
 
 
@@ -541,7 +643,17 @@ def finish_run(ctx: RunContext, started: float) -> RunSummary:
     if ctx.routing is not None:
         ctx.tables.delete_run("routing", ctx.summary.run_id)
     register_views(ctx.spark, ctx.tables, ctx.groups.rubrics)
+    root = journal.journal_root(ctx.settings)
+    if root is not None:
+        journal.clear_run(root, ctx.summary.run_id)
+    release_run(ctx)
     return ctx.summary
+
+
+def release_run(ctx: RunContext) -> None:
+    """Release the table root's lease (idempotent)."""
+    if ctx.lease is not None:
+        ctx.lease.release()
 
 
 def run_pipeline(spark: SparkSession, settings: Settings, run_id: str | None = None,
@@ -551,8 +663,11 @@ def run_pipeline(spark: SparkSession, settings: Settings, run_id: str | None = N
     started = time.perf_counter()
     ctx = open_run(spark, settings, run_id)
     ctx.reparse_all = reparse_all
-    run_stages(ctx, stages, around)
-    return finish_run(ctx, started)
+    try:
+        run_stages(ctx, stages, around)
+        return finish_run(ctx, started)
+    finally:
+        release_run(ctx)
 
 
 def run(settings: Settings, run_id: str | None = None) -> RunSummary:

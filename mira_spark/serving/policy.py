@@ -45,6 +45,7 @@ class RowHooks:
     shrink: ShrinkRequest | None = None
     prepare: PrepareRequest | None = None
     merge: MergeOutputs | None = None
+    on_result: Callable[[ScoreResult], None] | None = None  # each final result as it completes (the journal)
 
 
 class RowPolicy:

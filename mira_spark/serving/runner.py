@@ -163,6 +163,8 @@ async def arun_requests(requests: list[ScoreRequest], opts: RunnerOptions,
                     results[positions[req.index]] = _deferred(req, health.stopped)
                 else:
                     results[positions[req.index]] = await policy.score(req)
+                    if opts.hooks.on_result is not None:
+                        opts.hooks.on_result(results[positions[req.index]])
 
         monitor = asyncio.create_task(health.monitor())
         try:

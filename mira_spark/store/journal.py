@@ -27,12 +27,14 @@ Pure Python over pyarrow: runs in the executors and on the driver, imports no Sp
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -42,6 +44,9 @@ import pyarrow.parquet as pq
 from mira_spark.store import files
 from mira_spark.store.lease import Lease
 from mira_spark.store.schemas import RAW_OUTPUT_ARROW_SCHEMA
+
+if TYPE_CHECKING:
+    from mira_spark.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,9 @@ KEY_COLUMNS: tuple[str, ...] = tuple(
 )
 JOURNALED_STATUSES = ("ok", "failed")  # final outcomes; "deferred" is asked again
 ORIGIN_COLUMNS = ("journal_run_id", "journal_wave")
+IN_FLIGHT_SUFFIX = ".inflight.json"  # an attempt's requests sent and not yet answered, rewritten every flush
+WASTE_SUFFIX = ".waste.json"  # an attempt's re-sent requests and their completion tokens
+INHERITED = "inherited"  # in-flight keys of dead runs, kept for the run that folded them
 
 Key = tuple
 
@@ -87,22 +95,38 @@ def partition_id(keys: Iterable[Key]) -> str:
     return digest.hexdigest()[:20]
 
 
-class JournalWriter:
-    """Buffers a task's output rows and flushes them as Parquet files from a background thread.
+Encode = Callable[[list[dict], list[Any]], pa.Table]
 
-    ``add`` is cheap and thread-safe (the runner calls it from its event loop); ``close`` flushes what is
-    left and stops the thread. ``clock`` is monotonic seconds (replaced in tests).
+
+def _encode_rows(rows: list[dict], _answers: list[Any]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=RAW_OUTPUT_ARROW_SCHEMA)
+
+
+class JournalWriter:
+    """Buffers a task's finished rows and flushes them as Parquet files from a background thread.
+
+    ``add(row, answer)`` is cheap and thread-safe (the runner calls it from its event loop); ``encode``
+    turns buffered rows (and whatever ``answer`` objects came with them, e.g. parsed answers) into a table
+    in ``RAW_OUTPUT_ARROW_SCHEMA`` in the flush thread. ``sent(key)`` marks a request in flight; every flush
+    also rewrites this attempt's in-flight list, so the next attempt knows what it re-sends. Rows whose key
+    is in ``resending`` (in flight in a dead attempt) are counted as re-sent, with their completion tokens.
+    ``close`` flushes what is left, stops the thread and leaves the waste counts. ``clock``: monotonic s.
     """
 
-    def __init__(self, spec: JournalSpec, attempt: str | None = None, *,
-                 clock: Callable[[], float] = time.monotonic, background: bool = True) -> None:
+    def __init__(self, spec: JournalSpec, attempt: str | None = None, *, encode: Encode = _encode_rows,
+                 resending: set[Key] | frozenset[Key] = frozenset(), clock: Callable[[], float] = time.monotonic,
+                 background: bool = True) -> None:
         self.spec = spec
         self.attempt = attempt or uuid.uuid4().hex[:12]
         self.fs, self.dir = files.filesystem(spec.wave_dir)
-        self.clock = clock
+        self.encode, self.resending, self.clock = encode, resending, clock
         self.files_written = 0
         self.rows_written = 0
-        self._rows: list[dict] = []
+        self.resent_requests = 0
+        self.resent_completion_tokens = 0
+        self._rows: list[tuple[dict, Any]] = []
+        self._in_flight: set[Key] = set()
+        self._in_flight_dirty = False
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._due = threading.Event()
@@ -113,12 +137,24 @@ class JournalWriter:
             self._thread = threading.Thread(target=self._loop, name=f"journal-{self.attempt}", daemon=True)
             self._thread.start()
 
-    def add(self, row: dict) -> None:
-        """Record one finished output row (deferred rows are skipped)."""
-        if row.get("status") not in JOURNALED_STATUSES:
-            return
+    def sent(self, key: Key) -> None:
+        """A request for ``key`` is about to be sent."""
         with self._lock:
-            self._rows.append(row)
+            self._in_flight.add(key)
+            self._in_flight_dirty = True
+
+    def add(self, row: dict, answer: Any = None) -> None:
+        """Record one finished output row (deferred rows are not journaled: they are asked again)."""
+        key = key_of(row)
+        with self._lock:
+            self._in_flight.discard(key)
+            self._in_flight_dirty = True
+            if key in self.resending:
+                self.resent_requests += 1
+                self.resent_completion_tokens += int(row.get("completion_tokens") or 0)
+            if row.get("status") not in JOURNALED_STATUSES:
+                return
+            self._rows.append((row, answer))
             full = len(self._rows) >= self.spec.flush_rows
         if full:
             self._due.set()
@@ -129,31 +165,35 @@ class JournalWriter:
             return len(self._rows)
 
     def flush(self) -> int:
-        """Write the buffered rows as one file; the number of rows written."""
+        """Write the buffered rows as one file (and the in-flight list); the number of rows written."""
         with self._write_lock:
             with self._lock:
-                rows, self._rows = self._rows, []
+                items, self._rows = self._rows, []
+                in_flight = sorted(self._in_flight) if self._in_flight_dirty else None
+                self._in_flight_dirty = False
             self._last_flush = self.clock()
-            if not rows:
-                return 0
-            table = pa.Table.from_pylist(rows, schema=RAW_OUTPUT_ARROW_SCHEMA)
-            name = f"{self.attempt}-{self.files_written:06d}.parquet"
-            try:
-                files.write_complete(self.fs, f"{self.dir}/{name}",
-                                     lambda fs, path: pq.write_table(table, path, filesystem=fs))
-            except OSError:
-                with self._lock:  # not durable: back in front of the buffer for the next flush
-                    self._rows[:0] = rows
-                raise
-            self.files_written += 1
-            self.rows_written += len(rows)
-            return len(rows)
+            if items:
+                table = self.encode([r for r, _ in items], [a for _, a in items])
+                name = f"{self.attempt}-{self.files_written:06d}.parquet"
+                try:
+                    files.write_complete(self.fs, f"{self.dir}/{name}",
+                                         lambda fs, path: pq.write_table(table, path, filesystem=fs))
+                except OSError:
+                    with self._lock:  # not durable: back in front of the buffer for the next flush
+                        self._rows[:0] = items
+                    raise
+                self.files_written += 1
+                self.rows_written += len(items)
+            if in_flight is not None:
+                files.write_bytes(self.fs, f"{self.dir}/{self.attempt}{IN_FLIGHT_SUFFIX}",
+                                  json.dumps([list(k) for k in in_flight]).encode())
+            return len(items)
 
     def due(self) -> bool:
-        """A flush is due: ``flush_rows`` buffered, or rows older than ``flush_s``."""
+        """A flush is due: ``flush_rows`` buffered, or rows (or in-flight changes) older than ``flush_s``."""
         with self._lock:
-            n = len(self._rows)
-        return n >= self.spec.flush_rows or (n > 0 and self.clock() - self._last_flush >= self.spec.flush_s)
+            n, dirty = len(self._rows), self._in_flight_dirty
+        return n >= self.spec.flush_rows or ((n > 0 or dirty) and self.clock() - self._last_flush >= self.spec.flush_s)
 
     def _loop(self) -> None:
         tick = min(self.spec.flush_s, 0.5)
@@ -163,17 +203,22 @@ class JournalWriter:
             if self.due():
                 try:
                     self.flush()
-                except OSError as exc:  # kept in the buffer's place: the next flush or close retries
+                except OSError as exc:
                     log.warning("journal flush failed (%s); the rows stay buffered", exc)
 
     def close(self) -> None:
-        """Flush the rest and stop the background thread (idempotent)."""
+        """Flush the rest, stop the background thread, leave the waste counts (idempotent)."""
         self._closed.set()
         self._due.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
         self.flush()
+        files.delete(self.fs, f"{self.dir}/{self.attempt}{IN_FLIGHT_SUFFIX}")
+        if self.resent_requests:
+            files.write_bytes(self.fs, f"{self.dir}/{self.attempt}{WASTE_SUFFIX}", json.dumps(
+                {"resent_requests": self.resent_requests,
+                 "resent_completion_tokens": self.resent_completion_tokens}).encode())
 
     def __enter__(self) -> JournalWriter:
         return self
@@ -240,6 +285,52 @@ def _one_per_key(table: pa.Table, wanted: set[Key] | None) -> pa.Table:
     return table.take(pa.array(sorted(best.values()), pa.int64()))
 
 
+def _side_files(fs: pafs.FileSystem, root: str, suffix: str) -> list[str]:
+    """Paths of the small per-attempt files ending in ``suffix`` under ``root`` (run and wave levels)."""
+    out = []
+    for run_dir in files.list_dirs(fs, root):
+        if not run_dir.startswith("run-"):
+            continue
+        base = f"{root}/{run_dir}"
+        out += [f"{base}/{n}" for n in files.list_names(fs, base) if n.endswith(suffix)]
+        for wave_dir in files.list_dirs(fs, base):
+            out += [f"{base}/{wave_dir}/{n}" for n in files.list_names(fs, f"{base}/{wave_dir}") if n.endswith(suffix)]
+    return out
+
+
+def in_flight_keys(root: str) -> set[Key]:
+    """Keys that some attempt had sent and not seen answered at its last flush (dead attempts: their last
+    word; live attempts of other partitions hold other keys)."""
+    fs, base = files.filesystem(root)
+    keys: set[Key] = set()
+    for path in _side_files(fs, base.rstrip("/"), IN_FLIGHT_SUFFIX):
+        raw = files.read_bytes(fs, path)
+        if raw:
+            keys.update(tuple(k) for k in json.loads(raw))
+    return keys
+
+
+@dataclass(frozen=True)
+class Waste:
+    """Requests sent again after a fault (in flight when an attempt or a driver died) and their tokens."""
+
+    resent_requests: int = 0
+    resent_completion_tokens: int = 0
+
+
+def wave_waste(spec: JournalSpec) -> Waste:
+    """What the attempts of one wave re-sent (sum of their waste files); read before :func:`clear_wave`."""
+    fs, base = files.filesystem(spec.wave_dir)
+    requests = tokens = 0
+    for name in files.list_names(fs, base):
+        if name.endswith(WASTE_SUFFIX):
+            raw = files.read_bytes(fs, f"{base}/{name}") or b"{}"
+            counts = json.loads(raw)
+            requests += int(counts.get("resent_requests", 0))
+            tokens += int(counts.get("resent_completion_tokens", 0))
+    return Waste(requests, tokens)
+
+
 def clear_wave(spec: JournalSpec) -> None:
     """Remove a committed wave's journal files (its answers are in ``raw_outputs`` and ``scores``)."""
     fs, path = files.filesystem(spec.wave_dir)
@@ -258,46 +349,102 @@ def journal_runs(root: str) -> list[str]:
     return [d[4:] for d in files.list_dirs(fs, base) if d.startswith("run-")]
 
 
+def retire_runs(root: str, run_id: str, runs: Sequence[str]) -> int:
+    """After folding ``runs`` (dead runs) into the tables: keep their in-flight keys for ``run_id`` (so its
+    tasks count what they send again) and remove the rest of their files. Returns the keys kept."""
+    fs, base = files.filesystem(root)
+    base = base.rstrip("/")
+    keys: set[Key] = set()
+    for run in runs:
+        keys |= in_flight_keys_of_run(fs, base, run)
+    if keys:
+        files.write_bytes(fs, f"{base}/run-{run_id}/{INHERITED}{IN_FLIGHT_SUFFIX}",
+                          json.dumps(sorted(list(k) for k in keys)).encode())
+    for run in runs:
+        files.delete_tree(fs, f"{base}/run-{run}")
+    return len(keys)
+
+
+def in_flight_keys_of_run(fs: pafs.FileSystem, base: str, run: str) -> set[Key]:
+    keys: set[Key] = set()
+    for path in _side_files(fs, base, IN_FLIGHT_SUFFIX):
+        if path.startswith(f"{base}/run-{run}/"):
+            keys.update(tuple(k) for k in json.loads(files.read_bytes(fs, path) or b"[]"))
+    return keys
+
+
+def journal_root(settings: Settings) -> str | None:
+    """``<tables.root>/_journal`` (or ``<tables.staging>/_journal`` with catalog tables); None when disabled
+    or when no directory is configured."""
+    if not settings.journal.enabled:
+        return None
+    base = settings.tables.root or settings.tables.staging
+    return f"{base.rstrip('/')}/{JOURNAL_DIR}" if base else None
+
+
+# Settings that make Spark run a second attempt of a task while the first may still be sending.
+DUPLICATE_ATTEMPT_SETTINGS = {"spark.speculation": "true"}
+
+
+def duplicate_attempt_settings(get: Callable[[str], str | None]) -> list[str]:
+    """``key=value`` of each setting (read with ``get``, e.g. ``spark.conf.get``) that launches duplicate
+    concurrent task attempts.
+
+    >>> duplicate_attempt_settings({"spark.speculation": "True"}.get)
+    ['spark.speculation=True']
+    """
+    found = []
+    for key, bad in DUPLICATE_ATTEMPT_SETTINGS.items():
+        value = get(key)
+        if value is not None and str(value).strip().lower() == bad:
+            found.append(f"{key}={value}")
+    return found
+
+
 @dataclass
 class JournaledOutcome:
-    """What :func:`run_journaled` did: rows reused from the journal, rows scored now, waits."""
+    """What :func:`run_journaled` did: rows reused from the journal, rows scored now, and whether it waited."""
 
-    reused: list[dict]
-    scored: list[dict]
+    reused: pa.Table
+    scored: Any
     waited_for_attempt: bool
+    resent: Waste
 
 
-ScoreFn = Callable[[Sequence[int], Callable[[dict], None]], list[dict]]
+ScoreFn = Callable[[Sequence[int], JournalWriter], Any]
 
 
-def run_journaled(spec: JournalSpec, keys: Sequence[Key], score: ScoreFn, *, wait_limit_s: float | None = None,
-                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> JournaledOutcome:
+def run_journaled(spec: JournalSpec, keys: Sequence[Key], score: ScoreFn, *, encode: Encode = _encode_rows,
+                  wait_limit_s: float | None = None, clock: Callable[[], float] = time.time,
+                  sleep: Callable[[float], None] = time.sleep) -> JournaledOutcome:
     """Score the partition whose rows have ``keys``, paying only for keys the journal does not hold.
 
-    ``score(positions, record)`` scores the rows at ``positions`` (indices into ``keys``), calls
-    ``record(row)`` as each output row completes, and returns their output rows. The partition is claimed
-    first, so a second live attempt of it (speculation, a retry racing a slow original) waits for the first
-    to finish and then reuses its journal instead of sending the same requests again.
+    ``score(positions, writer)`` scores the rows at ``positions`` (indices into ``keys``), calls
+    ``writer.sent(key)`` before each request and ``writer.add(row, answer)`` as each output row completes,
+    and returns its output. The partition is claimed first, so a second live attempt (speculation, a retry
+    racing a slow original) waits for the first to finish and then reuses its journal instead of sending
+    the same requests again; an attempt whose claim heartbeat is ``spec.claim_stale_s`` old is taken over.
     """
     claim = Lease(f"{spec.wave_dir}/{CLAIMS_DIR}/{partition_id(keys)}", f"attempt-{uuid.uuid4().hex[:12]}",
                   what=f"scoring partition of run {spec.run_id} wave {spec.wave}",
                   stale_after_s=spec.claim_stale_s, heartbeat_s=spec.claim_heartbeat_s, clock=clock, sleep=sleep)
-    first = claim.try_acquire()
-    waited = first.action == "held"
+    waited = claim.try_acquire().action == "held"
     if waited:
         log.info("another attempt of this partition is running; waiting for its journal")
         claim.acquire(wait=True, wait_limit_s=wait_limit_s)
     else:
         claim.start_heartbeat()
     try:
-        journaled = read_journal(spec.root, keys).to_pylist()
-        done = {key_of(r): r for r in journaled}
+        reused = read_journal(spec.root, keys)
+        done = {key_of(r) for r in reused.select(list(KEY_COLUMNS)).to_pylist()}
         todo = [i for i, k in enumerate(keys) if k not in done]
-        reused = [done[k] for k in keys if k in done]
-        scored: list[dict] = []
+        scored: Any = None
+        resent = Waste()
         if todo:
-            with JournalWriter(spec, claim.holder) as writer:
-                scored = score(todo, writer.add)
-        return JournaledOutcome(reused=reused, scored=scored, waited_for_attempt=waited)
+            resending = in_flight_keys(spec.root) & {keys[i] for i in todo}
+            with JournalWriter(spec, claim.holder, encode=encode, resending=resending) as writer:
+                scored = score(todo, writer)
+            resent = Waste(writer.resent_requests, writer.resent_completion_tokens)
+        return JournaledOutcome(reused=reused, scored=scored, waited_for_attempt=waited, resent=resent)
     finally:
         claim.release()

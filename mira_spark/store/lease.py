@@ -29,12 +29,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pyarrow.fs as pafs
 
 from mira_spark.errors import LeaseHeldError, LeaseLostError
 from mira_spark.store import files
+
+if TYPE_CHECKING:
+    from mira_spark.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -238,3 +241,17 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+LEASE_DIR = "_lease"
+
+
+def run_lease(settings: Settings, run_id: str) -> Lease | None:
+    """The table root's run lease for ``run_id`` (``<tables.root>/_lease``, or ``<tables.staging>/_lease``
+    with catalog tables); None when disabled or when no directory is configured."""
+    cfg = settings.lease
+    base = settings.tables.root or settings.tables.staging
+    if not cfg.enabled or not base:
+        return None
+    return Lease(f"{base.rstrip('/')}/{LEASE_DIR}", run_id, what=f"table root {base}",
+                 stale_after_s=cfg.stale_after_s, heartbeat_s=cfg.heartbeat_s)
