@@ -227,8 +227,6 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
         pending.append((row, base))
 
     def prepare(request: ScoreRequest) -> ScoreRequest:
-        if journal is not None:
-            journal.sent((pending[request.index][1]["doc_id"], group.name, group.prompt_version))
         if request.messages:
             return request
         source, text = docs[request.index]
@@ -246,6 +244,10 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
         return ScoreRequest(index=request.index, key=request.key, messages=smaller.messages,
                             est_prompt_tokens=smaller.est_prompt_tokens)
 
+    def sent(index: int) -> None:
+        if journal is not None:
+            journal.sent((pending[index][1]["doc_id"], group.name, group.prompt_version))
+
     def record(result: ScoreResult) -> None:
         if journal is None:
             return
@@ -262,7 +264,8 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
             api_key=group.api_key,
             hooks=RowHooks(check_output=make_check_output(group.rubric, builder, plan.scoring.partial_policy,
                                                           checked),
-                           shrink=shrink, prepare=prepare, merge=merge_followup, on_result=record),
+                           shrink=shrink, prepare=prepare, merge=merge_followup, on_result=record,
+                           on_send=sent),
             max_output_repairs=plan.scoring.max_output_repairs,
             share=task_share(plan.concurrent_tasks),
         )

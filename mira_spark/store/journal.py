@@ -206,15 +206,19 @@ class JournalWriter:
                 except OSError as exc:
                     log.warning("journal flush failed (%s); the rows stay buffered", exc)
 
-    def close(self) -> None:
-        """Flush the rest, stop the background thread, leave the waste counts (idempotent)."""
+    def close(self, completed: bool = True) -> None:
+        """Flush the rest, stop the background thread, leave the waste counts (idempotent).
+
+        ``completed=False`` (the task failed): the in-flight list stays, so the retry counts what it re-sends.
+        """
         self._closed.set()
         self._due.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
         self.flush()
-        files.delete(self.fs, f"{self.dir}/{self.attempt}{IN_FLIGHT_SUFFIX}")
+        if completed:
+            files.delete(self.fs, f"{self.dir}/{self.attempt}{IN_FLIGHT_SUFFIX}")
         if self.resent_requests:
             files.write_bytes(self.fs, f"{self.dir}/{self.attempt}{WASTE_SUFFIX}", json.dumps(
                 {"resent_requests": self.resent_requests,
@@ -223,8 +227,8 @@ class JournalWriter:
     def __enter__(self) -> JournalWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close(completed=exc_type is None)
 
 
 def _journal_files(fs: pafs.FileSystem, root: str) -> list[tuple[str, int, str]]:

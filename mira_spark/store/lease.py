@@ -8,7 +8,9 @@ Layout (a directory; every name is a generation ``G``): ``g<G>.json`` is the hol
 :func:`~mira_spark.store.files.create_exclusive` (race-free: two acquirers of the same generation cannot
 both win); ``g<G>.heartbeat`` is overwritten by the holder only; ``g<G>.released`` marks a clean release.
 The live lease is the highest generation. Acquiring means creating generation ``G + 1`` when ``G`` is
-released or its heartbeat is older than ``stale_after_s`` (a takeover, logged with the old holder), so
+released, its heartbeat is older than ``stale_after_s``, or its holder ran on this host and its process is
+gone (a SIGKILLed driver restarted on the same machine need not wait; a takeover is logged with the old
+holder), so
 a holder that was only slow finds a higher generation at its next heartbeat and knows it lost
 (:meth:`Lease.check` raises :class:`~mira_spark.errors.LeaseLostError`).
 
@@ -74,8 +76,9 @@ class Decision:
     age_s: float = 0.0  # seconds since the live holder's last heartbeat
 
 
-def decide(view: LeaseView | None, now: float, stale_after_s: float) -> Decision:
-    """What an acquirer does given the live generation.
+def decide(view: LeaseView | None, now: float, stale_after_s: float, holder_dead: bool = False) -> Decision:
+    """What an acquirer does given the live generation; ``holder_dead``: the holder is known dead (its
+    process is gone from this very host), so there is nothing to wait for.
 
     >>> rec = LeaseRecord("run-a", "h", 1, 0.0)
     >>> decide(None, 5.0, 60.0).action
@@ -93,7 +96,7 @@ def decide(view: LeaseView | None, now: float, stale_after_s: float) -> Decision
     age = max(0.0, now - view.heartbeat_at)
     if view.released:
         return Decision("acquire", view.generation + 1, view.record, age)
-    if age > stale_after_s:
+    if age > stale_after_s or holder_dead:
         return Decision("takeover", view.generation + 1, view.record, age)
     return Decision("held", view.generation, view.record, age)
 
@@ -102,6 +105,19 @@ def describe(record: LeaseRecord, age_s: float, now: float) -> str:
     """One line naming a holder, e.g. ``run 2026...-ab12 on host h (pid 7), started 40 s ago, heartbeat 3 s ago``."""
     return (f"{record.holder} on host {record.host} (pid {record.pid}), started {now - record.started_at:.0f} s ago, "
             f"last heartbeat {age_s:.0f} s ago")
+
+
+def process_gone(record: LeaseRecord, host: str) -> bool:
+    """True when ``record``'s holder ran on ``host`` (this host) and its process no longer exists."""
+    if record.host != host:
+        return False
+    try:
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # exists, owned by someone else
+        return False
+    return False
 
 
 def _gen(name: str) -> int | None:
@@ -149,7 +165,9 @@ class Lease:
     def try_acquire(self) -> Decision:
         """One attempt: the decision taken; ``self.generation`` is set when it was acquire or takeover."""
         now = self.clock()
-        decision = decide(self.view(), now, self.stale_after_s)
+        view = self.view()
+        dead = view is not None and not view.released and process_gone(view.record, socket.gethostname())
+        decision = decide(view, now, self.stale_after_s, holder_dead=dead)
         if decision.action == "held":
             return decision
         record = LeaseRecord(self.holder, socket.gethostname(), os.getpid(), now)
@@ -164,8 +182,9 @@ class Lease:
         self.generation = decision.generation
         self.beat()
         if decision.action == "takeover" and decision.holder is not None:
-            log.warning("%s: took over the lease of %s (stale beyond %.0f s)", self.what,
-                        describe(decision.holder, decision.age_s, now), self.stale_after_s)
+            why = "its process is gone from this host" if dead else f"stale beyond {self.stale_after_s:.0f} s"
+            log.warning("%s: took over the lease of %s (%s)", self.what, describe(decision.holder, decision.age_s, now),
+                        why)
         self._drop_old(decision.generation)
         return decision
 
