@@ -181,3 +181,27 @@ def test_two_leases_race_on_object_store_path_one_holds(tmp_path: Path) -> None:
         t.join()
     holders = [x for x in leases if x.generation is not None]
     assert len(holders) <= 1 and actions.count("acquire") == len(holders)
+
+
+def test_holder_whose_process_is_gone_from_this_host_is_taken_over_at_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead_pid = int(done.stdout)  # a process of this host that has exited
+    clock = FakeClock()
+    (tmp_path / "lease").mkdir()
+    record = {"holder": "run-killed", "host": socket.gethostname(), "pid": dead_pid, "started_at": clock.now}
+    (tmp_path / "lease" / "g1.json").write_text(json.dumps(record))
+    other_host = {**record, "host": "elsewhere", "holder": "run-remote"}
+    lease = _lease(tmp_path, "run-b", clock)
+    with caplog.at_level(logging.WARNING, logger="mira_spark.store.lease"):
+        assert lease.try_acquire().action == "takeover"  # heartbeat fresh, but its process is gone
+    assert any("its process is gone from this host" in r.message for r in caplog.records)
+    lease.release()
+    (tmp_path / "lease" / "g3.json").write_text(json.dumps(other_host))  # same pid, another host: alive for all we know
+    assert _lease(tmp_path, "run-c", clock).try_acquire().action == "held"
