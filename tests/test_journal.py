@@ -127,22 +127,26 @@ class FakeScorer:
         self.sent: Counter[str] = Counter()
         self.lock = threading.Lock()
 
-    def __call__(self, positions: Sequence[int], record: Callable[[dict], None]) -> list[dict]:
+    def __call__(self, positions: Sequence[int], writer: JournalWriter) -> list[dict]:
         out = []
         for n, i in enumerate(positions):
             if self.fail_after is not None and n == self.fail_after:
+                for j in positions[n:n + IN_FLIGHT_AT_FAILURE]:  # sent, never answered: lost with the task
+                    writer.sent(key_of(row(self.docs[j])))
                 raise RuntimeError("task killed")
             if self.gate is not None and n == len(positions) // 2:
                 assert self.gate.wait(30), "the duplicate attempt never waited"
             with self.lock:
                 self.sent[self.docs[i]] += 1
+            writer.sent(key_of(row(self.docs[i])))
             result = row(self.docs[i])
-            record(result)
+            writer.add(result)
             out.append(result)
         return out
 
 
 DOCS = [f"d{i:03d}" for i in range(40)]
+IN_FLIGHT_AT_FAILURE = 3
 KEYS = [key_of(row(d)) for d in DOCS]
 
 
@@ -155,9 +159,12 @@ def test_retried_attempt_sends_only_what_the_failed_one_did_not_journal(tmp_path
     outcome = run_journaled(s, KEYS, retry)
     assert sum(failing.sent.values()) == 23
     assert set(retry.sent) == set(DOCS[23:])  # nothing journaled is requested again
-    assert sorted(r["doc_id"] for r in outcome.reused + outcome.scored) == DOCS  # every row exactly once
+    # waste: the retry re-sent exactly the requests in flight at the failure, 100 completion tokens each
+    assert outcome.resent == journal.Waste(IN_FLIGHT_AT_FAILURE, 100 * IN_FLIGHT_AT_FAILURE)
+    assert journal.wave_waste(s) == outcome.resent
+    assert sorted(outcome.reused["doc_id"].to_pylist() + [r["doc_id"] for r in outcome.scored]) == DOCS  # each once
     third = FakeScorer(DOCS)
-    assert len(run_journaled(s, KEYS, third).reused) == len(DOCS) and not third.sent  # a rerun: free
+    assert run_journaled(s, KEYS, third).reused.num_rows == len(DOCS) and not third.sent  # a rerun: free
 
 
 def test_concurrent_duplicate_attempt_waits_and_bills_nothing(tmp_path: Path) -> None:
@@ -179,7 +186,7 @@ def test_concurrent_duplicate_attempt_waits_and_bills_nothing(tmp_path: Path) ->
     t1.join(30)
     assert waiting.is_set() and results["second"].waited_for_attempt
     assert not second.sent and sum(first.sent.values()) == len(DOCS)  # no document billed twice
-    assert sorted(r["doc_id"] for r in results["second"].reused) == DOCS
+    assert sorted(results["second"].reused["doc_id"].to_pylist()) == DOCS
 
 
 def test_dead_attempts_claim_is_taken_over_when_stale(tmp_path: Path) -> None:
