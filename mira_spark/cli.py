@@ -105,6 +105,7 @@ BENCHES = {
     "constrained": "mira_spark.devtools.bench.constrained",
     "table-path": "mira_spark.devtools.bench.table_path",
     "routing": "mira_spark.devtools.bench.routing",
+    "soak": "mira_spark.devtools.bench.soak",
 }
 
 
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("serve-sim", "start simulated scorer endpoints (stand-ins for vLLM; see --help)"),
         ("make-sample", "write the sample corpus and validation table"),
         ("init-demo", "write the packaged demo configs (conf/) and anchors (anchors/) into a directory"),
-        ("bench", "benchmarks: parse | throughput | routing | client-overhead | faults | table-path | constrained"),
+        ("bench", "benchmarks: parse | throughput | routing | client-overhead | faults | table-path | constrained | soak"),
         ("estimate", "GPU-hours and wall time for a documents table, before anything is sent"),
     ]:
         sub.add_parser(name, help=help_text, add_help=False)

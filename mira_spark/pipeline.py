@@ -228,6 +228,7 @@ def check_duplicate_attempts(spark: SparkSession, journaled: bool) -> None:
 
 
 WAVE_TAIL_IDLE_WARN = 0.02
+WaveHook = Callable[[int, "RunSummary"], None]  # called after each committed wave (the soak bench samples there)
 # Pending keys (doc_id, source, scorer, hash: ~60 bytes each) up to this many are broadcast to the text
 # join, so the documents are read once and never shuffled.
 BROADCAST_KEYS_MAX = 2_000_000
@@ -267,7 +268,8 @@ def wave_tail_idle(wave_docs: int, in_flight: int) -> float:
 
 
 def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: DataFrame, docs: DataFrame,
-                run_id: str, summary: RunSummary, lease: Lease | None = None) -> None:
+                run_id: str, summary: RunSummary, lease: Lease | None = None,
+                on_wave: WaveHook | None = None) -> None:
     spark = tables.spark
     n_pending = summary.pending_before
     if n_pending == 0:
@@ -310,7 +312,7 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
     tables.append(work, "work_queue", WORK_QUEUE_SCHEMA, partition_by=("run_id", "wave"))
     queue = tables.read("work_queue").filter(F.col("run_id") == run_id)
     try:
-        _run_waves(tables, settings, groups, queue, plan, tasks, checked, n_waves, run_id, summary, lease)
+        _run_waves(tables, settings, groups, queue, plan, tasks, checked, n_waves, run_id, summary, lease, on_wave)
     finally:
         tables.delete_run("work_queue", run_id)
 
@@ -326,7 +328,7 @@ def _wave_journal(settings: Settings, run_id: str, wave: int) -> journal.Journal
 
 def _run_waves(tables: Tables, settings: Settings, groups: Groups, queue: DataFrame, plan: ScoringPlan,
                tasks: int, checked: dict, n_waves: int, run_id: str, summary: RunSummary,
-               lease: Lease | None = None) -> None:
+               lease: Lease | None = None, on_wave: WaveHook | None = None) -> None:
     started = time.perf_counter()
     for wave in range(n_waves):
         if wave > 0 and checked:
@@ -367,6 +369,8 @@ def _run_waves(tables: Tables, settings: Settings, groups: Groups, queue: DataFr
         counts = wave_raw.groupBy("status").agg(F.count(F.lit(1)).alias("n")).collect()
         deferred = sum(r["n"] for r in counts if r["status"] == "deferred")
         log.info("wave %d/%d committed: %s", wave + 1, n_waves, {r["status"]: r["n"] for r in counts})
+        if on_wave is not None:
+            on_wave(wave, summary)
         if deferred:
             summary.stopped = (
                 f"every endpoint stopped answering during wave {wave + 1}/{n_waves}: {deferred} documents "
@@ -431,6 +435,7 @@ class RunContext:
     routing: DataFrame | None = None  # set by the route stage: this run's rows of the routing table
     reparse_all: bool = False  # parse stage: re-parse every raw output (after a parser fix)
     lease: Lease | None = None  # the table root's run lease, held from open_run to finish_run
+    on_wave: WaveHook | None = None  # called after each committed wave
 
     def _routing(self) -> DataFrame:
         if self.routing is None:
@@ -512,7 +517,8 @@ def score_stage(ctx: RunContext) -> None:
     pending = pending_documents(ctx.routed, ctx.tables.read("scores"), ctx.versions,
                                 tuple(ctx.settings.scoring.rescore_errors))
     ctx.summary.pending_before = pending.count()
-    score_waves(ctx.tables, ctx.settings, ctx.groups, pending, ctx.docs, ctx.summary.run_id, ctx.summary, ctx.lease)
+    score_waves(ctx.tables, ctx.settings, ctx.groups, pending, ctx.docs, ctx.summary.run_id, ctx.summary, ctx.lease,
+                ctx.on_wave)
     _collect_run_counts(ctx.tables, ctx.summary.run_id, ctx.summary)
 
 
