@@ -14,8 +14,11 @@ from mira_spark.errors import (
     EXIT_USER_ERROR,
     CommitConflictError,
     ConfigError,
+    DuplicateAttemptsError,
     EngineError,
     InputError,
+    LeaseHeldError,
+    LeaseLostError,
     MiraError,
     RubricError,
     RunStoppedError,
@@ -45,6 +48,12 @@ CASES: list[tuple[BaseException, int, str]] = [
      "mira-spark: no endpoint answered GET /health: http://h:1/v1. Nothing was sent."),
     (SecretUnavailableError("secret scope='mira' key='k' cannot be read; set MIRA_API_KEY"), EXIT_USER_ERROR,
      "mira-spark: secret scope='mira' key='k' cannot be read; set MIRA_API_KEY"),
+    (LeaseHeldError("table root /t is in use by run-a on host h (pid 7)"), EXIT_USER_ERROR,
+     "mira-spark: table root in use: table root /t is in use by run-a on host h (pid 7)"),
+    (LeaseLostError("table root /t: lease taken over by run-b"), EXIT_USER_ERROR,
+     "mira-spark: lease lost: table root /t: lease taken over by run-b"),
+    (DuplicateAttemptsError("spark.speculation=true launches duplicate scoring attempts"), EXIT_USER_ERROR,
+     "mira-spark: configuration error: spark.speculation=true launches duplicate scoring attempts"),
 ]
 
 
