@@ -169,7 +169,7 @@ def test_soak_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     rc = soak.main(["--docs", "300", "--wave-size", "30"])
     out = last_json(capsys.readouterr().out)
     assert out["bench"] == "soak" and out["waves"] == 10 and len(out["samples"]) == 10
-    assert all(s["rss_mb"] > 0 and s["fds"] > 0 for s in out["samples"])
+    assert all(s["retained_mb"] > 0 and s["rss_mb"] > 0 and s["fds"] > 0 for s in out["samples"])
     acc = out["accounting"]
     assert out["clean"] and acc["lost"] == 0 and acc["duplicated"] == 0 and acc["failed_without_reason"] == 0
     assert acc["documents_in"] == 300 and sum(acc["faults"].values()) > 0  # faults were injected
