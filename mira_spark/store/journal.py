@@ -107,8 +107,9 @@ class JournalWriter:
 
     ``add(row, answer)`` is cheap and thread-safe (the runner calls it from its event loop); ``encode``
     turns buffered rows (and whatever ``answer`` objects came with them, e.g. parsed answers) into a table
-    in ``RAW_OUTPUT_ARROW_SCHEMA`` in the flush thread. ``sent(key)`` marks a request in flight; every flush
-    also rewrites this attempt's in-flight list, so the next attempt knows what it re-sends. Rows whose key
+    in ``RAW_OUTPUT_ARROW_SCHEMA`` in the flush thread. ``sent(key)`` marks a request in flight until its row is
+    durable (flushed); every flush rewrites this attempt's list of those, so the next attempt knows what it
+    re-sends. Rows whose key
     is in ``resending`` (in flight in a dead attempt) are counted as re-sent, with their completion tokens.
     ``close`` flushes what is left, stops the thread and leaves the waste counts. ``clock``: monotonic s.
     """
@@ -147,12 +148,12 @@ class JournalWriter:
         """Record one finished output row (deferred rows are not journaled: they are asked again)."""
         key = key_of(row)
         with self._lock:
-            self._in_flight.discard(key)
-            self._in_flight_dirty = True
             if key in self.resending:
                 self.resent_requests += 1
                 self.resent_completion_tokens += int(row.get("completion_tokens") or 0)
             if row.get("status") not in JOURNALED_STATUSES:
+                self._in_flight.discard(key)  # not journaled: nothing to wait for
+                self._in_flight_dirty = True
                 return
             self._rows.append((row, answer))
             full = len(self._rows) >= self.spec.flush_rows
@@ -184,6 +185,9 @@ class JournalWriter:
                     raise
                 self.files_written += 1
                 self.rows_written += len(items)
+                with self._lock:  # durable now: no longer "sent and not durable"
+                    self._in_flight.difference_update(key_of(r) for r, _ in items)
+                    in_flight = sorted(self._in_flight)
             if in_flight is not None:
                 files.write_bytes(self.fs, f"{self.dir}/{self.attempt}{IN_FLIGHT_SUFFIX}",
                                   json.dumps([list(k) for k in in_flight]).encode())
