@@ -45,6 +45,8 @@ class SecretRef(_Frozen):
 class EndpointConfig(_Frozen):
     url: str = Field(description="OpenAI-compatible base URL ending in /v1, e.g. http://10.0.0.5:8000/v1.")
     weight: float = Field(default=1.0, gt=0, description="Relative capacity; a 2x faster replica gets 2.")
+    gpus: int = Field(default=8, ge=1, description="GPUs behind this endpoint (the seed serves TP=8 on one node); "
+                                                   "progress and cost lines count GPU-hours with it.")
 
     @field_validator("url")
     @classmethod
@@ -90,14 +92,28 @@ class PoolConfig(_Frozen):
 
 
 class ScorerGroupConfig(_Frozen):
-    """One MIRA student scorer: its model, rubric files, endpoint pool and the sources routed to it."""
+    """One MIRA student scorer: its model, rubric files, endpoint pool and the sources routed to it.
 
-    family: str = Field(description="Scorer family, e.g. text or code.")
+    Only groups with ``enabled: true`` (the default) are used by a run, so only theirs must be complete:
+    anchors file present, pool defined, at least one source. A listed but disabled group (the siblings
+    whose anchors a user has not supplied yet) is parsed and kept in :attr:`ScorersConfig.disabled`.
+    """
+
+    enabled: bool = Field(
+        default=True,
+        description="Use this group in runs; false: listed only (its anchors, pool and sources are not needed).",
+    )
+    family: str = Field(description="Scorer family, e.g. text, qa, agent or code.")
     model: str = Field(description="Model name sent in requests, e.g. whw06/MIRA-Text-Group1.")
-    anchors: Path = Field(description="Dimension anchors JSONL (15 slots).")
+    anchors: Path | None = Field(
+        default=None,
+        description="Dimension anchors JSONL (one line per slot A1..A<dimensions>); required when enabled.",
+    )
     calibration: Path | None = Field(default=None, description="Calibration references JSONL.")
-    pool: str = Field(description="Name of an entry under pools:.")
-    sources: tuple[str, ...] = Field(min_length=1, description="Sources scored by this group.")
+    pool: str = Field(description="Name of an entry under pools: (needed only when enabled).")
+    sources: tuple[str, ...] = Field(
+        default=(), description="Sources scored by this group; at least one when enabled."
+    )
     dimensions: int = Field(
         default=15, ge=1, description=f"Number of anchor slots expected; at most {MAX_SLOTS}, what the score table holds."
     )
@@ -114,8 +130,45 @@ class ScorerGroupConfig(_Frozen):
 
 
 class ScorersConfig(_Frozen):
-    groups: dict[str, ScorerGroupConfig] = Field(min_length=1)
+    """Routing: the groups a run uses (``groups``), the listed but disabled ones, and the endpoint pools.
+
+    The YAML lists every group under ``groups:``; loading splits them by ``enabled`` so that everything
+    downstream (routing, prompts, scoring, estimates) sees only the groups a run uses.
+    """
+
+    groups: dict[str, ScorerGroupConfig] = Field(
+        min_length=1, description="Enabled scorer groups: the ones a run routes sources to."
+    )
+    disabled: dict[str, ScorerGroupConfig] = Field(
+        default_factory=dict, description="Groups listed with enabled: false (not used by runs)."
+    )
     pools: dict[str, PoolConfig] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_by_enabled(cls, data: Any) -> Any:
+        """``groups:`` may hold enabled and disabled groups; an override may enable a disabled one."""
+        if not isinstance(data, Mapping):
+            return data
+        listed = data.get("groups") or {}
+        parked = data.get("disabled") or {}
+        if not isinstance(listed, Mapping) or not isinstance(parked, Mapping):
+            return data
+        enabled: dict[str, Any] = {}
+        disabled: dict[str, Any] = {}
+        for name in [*parked, *(n for n in listed if n not in parked)]:
+            entry = listed.get(name)
+            base = parked.get(name)
+            if isinstance(base, Mapping) and isinstance(entry, Mapping):
+                entry = deep_merge(base, entry)
+            elif entry is None:
+                entry = base
+            is_on = entry.get("enabled", True) if isinstance(entry, Mapping) else True
+            (enabled if is_on else disabled)[name] = entry
+        if listed and not enabled:
+            names = ", ".join(sorted(disabled))
+            raise ValueError(f"every group is enabled: false ({names}); enable at least one group a run can use")
+        return {**data, "groups": enabled, "disabled": disabled}
 
     @model_validator(mode="after")
     def _references(self) -> ScorersConfig:
@@ -124,8 +177,12 @@ class ScorersConfig(_Frozen):
             if group.pool not in self.pools:
                 raise ValueError(
                     f"group {name!r} uses pool {group.pool!r}, which is not defined; defined pools: "
-                    f"{sorted(self.pools)}"
+                    f"{sorted(self.pools)}; add pools.{group.pool} with its endpoints, or set "
+                    f"groups.{name}.enabled: false"
                 )
+            if not group.sources:
+                raise ValueError(f"group {name!r} is enabled but lists no sources; add the source ids it "
+                                 f"scores under groups.{name}.sources, or set enabled: false")
             for source in group.sources:
                 if source in owner:
                     raise ValueError(f"source {source!r} is routed to both {owner[source]!r} and {name!r}")
@@ -134,6 +191,28 @@ class ScorersConfig(_Frozen):
 
     def group_for_source(self) -> dict[str, str]:
         return {s: name for name, g in self.groups.items() for s in g.sources}
+
+
+def check_group_files(scorers: ScorersConfig, where: Path, inline: Mapping[str, Path] | None = None) -> None:
+    """Every enabled group's rubric files exist; otherwise one line naming group, file and the fix.
+
+    Disabled groups are not checked: the shipped ``conf/scorers.yaml`` lists all 12 MIRA scorers, and
+    only the groups whose anchors a user has supplied are switched on. ``where`` is the scorers file;
+    ``inline`` names the run config of groups set inline there.
+    """
+    for name, group in scorers.groups.items():
+        where = (inline or {}).get(name, where)
+        fix = (f"put the group's file there or point groups.{name}.{{key}} at it, or set "
+               f"groups.{name}.enabled: false to run without this group")
+        if group.anchors is None:
+            raise ConfigError(f"{where}: group {name!r} is enabled but has no anchors file (its model card does "
+                              f"not name one); set groups.{name}.anchors to its *_dim_anchors.jsonl, or set "
+                              f"groups.{name}.enabled: false")
+        for key in ("anchors", "calibration"):
+            path = getattr(group, key)
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{where}: group {name!r} is enabled but its {key} file {path} does not exist; "
+                                  + fix.format(key=key))
 
 
 class SamplingConfig(_Frozen):
@@ -161,6 +240,31 @@ class SamplingConfig(_Frozen):
 
 class ServingConfig(_Frozen):
     max_model_len: int = Field(default=65536, ge=1024, description="Server context length (vLLM --max-model-len).")
+
+
+class CanaryConfig(_Frozen):
+    """Drift guard: the group's calibration references scored on every endpoint before the corpus is sent."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Score the calibration references on every endpoint before the first wave (and every "
+        "every_waves waves) and take endpoints that drift out of the pool; groups without references skip it.",
+    )
+    max_deviation: float = Field(
+        default=1.5, gt=0, le=10,
+        description="Largest mean absolute deviation (score points, 0-10 scale) of an endpoint's scores from the "
+        "references' scores; an endpoint above it is quarantined (README: why 1.5).",
+    )
+    every_waves: int = Field(
+        default=5, ge=0,
+        description="Check again before every N-th wave, so a replaced or restarted node is checked too "
+        "(0 = only before the first wave).",
+    )
+    references: int | None = Field(
+        default=None, ge=1,
+        description="Calibration references sent to each endpoint per check (the first N of the file); "
+        "default all.",
+    )
 
 
 class ScoringConfig(_Frozen):
@@ -196,6 +300,10 @@ class ScoringConfig(_Frozen):
         description="Longest rationale, brief (and domain_tag, at most 32) that constrained output allows, one "
         "line each: bounds the completion so a model cannot ramble.",
     )
+    canary: CanaryConfig = Field(
+        default_factory=CanaryConfig,
+        description="Canary drift guard: scoring.canary.enabled, max_deviation, every_waves, references.",
+    )
 
     @model_validator(mode="after")
     def _constraint_fits_server(self) -> ScoringConfig:
@@ -210,26 +318,157 @@ TRANSIENT_ERRORS = ("http_408", "http_429", "http_500", "http_502", "http_503", 
                     "connection_error")
 
 
+MaskOn = Literal["point", "ci_strict", "ci_lenient"]
+MaskMerge = Literal["replace", "union", "override"]
+
+
 class ReliabilityConfig(_Frozen):
-    max_mae: float = Field(default=2.0, gt=0, description="Mask a (source, dimension) whose teacher-student MAE exceeds this.")
+    """The reliability mask: per (source, dimension) agreement with the teacher, with CIs and shrinkage.
+
+    Maths: mira_spark/selection/confidence.py; the defaults are justified in README "Selection".
+    """
+
+    max_mae: float = Field(default=2.0, gt=0, description="Mask a (source, dimension) whose teacher-student MAE exceeds this (0-10 scale).")
     min_spearman: float = Field(default=0.3, ge=-1, le=1, description="Mask when Spearman rho is below this.")
-    min_n: int = Field(default=20, ge=2, description="Fewer validation pairs than this: use the group-wide decision.")
+    min_n: int = Field(
+        default=50, ge=4,
+        description="Validation pairs a cell needs to be judged on its own (shrunk) estimate; fewer: its "
+        "scorer group's pooled estimate (basis group), else the global one, else kept (basis none).",
+    )
+    mask_on: MaskOn = Field(
+        default="point",
+        description="What the rule compares: point (shrunk point estimates), ci_strict (masked unless the 95% "
+        "interval shows reliability) or ci_lenient (masked only when the interval shows unreliability).",
+    )
+    kappa: float = Field(default=20.0, gt=0, description="MAE shrinkage pseudo-count toward the group's pooled MAE.")
+    level: float = Field(default=0.95, gt=0.5, lt=1, description="Confidence level of every interval.")
+    bootstrap_replicates: int = Field(
+        default=2000, ge=200, description="Bootstrap replicates for cells with < 5 distinct teacher values."
+    )
+    seed: int = Field(default=20261201, description="Bootstrap seed (each cell derives its own from it).")
+    published_mask: Path | None = Field(
+        default=None, description="A published mask file (.csv with header source,dimension,masked, or .jsonl); "
+        "dimension is the dimension name or its slot (A1..A15).",
+    )
+    published_mask_mode: MaskMerge = Field(
+        default="union",
+        description="How the published mask combines with the computed one: replace (only the file), union "
+        "(masked when either masks) or override (the file where it lists a cell, computed elsewhere).",
+    )
+
+
+Weights = Literal["uniform", "cluster_size", "custom"]
+UnitKind = Literal["global", "group", "source"]
+ThresholdMode = Literal["fraction", "tokens", "min_score"]
+Method = Literal["score", "random"]
+Semantics = Literal["never_exceed", "reach"]
+
+
+class VariantConfig(_Frozen):
+    """One selection written side by side with the others from the same scores (MIRA-Global/Group/Source, Random)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Variant name (the variant column).")
+    unit: UnitKind = Field(default="global", description="Budget unit: global, group (scorer group) or source.")
+    mode: ThresholdMode = Field(default="tokens", description="fraction of documents, tokens, or min_score.")
+    method: Method = Field(default="score", description="score (composite order) or random (seeded hash order).")
+    fraction: float | None = Field(default=None, ge=0, le=1, description="mode fraction: documents kept per unit.")
+    unit_fractions: dict[str, float] = Field(
+        default_factory=dict, description="mode fraction: per-unit fractions (others take fraction)."
+    )
+    token_fraction: float | None = Field(
+        default=None, ge=0, le=1,
+        description="mode tokens: budget as this share of the tokens of every scored document (the same base "
+        "for score and random variants), split over units in proportion to their eligible tokens.",
+    )
+    token_budget: int | None = Field(default=None, ge=0, description="mode tokens: absolute total token budget.")
+    unit_token_budgets: dict[str, int] = Field(
+        default_factory=dict, description="mode tokens: a budget per unit instead of a split total."
+    )
+    min_score: float | None = Field(default=None, ge=0, le=100, description="mode min_score: keep composite >= this (0-100).")
+    semantics: Semantics = Field(
+        default="never_exceed",
+        description="never_exceed: kept tokens/documents stay within the budget; reach: up to the first "
+        "document that reaches it.",
+    )
+    tau: float | None = Field(
+        default=None, gt=0, description="Gumbel top-k temperature on the composite's 0-10 scale (diversity); none: plain top-k."
+    )
+    seed: int = Field(default=0, description="Seed of the random order and of the Gumbel noise.")
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> VariantConfig:
+        if self.mode == "fraction" and self.fraction is None and not self.unit_fractions:
+            raise ValueError(f"variant {self.name!r}: mode fraction needs fraction (0-1) or unit_fractions")
+        if self.mode == "tokens":
+            given = [k for k in ("token_fraction", "token_budget") if getattr(self, k) is not None]
+            given += ["unit_token_budgets"] if self.unit_token_budgets else []
+            if len(given) != 1:
+                raise ValueError(f"variant {self.name!r}: mode tokens needs exactly one of token_fraction, "
+                                 f"token_budget, unit_token_budgets (got {given or 'none'})")
+        if self.mode == "min_score" and self.min_score is None:
+            raise ValueError(f"variant {self.name!r}: mode min_score needs min_score (0-100)")
+        if self.method == "random" and self.mode == "min_score":
+            raise ValueError(f"variant {self.name!r}: method random has no score; use mode fraction or tokens")
+        if self.method == "random" and self.tau is not None:
+            raise ValueError(f"variant {self.name!r}: tau applies to method score only")
+        for unit, f in self.unit_fractions.items():
+            if not 0 <= f <= 1:
+                raise ValueError(f"variant {self.name!r}: unit_fractions[{unit}] = {f} must be between 0 and 1")
+        return self
+
+
+def _default_variants() -> tuple[VariantConfig, ...]:
+    return tuple(
+        VariantConfig(name=name, unit=unit, mode="tokens", token_fraction=0.5, method=method)
+        for name, unit, method in (("global", "global", "score"), ("group", "group", "score"),
+                                   ("source", "source", "score"), ("random", "global", "random"))
+    )
 
 
 class SelectionConfig(_Frozen):
-    retain_ratio: dict[str, float] = Field(default_factory=dict, description="Fraction kept per source.")
-    default_retain_ratio: float = Field(default=0.5, ge=0, le=1, description="For sources not listed.")
+    """Composite and thresholds (mira_spark/selection/aggregation.py, select.py, thresholds.py)."""
 
-    @field_validator("retain_ratio")
-    @classmethod
-    def _ratios(cls, value: dict[str, float]) -> dict[str, float]:
-        for source, ratio in value.items():
-            if not 0 <= ratio <= 1:
-                raise ValueError(f"retain_ratio[{source}] = {ratio} must be between 0 and 1")
-        return value
+    weights: Weights = Field(
+        default="uniform",
+        description="Dimension weights of the composite: uniform, cluster_size (the rubric's teacher cluster "
+        "sizes) or custom (custom_weights).",
+    )
+    custom_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="weights: custom: slot (A1..A15) or dimension name -> non-negative weight; unlisted: 0.",
+    )
+    overall_blend: float = Field(
+        default=0.0, ge=0, le=1, description="Share of the scorer's overall (0-100) blended into the composite."
+    )
+    veto_drop: bool = Field(default=False, description="Exclude documents the scorer recommends to drop.")
+    downsample_keep: float = Field(
+        default=1.0, ge=0, le=1,
+        description="Share of documents recommended 'downsample' that stay eligible (a hash sample of doc_id).",
+    )
+    seed: int = Field(default=0, description="Seed of the downsample hash.")
+    score_resolution: int = Field(default=10, ge=1, description="Score quanta per point (10: tenths).")
+    tokens_column: str | None = Field(
+        default=None,
+        description="Integer column of the documents table with each document's token count; none (or null "
+        "rows): the project's estimate (prompting/tokens.py), flagged tokens_estimated.",
+    )
+    variants: tuple[VariantConfig, ...] = Field(
+        default_factory=_default_variants, min_length=1,
+        description="Selections written side by side; default Global / Group / Source / Random at 50% of the tokens.",
+    )
 
-    def ratio_for(self, source: str) -> float:
-        return self.retain_ratio.get(source, self.default_retain_ratio)
+    @model_validator(mode="after")
+    def _check(self) -> SelectionConfig:
+        names = [v.name for v in self.variants]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"variant names must be unique; repeated: {dup}")
+        if self.weights == "custom" and not any(w > 0 for w in self.custom_weights.values()):
+            raise ValueError("weights: custom needs custom_weights with at least one positive weight")
+        bad = sorted(k for k, w in self.custom_weights.items() if w < 0)
+        if bad:
+            raise ValueError(f"custom_weights must be >= 0; negative for {bad}")
+        return self
 
 
 class TablesConfig(_Frozen):
@@ -426,18 +665,27 @@ def _explain(path: Path, exc: ValidationError) -> ConfigError:
     return ConfigError(f"{path}: invalid configuration\n" + "\n".join(lines))
 
 
-def load_scorers(path: str | Path) -> ScorersConfig:
-    path = Path(path).resolve()
-    raw = _read_yaml(path)
-    for group in (raw.get("groups") or {}).values():
+def _resolve_group_paths(groups: Any, base: Path) -> None:
+    """Resolve ``anchors`` / ``calibration`` of raw group mappings against ``base`` (in place)."""
+    for group in (groups or {}).values() if isinstance(groups, Mapping) else ():
         if isinstance(group, dict):
             for key in ("anchors", "calibration"):
                 if group.get(key):
-                    group[key] = _resolve(path.parent, str(group[key]))
+                    group[key] = _resolve(base, str(group[key]))
+
+
+def load_scorers(path: str | Path, check_files: bool = True) -> ScorersConfig:
+    """Load the scorers file; ``check_files``: the enabled groups' anchors must exist (:func:`check_group_files`)."""
+    path = Path(path).resolve()
+    raw = _read_yaml(path)
+    _resolve_group_paths(raw.get("groups"), path.parent)
     try:
-        return ScorersConfig.model_validate(raw)
+        scorers = ScorersConfig.model_validate(raw)
     except ValidationError as exc:
         raise _explain(path, exc) from None
+    if check_files:
+        check_group_files(scorers, path)
+    return scorers
 
 
 def load_settings(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Settings:
@@ -450,19 +698,27 @@ def load_settings(path: str | Path, overrides: Mapping[str, Any] | None = None) 
             value = tables.get(key)
             if isinstance(value, str) and (key in ("root", "staging") or _is_path(value)):
                 tables[key] = _resolve(path.parent, value)
+    reliability = raw.get("reliability")
+    if isinstance(reliability, dict) and isinstance(reliability.get("published_mask"), str):
+        reliability["published_mask"] = _resolve(path.parent, reliability["published_mask"])
     if isinstance(raw.get("delta_jars"), list):
         raw["delta_jars"] = [_resolve(path.parent, str(jar)) for jar in raw["delta_jars"]]
     scorers_ref = raw.get("scorers_file", "scorers.yaml")
     scorers_path = Path(_resolve(path.parent, str(scorers_ref)) or "")
     raw["scorers_file"] = str(scorers_path)
     scorers_raw = raw.pop("scorers", None)
-    scorers = load_scorers(scorers_path)
-    if scorers_raw:  # inline overrides of the scorers file (tests, notebooks)
+    scorers = load_scorers(scorers_path, check_files=False)
+    inline: dict[str, Path] = {}
+    if scorers_raw:  # inline overrides of the scorers file (demo groups, tests, notebooks)
+        if isinstance(scorers_raw, dict):  # their paths are relative to the file that holds them
+            _resolve_group_paths(scorers_raw.get("groups"), path.parent)
+            inline = dict.fromkeys(scorers_raw.get("groups") or {}, path)
         merged = deep_merge(scorers.model_dump(mode="json"), scorers_raw)
         try:
             scorers = ScorersConfig.model_validate(merged)
         except ValidationError as exc:
             raise _explain(scorers_path, exc) from None
+    check_group_files(scorers, scorers_path, inline)
     raw["scorers"] = scorers
     try:
         return Settings.model_validate(raw)

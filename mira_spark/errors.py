@@ -65,6 +65,12 @@ class PoolUnavailableError(MiraError, RuntimeError):
     """No endpoint of a pool answered at start; nothing was sent."""
 
 
+class CanaryDriftError(PoolUnavailableError):
+    """Every endpoint of a pool failed the canary drift check (scoring.canary); nothing more was sent."""
+
+    label = "canary drift"
+
+
 class SecretUnavailableError(MiraError, RuntimeError):
     """A secret scope is configured but cannot be read here."""
 

@@ -94,17 +94,18 @@ def plot_reliability_mask(reliability: pd.DataFrame) -> Any:
 
 
 def plot_thresholds(decisions: pd.DataFrame, thresholds: pd.DataFrame) -> Any:
-    """Composite distribution per source with the retention threshold as a vertical line."""
+    """Composite distribution per unit of one variant (columns unit, decision, composite) with the unit's
+    threshold (columns unit, threshold) as a vertical line."""
     plt = _pyplot()
-    sources = sorted(thresholds["source"].dropna().unique())
+    sources = sorted(thresholds["unit"].dropna().unique())
     fig, axes = plt.subplots(1, max(len(sources), 1), figsize=(4 * max(len(sources), 1), 3), squeeze=False)
     for ax, source in zip(axes[0], sources, strict=False):
-        rows = decisions[(decisions["source"] == source) & decisions["composite"].notna()]
+        rows = decisions[(decisions["unit"] == source) & decisions["composite"].notna()]
         for decision, color in (("kept", "tab:green"), ("excluded", "tab:gray")):
             part = rows[rows["decision"] == decision]["composite"]
             if len(part):
                 ax.hist(part, bins=20, alpha=0.7, color=color, label=decision)
-        threshold = thresholds[thresholds["source"] == source]["threshold"].dropna()
+        threshold = thresholds[thresholds["unit"] == source]["threshold"].dropna()
         if len(threshold):
             ax.axvline(float(threshold.iloc[0]), color="tab:red", linestyle="--", label="threshold")
         ax.set_title(source)

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
@@ -36,12 +37,16 @@ from mira_spark.config import Settings
 from mira_spark.errors import DuplicateAttemptsError, PoolUnavailableError
 from mira_spark.ingest.documents import attach_text, check_documents, route
 from mira_spark.parsing.stage import reparse_raw_outputs, score_rows
+from mira_spark.progress import ProgressSink, WaveMeter, job_tag, log_progress
 from mira_spark.prompting.prompts import PromptBuilder
 from mira_spark.prompting.rubric import Rubric, load_rubric
+from mira_spark.runstats import StageStats
+from mira_spark.scoring.accounting import wave_stats
 from mira_spark.scoring.stage import GroupPlan, ScoringPlan, score_documents
-from mira_spark.selection.aggregation import add_composite
+from mira_spark.selection.aggregation import add_composite, cell_weights, composite_plan
 from mira_spark.selection.reliability import compute_reliability
 from mira_spark.selection.select import Selection, select_documents
+from mira_spark.serving.canary import CanaryGuard
 from mira_spark.serving.health import check_pool_reachable
 from mira_spark.serving.plan import plan_in_flight
 from mira_spark.serving.preflight import check_served_models
@@ -50,6 +55,7 @@ from mira_spark.store import journal
 from mira_spark.store.engines import default_parallelism, open_session
 from mira_spark.store.lease import Lease, run_lease
 from mira_spark.store.schemas import (
+    CANARY_SCHEMA,
     DECISIONS_SCHEMA,
     RAW_OUTPUTS_SCHEMA,
     RELIABILITY_SCHEMA,
@@ -71,6 +77,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunSummary:
+    """What one run did, as the stages fill it in; ``stages`` are the ``run_stats`` rows it writes."""
+
     run_id: str
     documents_in: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
@@ -79,19 +87,50 @@ class RunSummary:
     parsed: int = 0  # rows the parse stage merged into scores
     exact_copies: int = 0  # duplicate rows identical to the routed copy (same doc_id, source, text)
     waves: int = 0
-    requests_sent: int = 0
-    rows_scored: int = 0
-    scored_ok: int = 0
-    failed: dict[str, int] = field(default_factory=dict)
-    deferred: int = 0
-    truncated: int = 0
     kept: dict[str, tuple[int, int]] = field(default_factory=dict)  # source -> (kept, n_in)
     scoring_s: float = 0.0
-    journal_folded: int = 0  # answers a dead run had journaled, committed at this run's start unasked
-    resent_requests: int = 0  # requests sent again because an earlier attempt died with them in flight
-    resent_completion_tokens: int = 0  # ... and the completion tokens those answers cost again
     wall_s: float = 0.0
     stopped: str | None = None
+    canary: dict = field(default_factory=dict)  # drift guard: checks, requests, quarantined, skipped groups
+    journal_folded: int = 0  # answers a dead run had journaled, committed at this run's start unasked
+    stages: dict[str, StageStats] = field(default_factory=dict)  # what each stage did: the run_stats rows
+
+    def stage(self, name: str) -> StageStats:
+        """The counts of stage ``name`` in this run (created empty on first use)."""
+        return self.stages.setdefault(name, StageStats(name))
+
+    # The scoring figures are the score stage's counts (one aggregation per wave over its rows).
+    @property
+    def requests_sent(self) -> int:
+        return self.stage("score").requests  # every HTTP request, repairs included
+
+    @property
+    def rows_scored(self) -> int:
+        return self.stage("score").rows_out
+
+    @property
+    def scored_ok(self) -> int:
+        return self.stage("score").counts.get("status:ok", 0)
+
+    @property
+    def deferred(self) -> int:
+        return self.stage("score").counts.get("status:deferred", 0)
+
+    @property
+    def truncated(self) -> int:
+        return self.stage("score").counts.get("truncated", 0)
+
+    @property
+    def failed(self) -> dict[str, int]:
+        return self.stage("score").by_prefix("failed")
+
+    @property
+    def resent_requests(self) -> int:
+        return self.stage("score").resent_requests  # sent again: an earlier attempt died with them in flight
+
+    @property
+    def resent_completion_tokens(self) -> int:
+        return self.stage("score").resent_completion_tokens
 
     @property
     def requests_per_s(self) -> float:
@@ -99,6 +138,10 @@ class RunSummary:
 
     def as_dict(self) -> dict:
         out = asdict(self)
+        out.pop("stages")
+        for name in ("requests_sent", "rows_scored", "scored_ok", "deferred", "truncated", "failed", "resent_requests",
+                     "resent_completion_tokens"):
+            out[name] = getattr(self, name)
         out["requests_per_s"] = round(self.requests_per_s, 2)
         return out
 
@@ -268,8 +311,8 @@ def wave_tail_idle(wave_docs: int, in_flight: int) -> float:
 
 
 def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: DataFrame, docs: DataFrame,
-                run_id: str, summary: RunSummary, lease: Lease | None = None,
-                on_wave: WaveHook | None = None) -> None:
+                run_id: str, summary: RunSummary, progress: ProgressSink = log_progress,
+                lease: Lease | None = None, on_wave: WaveHook | None = None) -> None:
     spark = tables.spark
     n_pending = summary.pending_before
     if n_pending == 0:
@@ -291,6 +334,9 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
         name: replace(g, pool=g.pool.model_copy(update={"startup_check": False})) for name, g in plan.groups.items()
     })
     n_waves = math.ceil(n_pending / settings.scoring.wave_size)
+    canary = _canary_hook(tables, settings, plan, run_id, n_waves, summary, set(checked))
+    if canary is not None:  # before the first wave, before anything of the corpus is sent
+        plan = canary(0, plan)
     for name in plan.groups:
         in_flight = plan.in_flight_per_task[name] * min(tasks, concurrent)
         idle = wave_tail_idle(min(settings.scoring.wave_size, n_pending), in_flight)
@@ -312,9 +358,26 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
     tables.append(work, "work_queue", WORK_QUEUE_SCHEMA, partition_by=("run_id", "wave"))
     queue = tables.read("work_queue").filter(F.col("run_id") == run_id)
     try:
-        _run_waves(tables, settings, groups, queue, plan, tasks, checked, n_waves, run_id, summary, lease, on_wave)
+        _run_waves(tables, settings, groups, queue, plan, tasks, checked, n_waves, run_id, summary, progress,
+                   canary, lease, on_wave)
     finally:
         tables.delete_run("work_queue", run_id)
+
+
+CanaryHook = Callable[[int, ScoringPlan], ScoringPlan]
+
+
+def _canary_hook(tables: Tables, settings: Settings, plan: ScoringPlan, run_id: str, n_waves: int,
+                 summary: RunSummary, health_checked: set[str]) -> CanaryHook | None:
+    """``(wave, plan) -> plan`` without the endpoints that drifted (serving/canary.py); None when off."""
+    if not settings.scoring.canary.enabled:
+        return None
+    guard = CanaryGuard(plan, settings.scoring.canary, run_id, n_waves, summary.canary, health_checked)
+
+    def write(rows: list[tuple]) -> None:
+        tables.append(tables.spark.createDataFrame(rows, CANARY_SCHEMA), "canary", CANARY_SCHEMA)
+
+    return lambda wave, current: guard.before_wave(wave, current, write)
 
 
 def _wave_journal(settings: Settings, run_id: str, wave: int) -> journal.JournalSpec | None:
@@ -328,9 +391,15 @@ def _wave_journal(settings: Settings, run_id: str, wave: int) -> journal.Journal
 
 def _run_waves(tables: Tables, settings: Settings, groups: Groups, queue: DataFrame, plan: ScoringPlan,
                tasks: int, checked: dict, n_waves: int, run_id: str, summary: RunSummary,
-               lease: Lease | None = None, on_wave: WaveHook | None = None) -> None:
+               progress: ProgressSink, canary: CanaryHook | None = None, lease: Lease | None = None,
+               on_wave: WaveHook | None = None) -> None:
     started = time.perf_counter()
+    totals = summary.stage("score")
+    meter = WaveMeter(total_docs=summary.pending_before, n_waves=n_waves, started=started,
+                      gpus=sum(e.gpus for g in plan.groups.values() for e in g.pool.endpoints))
     for wave in range(n_waves):
+        if canary is not None and wave > 0:  # every scoring.canary.every_waves waves: a replaced node too
+            plan = canary(wave, plan)
         if wave > 0 and checked:
             try:
                 for pool in checked.values():
@@ -341,34 +410,38 @@ def _run_waves(tables: Tables, settings: Settings, groups: Groups, queue: DataFr
                     "waves are kept; restart the endpoints and rerun to score the rest."
                 )
                 break
-        wave_docs = queue.filter(F.col("wave") == wave).select("doc_id", "source", "scorer", "text")
-        spec = _wave_journal(settings, run_id, wave)
-        raw = score_documents(wave_docs, replace(plan, journal=spec), tasks).select(
-            "*", F.lit(run_id).alias("run_id"), F.lit(wave).alias("wave"), F.current_timestamp().alias("scored_at")
-        )
-        staging = tables.staging_path(run_id, wave)
-        if lease is not None:
-            lease.check()  # taken over while this wave was planned: stop before scoring and committing it
-        if staging:
-            staged = tables.write_staging(raw, staging, RAW_OUTPUTS_SCHEMA)  # the wave's one scoring action
+        with job_tag(tables.spark, f"mira score wave {wave + 1}/{n_waves}"):
+            wave_docs = queue.filter(F.col("wave") == wave).select("doc_id", "source", "scorer", "text")
+            spec = _wave_journal(settings, run_id, wave)
+            raw = score_documents(wave_docs, replace(plan, journal=spec), tasks).select(
+                "*", F.lit(run_id).alias("run_id"), F.lit(wave).alias("wave"),
+                F.current_timestamp().alias("scored_at"),
+            )
+            staging = tables.staging_path(run_id, wave)
             if lease is not None:
-                lease.check()
-            tables.append(staged, "raw_outputs", RAW_OUTPUTS_SCHEMA)  # retry-safe: re-reads the files
-        else:
-            tables.append(raw, "raw_outputs", RAW_OUTPUTS_SCHEMA)  # the wave's one scoring action
-        wave_raw = tables.read("raw_outputs").filter((F.col("run_id") == run_id) & (F.col("wave") == wave))
-        tables.merge(score_rows(wave_raw), "scores", SCORES_SCHEMA, SCORE_KEYS)
-        summary.waves += 1
-        if spec is not None:  # the wave is committed: what its attempts re-sent, then its journal goes
-            waste = journal.wave_waste(spec)
-            summary.resent_requests += waste.resent_requests
-            summary.resent_completion_tokens += waste.resent_completion_tokens
-            journal.clear_wave(spec)
-        if staging:
-            tables.drop_staging(staging)
-        counts = wave_raw.groupBy("status").agg(F.count(F.lit(1)).alias("n")).collect()
-        deferred = sum(r["n"] for r in counts if r["status"] == "deferred")
-        log.info("wave %d/%d committed: %s", wave + 1, n_waves, {r["status"]: r["n"] for r in counts})
+                lease.check()  # taken over while this wave was planned: stop before scoring and committing it
+            if staging:
+                staged = tables.write_staging(raw, staging, RAW_OUTPUTS_SCHEMA)  # the wave's one scoring action
+                if lease is not None:
+                    lease.check()
+                tables.append(staged, "raw_outputs", RAW_OUTPUTS_SCHEMA)  # retry-safe: re-reads the files
+            else:
+                tables.append(raw, "raw_outputs", RAW_OUTPUTS_SCHEMA)  # the wave's one scoring action
+            wave_raw = tables.read("raw_outputs").filter((F.col("run_id") == run_id) & (F.col("wave") == wave))
+            tables.merge(score_rows(wave_raw), "scores", SCORES_SCHEMA, SCORE_KEYS)
+            summary.waves += 1
+            if staging:
+                tables.drop_staging(staging)
+            counts = wave_stats(wave_raw)  # the wave's counts: one aggregation over its own rows
+            if spec is not None:  # the wave is committed: what its attempts re-sent, then its journal goes
+                waste = journal.wave_waste(spec)
+                counts.resent_requests += waste.resent_requests
+                counts.resent_completion_tokens += waste.resent_completion_tokens
+                journal.clear_wave(spec)
+        totals.add(counts)
+        totals.count("waves")
+        progress(meter.line(wave + 1, totals, time.perf_counter()))
+        deferred = counts.counts.get("status:deferred", 0)
         if on_wave is not None:
             on_wave(wave, summary)
         if deferred:
@@ -380,45 +453,25 @@ def _run_waves(tables: Tables, settings: Settings, groups: Groups, queue: DataFr
     summary.scoring_s = time.perf_counter() - started
 
 
-def _collect_run_counts(tables: Tables, run_id: str, summary: RunSummary) -> None:
-    raw = tables.read("raw_outputs").filter(F.col("run_id") == run_id)
-    agg = raw.agg(
-        F.count(F.lit(1)).alias("rows"),
-        F.sum("attempts").alias("attempts"),
-        F.sum("repairs").alias("repairs"),
-        F.sum(F.when(F.col("status") == "ok", 1).otherwise(0)).alias("ok"),
-        F.sum(F.when(F.col("status") == "deferred", 1).otherwise(0)).alias("deferred"),
-        F.sum(F.col("truncated").cast("int")).alias("truncated"),
-    ).collect()[0]
-    summary.rows_scored = int(agg["rows"] or 0)
-    summary.requests_sent = int(agg["attempts"] or 0)  # every HTTP request, repairs included
-    summary.scored_ok = int(agg["ok"] or 0)
-    summary.deferred = int(agg["deferred"] or 0)
-    summary.truncated = int(agg["truncated"] or 0)
-    failed = raw.filter(F.col("status") == "failed").groupBy(F.split("error", ":")[0].alias("e")).count().collect()
-    summary.failed = {r["e"]: int(r["count"]) for r in failed}
-
-
 def _write_run_stats(tables: Tables, summary: RunSummary) -> None:
-    from datetime import datetime, timezone
-
+    """One ``run_stats`` row per stage that ran (``mira_spark.runstats.StageStats.record``)."""
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    rows = [
-        ("input", "documents_in", summary.documents_in), ("score", "pending_before", summary.pending_before),
-        ("score", "requests_sent", summary.requests_sent), ("score", "rows_scored", summary.rows_scored),
-        ("score", "scored_ok", summary.scored_ok), ("score", "deferred", summary.deferred),
-        ("score", "truncated", summary.truncated), ("score", "recovered_raw", summary.recovered_raw),
-        ("score", "seconds", summary.scoring_s), ("score", "journal_folded", summary.journal_folded),
-        ("score", "resent_requests", summary.resent_requests),
-        ("score", "resent_completion_tokens", summary.resent_completion_tokens),
-    ]
-    rows += [("route", f"rejected:{k}", v) for k, v in summary.rejected.items()]
-    rows += [("score", f"failed:{k}", v) for k, v in summary.failed.items()]
-    rows += [("select", f"kept:{k}", v[0]) for k, v in summary.kept.items()]
-    df = tables.spark.createDataFrame(
-        [(summary.run_id, s, m, float(v), now) for s, m, v in rows], RUN_STATS_SCHEMA
-    )
-    tables.append(df, "run_stats", RUN_STATS_SCHEMA)
+    names = RUN_STATS_SCHEMA.names
+    rows = [tuple(st.record(summary.run_id, now)[n] for n in names) for st in summary.stages.values()]
+    if rows:
+        tables.append(tables.spark.createDataFrame(rows, RUN_STATS_SCHEMA), "run_stats", RUN_STATS_SCHEMA)
+
+
+def read_run_stats(tables: Tables, run_id: str) -> dict[str, StageStats]:
+    """The stages of run ``run_id`` as written to ``run_stats`` (what the CLI summary prints)."""
+    if not tables.exists("run_stats"):
+        return {}
+    rows = tables.read("run_stats").filter(F.col("run_id") == run_id).collect()
+    names = list(STAGE_NAMES)
+    names.insert(names.index("score"), "canary")  # the drift guard runs at the start of scoring
+    order = {name: i for i, name in enumerate(names)}
+    stages = sorted((StageStats.from_record(r.asDict()) for r in rows), key=lambda st: order.get(st.stage, 99))
+    return {st.stage: st for st in stages}
 
 
 @dataclass
@@ -434,6 +487,7 @@ class RunContext:
     versions: DataFrame
     routing: DataFrame | None = None  # set by the route stage: this run's rows of the routing table
     reparse_all: bool = False  # parse stage: re-parse every raw output (after a parser fix)
+    progress: ProgressSink = log_progress  # where each wave's progress line goes (the CLI adds a bar)
     lease: Lease | None = None  # the table root's run lease, held from open_run to finish_run
     on_wave: WaveHook | None = None  # called after each committed wave
 
@@ -475,7 +529,8 @@ def open_run(spark: SparkSession, settings: Settings, run_id: str | None = None)
 def _open_run(spark: SparkSession, settings: Settings, summary: RunSummary, lease: Lease | None) -> RunContext:
     tables = Tables(spark, settings)
     groups = load_groups(settings)
-    docs = check_documents(tables.read(tables.documents), tables.documents.label)
+    docs = check_documents(tables.read(tables.documents), tables.documents.label,
+                           settings.selection.tokens_column)
     tables.ensure("raw_outputs", RAW_OUTPUTS_SCHEMA)
     tables.ensure("scores", SCORES_SCHEMA)
     return RunContext(spark, settings, tables, groups, summary, docs, _versions_df(spark, groups), lease=lease)
@@ -501,6 +556,11 @@ def route_stage(ctx: RunContext) -> None:
     ctx.summary.documents_in = sum(counts.values())
     ctx.summary.rejected = {k: v for k, v in counts.items() if k is not None}
     ctx.summary.exact_copies = sum(int(r["count"]) for r in rows if r["exact_copy"])
+    st = ctx.summary.stage("route")
+    st.rows_in, st.rows_out = ctx.summary.documents_in, counts.get(None, 0)
+    for reason, n in ctx.summary.rejected.items():
+        st.count(f"rejected:{reason}", n)
+    st.count("exact_copies", ctx.summary.exact_copies)
 
 
 def score_stage(ctx: RunContext) -> None:
@@ -517,9 +577,27 @@ def score_stage(ctx: RunContext) -> None:
     pending = pending_documents(ctx.routed, ctx.tables.read("scores"), ctx.versions,
                                 tuple(ctx.settings.scoring.rescore_errors))
     ctx.summary.pending_before = pending.count()
-    score_waves(ctx.tables, ctx.settings, ctx.groups, pending, ctx.docs, ctx.summary.run_id, ctx.summary, ctx.lease,
-                ctx.on_wave)
-    _collect_run_counts(ctx.tables, ctx.summary.run_id, ctx.summary)
+    st = ctx.summary.stage("score")
+    st.rows_in = ctx.summary.pending_before
+    st.count("recovered_raw", ctx.summary.recovered_raw)
+    if ctx.summary.journal_folded:
+        st.count("journal_folded", ctx.summary.journal_folded)
+    score_waves(ctx.tables, ctx.settings, ctx.groups, pending, ctx.docs, ctx.summary.run_id, ctx.summary,
+                ctx.progress, ctx.lease, ctx.on_wave)
+    _count_canary(ctx.summary)
+
+
+def _count_canary(summary: RunSummary) -> None:
+    """The drift guard's checks as a ``canary`` row of run_stats (its requests are billed, not corpus rows)."""
+    c = summary.canary
+    if not c:
+        return
+    st = summary.stage("canary")
+    st.rows_out, st.requests = c.get("checks", 0), c.get("requests", 0)
+    for q in c.get("quarantined", []):
+        st.count("quarantined")
+        st.count(f"quarantined:{q['reason']}")
+    st.count("groups_without_references", len(c.get("skipped", [])))
 
 
 def parse_stage(ctx: RunContext) -> int:
@@ -529,10 +607,11 @@ def parse_stage(ctx: RunContext) -> int:
     """
     if not ctx.reparse_all:
         ctx.summary.parsed = recover_unmerged(ctx.tables, ctx.groups)
-        return ctx.summary.parsed
-    raw = ctx.tables.read("raw_outputs").join(F.broadcast(ctx.versions), ["scorer", "prompt_version"])
-    ctx.tables.merge(reparse_raw_outputs(raw, ctx.groups.rubrics), "scores", SCORES_SCHEMA, SCORE_KEYS)
-    ctx.summary.parsed = ctx.tables.read("scores").count()
+    else:
+        raw = ctx.tables.read("raw_outputs").join(F.broadcast(ctx.versions), ["scorer", "prompt_version"])
+        ctx.tables.merge(reparse_raw_outputs(raw, ctx.groups.rubrics), "scores", SCORES_SCHEMA, SCORE_KEYS)
+        ctx.summary.parsed = ctx.tables.read("scores").count()
+    ctx.summary.stage("parse").rows_out = ctx.summary.parsed
     return ctx.summary.parsed
 
 
@@ -541,59 +620,92 @@ def _current_scores(ctx: RunContext) -> DataFrame:
 
 
 def reliability_stage(ctx: RunContext) -> None:
-    """Mask unreliable (source, dimension) cells.
+    """Mask unreliable (source, dimension) cells, with confidence intervals and shrinkage.
 
-    Reads ``scores`` (current prompt versions) and the validation (teacher) table. Overwrites
-    ``reliability`` (source, scorer, slot, dimension, n, mae, spearman, masked, reason, basis).
+    Reads ``scores`` (current prompt versions), the validation (teacher) table and, when configured,
+    ``reliability.published_mask``. Overwrites ``reliability`` (source, scorer, slot, dimension, n, mae,
+    mae_lo, mae_hi, spearman, spearman_lo, spearman_hi, ..., masked, reason, basis, mask_version).
     """
     tables = ctx.tables
     validation = tables.read(tables.validation) if tables.validation and tables.exists(tables.validation) else None
     reliability = compute_reliability(ctx.spark, _current_scores(ctx), validation, ctx.groups.rubrics,
                                       ctx.settings.reliability)
     tables.overwrite(reliability, "reliability", RELIABILITY_SCHEMA)
+    _count_reliability(ctx.summary.stage("reliability"), tables.read("reliability"))
+
+
+def _count_reliability(st: StageStats, cells: DataFrame) -> None:
+    """Cells, masked cells and cells by basis (the reliability table is small: source x dimension)."""
+    for r in cells.groupBy("masked", "basis").count().collect():
+        n = int(r["count"])
+        st.rows_out += n
+        st.count("masked", n if r["masked"] else 0)
+        st.count(f"basis:{r['basis']}", n)
+
+
+def _mask_version(reliability: DataFrame) -> str | None:
+    versions = [r["mask_version"] for r in reliability.select("mask_version").distinct().collect()]
+    return versions[0] if len(versions) == 1 else None
 
 
 def composite_scores(ctx: RunContext) -> DataFrame:
-    """Current score rows with ``composite`` and ``dims_used`` added (reads the reliability table)."""
-    return add_composite(_current_scores(ctx), ctx.tables.read("reliability"))
+    """This run's routed score rows with ``score_key, composite (0-100), dims_used, weights_version,
+    mask_version, tokens, tokens_estimated`` (reads ``reliability`` and ``routing``)."""
+    tables = ctx.tables
+    if tables.exists("reliability") and "mask_version" not in tables.read("reliability").columns:
+        reliability_stage(ctx)  # a reliability table of the layout before masks were versioned
+    plan = composite_plan(ctx.groups.rubrics, ctx.settings.selection)
+    weights = cell_weights(ctx.spark, tables.read("reliability"), plan)
+    tokens = ctx._routing().filter(F.col("reason").isNull()).select("doc_id", "scorer", "tokens", "tokens_estimated")
+    scores = _current_scores(ctx).join(tokens, on=["doc_id", "scorer"], how="inner")
+    return add_composite(scores, weights, plan, ctx.settings.selection)
 
 
 def decide_stage(ctx: RunContext) -> Selection:
-    """Write ``thresholds`` and ``decisions``; return the selection whose kept rows ``selected`` gets."""
+    """Write ``thresholds`` and ``decisions`` for every variant; return the selection ``selected`` gets."""
     tables = ctx.tables
     if not tables.exists("reliability"):
         reliability_stage(ctx)
     scored = composite_scores(ctx)
+    plan = composite_plan(ctx.groups.rubrics, ctx.settings.selection)
     still_pending = pending_documents(ctx.routed, tables.read("scores"), ctx.versions)
-    selection = select_documents(ctx.spark, scored, ctx.rejected, still_pending, ctx.settings.selection)
+    selection = select_documents(ctx.spark, scored, ctx.rejected, still_pending, ctx.settings.selection, plan,
+                                 _mask_version(tables.read("reliability")))
     tables.overwrite(selection.thresholds, "thresholds", THRESHOLDS_SCHEMA)
     tables.overwrite(selection.decisions, "decisions", DECISIONS_SCHEMA)
     return selection
 
 
-def selected_stage(ctx: RunContext, selection: Selection) -> None:
-    """Write ``selected`` (the kept rows with their text: the one join that brings text here)."""
+def selected_stage(ctx: RunContext, selection: Selection) -> dict[str, dict[str, tuple[int, int]]]:
+    """Write ``selected`` (``variant`` + the kept rows with their text: the one join that brings text here).
+
+    Returns per variant and unit ``(n_kept, n_in)``.
+    """
     tables = ctx.tables
     # The text of the copy routing chose: with duplicate doc_ids in the input, joining on doc_id alone
     # would attach every copy's text to the one kept score row. Exact copies (same id, source, text)
     # match twice; routing counted them, and only then is the second match dropped (an aggregation over
     # the wide kept rows, which a corpus without exact copies never pays).
-    keys = selection.kept.drop("masked_slots").join(ctx.routed.select("doc_id", "scorer", "text_hash"),
-                                                     on=["doc_id", "scorer"], how="inner")
+    keys = selection.kept.join(ctx.routed.select("doc_id", "scorer", "text_hash"), on=["doc_id", "scorer"],
+                               how="inner")
     selected = attach_text(keys, ctx.docs)
     if ctx.summary.exact_copies:  # rare: only then is there a second match to drop
-        selected = selected.dropDuplicates(["doc_id", "scorer"])
+        selected = selected.dropDuplicates(["variant", "doc_id", "scorer"])
     selected = selected.drop("text_hash")
     tables.overwrite(selected, "selected", selected.schema)
-    for r in tables.read("thresholds").collect():
-        ctx.summary.kept[r["source"]] = (int(r["n_kept"]), int(r["n_in"]))
+    # TODO(summary owner): RunSummary.kept was source -> (kept, n_in) of the one selection; with variants it
+    # is "<variant>:<unit>" -> (kept, n_in) until RunSummary gets a per-variant field.
+    for variant, units in selection.counts.items():
+        for unit, counts in units.items():
+            ctx.summary.kept[f"{variant}:{unit}"] = counts
+    return selection.counts
 
 
 def select_stage(ctx: RunContext) -> None:
-    """Composite, thresholds, decisions and ``selected``.
+    """Composite, thresholds, decisions and ``selected``, for every variant of ``selection.variants``.
 
     Reads ``scores``, ``reliability``, ``routing`` (this run) and the kept documents' text. Overwrites
-    ``thresholds``, ``decisions`` (every input row once, with a reason) and ``selected``.
+    ``thresholds``, ``decisions`` (every input row once per variant, with a reason) and ``selected``.
     """
     selected_stage(ctx, decide_stage(ctx))
 
@@ -637,9 +749,38 @@ def run_stages(ctx: RunContext, names: Sequence[str] | None = None, around: Stag
         wanted.add("route")
     for stage in STAGES:
         if stage.name in wanted:
-            with around(stage.name):
+            st = ctx.summary.stage(stage.name)
+            st.started_at = datetime.now(timezone.utc).replace(tzinfo=None)
+            began = time.perf_counter()
+            with around(stage.name), job_tag(ctx.spark, f"mira {stage.name}"):
                 log.info("stage %s", stage.name)
                 stage.run(ctx)
+            st.seconds += time.perf_counter() - began
+    if "select" in wanted:
+        _count_selection(ctx)
+
+
+def _count_selection(ctx: RunContext) -> None:
+    """rows_in: the documents every variant decides on; rows_out: kept rows over all variants (``selected``);
+    counts per ``<variant>:<unit>`` (``kept:``, ``in:``) and per variant (``tokens_kept:``, ``tokens_in:``,
+    ``budget_missed:``) from the thresholds table (one row per variant and unit: small)."""
+    summary = ctx.summary
+    st = summary.stage("select")
+    st.rows_in = summary.documents_in
+    for unit, (kept, n_in) in summary.kept.items():
+        st.rows_out += kept
+        st.count(f"kept:{unit}", kept)
+        st.count(f"in:{unit}", n_in)
+    if not ctx.tables.exists("thresholds"):
+        return
+    per_variant = ctx.tables.read("thresholds").groupBy("variant").agg(
+        F.sum("tokens_kept").alias("kept"), F.sum("tokens_in").alias("tokens_in"),
+        F.sum(F.when(F.col("budget_met") == F.lit(False), 1).otherwise(0)).alias("missed"),
+    ).collect()
+    for r in per_variant:
+        st.count(f"tokens_kept:{r['variant']}", int(r["kept"] or 0))
+        st.count(f"tokens_in:{r['variant']}", int(r["tokens_in"] or 0))
+        st.count(f"budget_missed:{r['variant']}", int(r["missed"] or 0))
 
 
 def finish_run(ctx: RunContext, started: float) -> RunSummary:
@@ -664,11 +805,16 @@ def release_run(ctx: RunContext) -> None:
 
 def run_pipeline(spark: SparkSession, settings: Settings, run_id: str | None = None,
                  stages: Sequence[str] | None = None, around: StageWrapper = _no_wrap,
-                 reparse_all: bool = False) -> RunSummary:
-    """The whole job (or the named stages of it, e.g. ``["select"]``) on an open session."""
+                 reparse_all: bool = False, progress: ProgressSink = log_progress) -> RunSummary:
+    """The whole job (or the named stages of it, e.g. ``["select"]``) on an open session.
+
+    ``progress`` receives one line per committed wave (documents done, rates, ETA, failures, GPU-hours);
+    by default it is logged at INFO, the CLI prints it (a bar on a terminal).
+    """
     started = time.perf_counter()
     ctx = open_run(spark, settings, run_id)
     ctx.reparse_all = reparse_all
+    ctx.progress = progress
     try:
         run_stages(ctx, stages, around)
         return finish_run(ctx, started)

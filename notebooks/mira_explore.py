@@ -61,14 +61,16 @@ display(plot_reliability_mask(reliability.toPandas()))
 
 # COMMAND ----------
 
-display(spark.sql("SELECT * FROM mira_thresholds ORDER BY source"))
+display(spark.sql("SELECT * FROM mira_thresholds ORDER BY variant, unit"))
 near = spark.sql("""
-    SELECT d.source, d.doc_id, d.decision, round(d.composite, 3) AS composite, round(t.threshold, 3) AS threshold,
-           round(d.composite - t.threshold, 3) AS margin
-    FROM mira_decisions d JOIN mira_thresholds t ON d.source = t.source
-    WHERE d.composite IS NOT NULL AND (:source = '' OR d.source = :source)
-    ORDER BY abs(d.composite - t.threshold), d.doc_id LIMIT 20
+    SELECT d.variant, d.source, d.doc_id, d.decision, round(d.composite, 3) AS composite,
+           round(t.threshold, 3) AS threshold, round(d.composite - t.threshold, 3) AS margin
+    FROM mira_decisions d JOIN mira_thresholds t ON d.variant = t.variant AND d.unit = t.unit
+    WHERE d.composite IS NOT NULL AND t.threshold IS NOT NULL AND (:source = '' OR d.source = :source)
+    ORDER BY abs(d.composite - t.threshold), d.variant, d.doc_id LIMIT 20
 """, args={"source": dbutils.widgets.get("source")})
 display(near)
-display(plot_thresholds(spark.sql("SELECT source, decision, composite FROM mira_decisions").toPandas(),
-                        spark.sql("SELECT source, threshold FROM mira_thresholds").toPandas()))
+# One variant's units (the source variant: one panel per source); any variant works.
+display(plot_thresholds(
+    spark.sql("SELECT unit, decision, composite FROM mira_decisions WHERE variant = 'source'").toPandas(),
+    spark.sql("SELECT unit, threshold FROM mira_thresholds WHERE variant = 'source'").toPandas()))

@@ -133,8 +133,9 @@ def test_table_path_smoke(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> 
         assert out["text_exchanges"][step]["plans"] >= 1, step
     # the stages really ran: every input row has one decision, the pending ones say so
     decisions = DeltaTable(str(tmp_path / "tables" / "decisions")).to_pandas()
-    assert len(decisions) == docs
-    assert (decisions["reason"] == "pending").sum() == counts["pending"]
+    variants = decisions["variant"].nunique()
+    assert variants == 4 and len(decisions) == docs * variants  # once per variant (default variants)
+    assert (decisions["reason"] == "pending").sum() == counts["pending"] * variants
     assert sum(counts["kept"].values()) == (decisions["decision"] == "kept").sum() > 0
 
 

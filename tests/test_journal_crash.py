@@ -151,8 +151,9 @@ def test_fault_mid_wave_resends_at_most_what_was_in_flight(kind: str, spark: Any
     # waste accounting: what the rerun sent again, as the dead run's last in-flight list knew it
     assert 0 < summary["resent_requests"] <= len(resent)
     assert summary["resent_completion_tokens"] > 0
-    stats = {r["metric"]: r["value"] for r in tables.read("run_stats").filter("run_id = 'rerun'").collect()}
-    assert stats["resent_requests"] == summary["resent_requests"]
+    score_row = tables.read("run_stats").filter("run_id = 'rerun' AND stage = 'score'").collect()[0]
+    assert score_row["resent_requests"] == summary["resent_requests"]
+    assert score_row["resent_completion_tokens"] == summary["resent_completion_tokens"]
     # every document exactly once, and the journal is empty after the run
     scores = tables.read("scores")
     routed = summary["documents_in"] - sum(summary["rejected"].values())

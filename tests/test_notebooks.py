@@ -81,7 +81,8 @@ def test_pipeline_notebook_runs_the_job_from_widgets(demo_run: Any, spark: Any) 
     assert result["requests_sent"] == 0, "everything was scored by the demo run: nothing is sent again"
     assert sum(k for k, _ in result["kept"].values()) == sum(k for k, _ in demo_run.summary["kept"].values())
     reasons = shown[-1].toPandas()
-    assert reasons["n"].sum() == demo_run.summary["documents_in"]  # every input row has one decision
+    variants = {k.split(":")[0] for k in demo_run.summary["kept"]}
+    assert reasons["n"].sum() == demo_run.summary["documents_in"] * len(variants)  # once per variant
 
 
 def test_explore_notebook_queries_and_plots(demo_run: Any, spark: Any) -> None:
@@ -94,8 +95,9 @@ def test_explore_notebook_queries_and_plots(demo_run: Any, spark: Any) -> None:
     frames = [x.toPandas() for x in shown if not isinstance(x, Figure)]
     assert len(figures) == 3 and all(f.axes for f in figures)
     per_dimension, masked, thresholds, near = frames
-    assert set(per_dimension["source"]) == set(demo_run.summary["kept"]) and (per_dimension["n"] > 0).all()
+    sources = {k.split(":")[1] for k in demo_run.summary["kept"] if k.startswith("source:")}
+    assert set(per_dimension["source"]) == sources and (per_dimension["n"] > 0).all()
     assert per_dimension["mean_score"].between(0, 10).all()
     assert masked["masked"].all()
-    assert set(thresholds["source"]) == set(demo_run.summary["kept"])
+    assert set(thresholds["variant"] + ":" + thresholds["unit"]) == set(demo_run.summary["kept"])
     assert 0 < len(near) <= 20 and near["margin"].abs().is_monotonic_increasing

@@ -49,18 +49,20 @@ def test_classic_local_parquet_matches_sail_delta(spark: Any, sim_pool: list[Any
     classic_decisions = pd.read_parquet(tmp_path / "classic" / "decisions")
     classic_thresholds = pd.read_parquet(tmp_path / "classic" / "thresholds")
 
-    cols = ["doc_id", "source", "decision", "reason", "source_rank"]
-    left = classic_decisions[cols].sort_values("doc_id").reset_index(drop=True)
-    right = sail_decisions[cols].sort_values("doc_id").reset_index(drop=True)
+    cols = ["variant", "doc_id", "source", "unit", "decision", "reason", "tokens", "mask_version"]
+    keys = ["variant", "doc_id", "source"]
+    left = classic_decisions[cols].sort_values(keys).reset_index(drop=True)
+    right = sail_decisions[cols].sort_values(keys).reset_index(drop=True)
+    assert len(left) > 0 and left["variant"].nunique() == 4
     pd.testing.assert_frame_equal(left, right, check_dtype=False)
-    merged = classic_decisions.merge(sail_decisions, on="doc_id", suffixes=("_c", "_s"))
+    merged = classic_decisions.merge(sail_decisions, on=keys, suffixes=("_c", "_s"))
     assert ((merged["composite_c"] - merged["composite_s"]).abs().fillna(0) < 1e-9).all()
 
-    tcols = ["source", "n_in", "n_eligible", "n_kept"]
+    tcols = ["variant", "unit", "budget", "n_in", "n_kept", "tokens_in", "tokens_kept", "threshold_key", "budget_met"]
     pd.testing.assert_frame_equal(
-        classic_thresholds[tcols].sort_values("source").reset_index(drop=True),
-        sail_thresholds[tcols].sort_values("source").reset_index(drop=True),
+        classic_thresholds[tcols].sort_values(["variant", "unit"]).reset_index(drop=True),
+        sail_thresholds[tcols].sort_values(["variant", "unit"]).reset_index(drop=True),
         check_dtype=False,
     )
-    assert (classic_thresholds.sort_values("source")["threshold"].to_numpy()
-            == pytest.approx(sail_thresholds.sort_values("source")["threshold"].to_numpy()))
+    assert (classic_thresholds.sort_values(["variant", "unit"])["threshold"].to_numpy(na_value=-1.0)
+            == pytest.approx(sail_thresholds.sort_values(["variant", "unit"])["threshold"].to_numpy(na_value=-1.0)))

@@ -18,7 +18,8 @@ from mira_spark.parsing import parse as parse_module
 from mira_spark.parsing.parse import parse_output
 from mira_spark.pipeline import load_groups, run_pipeline
 from mira_spark.prompting.tokens import estimate_tokens
-from mira_spark.selection.stats import composite, keep_count
+from mira_spark.selection.aggregation import composite_plan
+from mira_spark.selection.thresholds import ScoreKeyScale, score_key, split_largest_remainder, tie_hash
 from mira_spark.store.schemas import SCORES_SCHEMA
 from mira_spark.store.tables import Tables
 
@@ -35,6 +36,8 @@ class Runs:
     overflows: int
     scores_after_first: int
     scores_after_second: int
+    progress: list[Any]  # the first run's progress lines, one per committed wave
+    tags: list[str]  # Spark job tags the first run set (stage and wave names)
     answers_parsed: int  # texts parsed during the first run (by the scoring task's output check)
     batch_parses: int  # parse_batch calls during the first run: re-parsing after read-back
 
@@ -65,8 +68,17 @@ def runs(spark: Any, sample_dir: Path, sim_pool: list[Any], tmp_path_factory: py
         return real_batch(*args, **kwargs)
 
     # Sail runs mapInArrow functions in this process, so the patch sees the scoring tasks' parses.
-    with patch.object(parse_module, "_parse", counting_parse), patch.object(parse_module, "parse_batch", counting_batch):
-        first = run_pipeline(spark, settings, run_id="first")
+    progress: list[Any] = []
+    tags: list[str] = []
+    real_add_tag = type(spark).addTag
+
+    def recording_add_tag(self: Any, tag: str) -> None:
+        tags.append(tag)
+        real_add_tag(self, tag)
+
+    with patch.object(parse_module, "_parse", counting_parse), patch.object(parse_module, "parse_batch", counting_batch), \
+            patch.object(type(spark), "addTag", recording_add_tag):
+        first = run_pipeline(spark, settings, run_id="first", progress=progress.append)
     requests_first = _total_requests(sim_pool)
     overflows = sum(h.stats()["overflows"] for h in sim_pool)
     tables = Tables(spark, settings)
@@ -74,7 +86,19 @@ def runs(spark: Any, sample_dir: Path, sim_pool: list[Any], tmp_path_factory: py
     second = run_pipeline(spark, settings, run_id="second")
     n2 = tables.read("scores").count()
     return Runs(settings, first, second, requests_first, _total_requests(sim_pool) - requests_first, overflows, n1, n2,
-                len(texts), len(batch_calls))
+                progress, tags, len(texts), len(batch_calls))
+
+
+def test_progress_line_per_wave_and_job_tags(runs: Runs) -> None:
+    assert runs.first.waves >= 2  # the case: several waves
+    assert [p.wave for p in runs.progress] == list(range(1, runs.first.waves + 1))
+    assert [p.done for p in runs.progress] == sorted(p.done for p in runs.progress)
+    last = runs.progress[-1]
+    assert last.done == last.total == runs.first.rows_scored and last.eta_s == 0
+    assert last.gpu_hours > 0 and last.requests_per_s > 0
+    waves = runs.first.waves
+    assert [t for t in runs.tags if "wave" in t] == [f"mira-score-wave-{i}-of-{waves}" for i in range(1, waves + 1)]
+    assert {"mira-route", "mira-score", "mira-select"} <= set(runs.tags)
 
 
 def test_every_answer_is_parsed_once(runs: Runs) -> None:
@@ -84,16 +108,22 @@ def test_every_answer_is_parsed_once(runs: Runs) -> None:
     assert runs.batch_parses == 0  # nothing parses again after read-back
 
 
-def test_every_input_row_has_exactly_one_decision(spark: Any, runs: Runs) -> None:
+VARIANTS = ("global", "group", "source", "random")  # the default selection.variants
+
+
+def test_every_input_row_has_exactly_one_decision_per_variant(spark: Any, runs: Runs) -> None:
     tables = Tables(spark, runs.settings)
     docs = tables.read(tables.documents)
     decisions = tables.read("decisions")
-    assert decisions.count() == docs.count() == runs.first.documents_in
-    dup = decisions.groupBy("doc_id").count().filter("count > 1").count()
-    assert dup == 0
-    assert {r["doc_id"] for r in decisions.select("doc_id").collect()} == {
-        r["doc_id"] for r in docs.select("doc_id").collect()
-    }
+    assert decisions.count() == docs.count() * len(VARIANTS) == runs.first.documents_in * len(VARIANTS)
+    dup = decisions.groupBy("variant", "doc_id").count().filter("count > 1").count()
+    assert dup == 0  # the sample's duplicate doc_ids are distinct rows only through their source
+    doc_ids = {r["doc_id"] for r in docs.select("doc_id").collect()}
+    for variant in VARIANTS:
+        got = {r["doc_id"] for r in decisions.filter(f"variant = '{variant}'").select("doc_id").collect()}
+        assert got == doc_ids
+    reasons = {r["reason"] for r in decisions.select("reason").distinct().collect()}
+    assert {"selected", "below_threshold", "scoring_failed:empty_text", "no_scorer"} <= reasons
 
 
 def test_row_accounting_in_equals_ok_plus_failed(runs: Runs) -> None:
@@ -141,34 +171,61 @@ def test_unreliable_dimensions_are_masked(spark: Any, runs: Runs) -> None:
         assert (source, "A14") in masked and (source, "A15") in masked
         assert not any((source, f"A{i}") in masked for i in range(1, 14))
     assert all(r["n"] >= 20 for r in rel)
+    assert len({r["mask_version"] for r in rel}) == 1
+    ci = [r for r in rel if r["spearman_lo"] is not None]
+    assert ci and all(r["spearman_lo"] <= r["spearman"] <= r["spearman_hi"] for r in ci)
+    assert all(r["mae_lo"] <= r["mae"] <= r["mae_hi"] for r in rel if r["mae_lo"] is not None)
+
+
+def _brute_force_kept(items: list[tuple[int, int, str, int]], budget: int) -> set[str]:
+    """Sort a unit's (key, tie_hash, doc_id, tokens) rows and keep the prefix within ``budget`` tokens."""
+    kept, cum = set(), 0
+    for _k, _h, doc_id, tokens in sorted(items, key=lambda x: (-x[0], x[1], x[2])):
+        if cum + tokens > budget:
+            break
+        cum += tokens
+        kept.add(doc_id)
+    return kept
 
 
 def test_thresholds_are_exact_and_reproducible(spark: Any, runs: Runs) -> None:
-    """Recompute composite, ranks and keep counts in pure Python from the stored scores and mask."""
+    """Recompute keys, budgets and the kept sets of the score variants with a plain sort + cumulative sum."""
     tables = Tables(spark, runs.settings)
+    rubrics = load_groups(runs.settings).rubrics
+    plan = composite_plan(rubrics, runs.settings.selection)
     masks = {(r["source"], r["slot"]) for r in tables.read("reliability").collect() if r["masked"]}
-    scores = tables.read("scores").collect()
-    decisions = {r["doc_id"]: r for r in tables.read("decisions").collect()}
-    thresholds = {r["source"]: r for r in tables.read("thresholds").collect()}
-    by_source: dict[str, list[tuple[float, str]]] = {}
-    for row in scores:
-        comp = composite([row[f"a{i}_score"] for i in range(1, 16)],
-                         [(row["source"], f"A{i}") in masks for i in range(1, 16)])
-        if row["status"] == "ok" and row["parse_status"] in ("ok", "partial") and comp is not None:
-            by_source.setdefault(row["source"], []).append((comp, row["doc_id"]))
-            assert decisions[row["doc_id"]]["composite"] == pytest.approx(comp)
-    for source, items in by_source.items():
-        ratio = runs.settings.selection.ratio_for(source)
-        k = keep_count(len(items), ratio)
-        t = thresholds[source]
-        assert (t["n_eligible"], t["n_kept"]) == (len(items), k)
-        kept = {d for d, r in decisions.items() if r["source"] == source and r["decision"] == "kept"}
-        assert len(kept) == k
-        best = sorted(items, key=lambda x: -x[0])
-        cut = best[k - 1][0]
-        assert t["threshold"] == pytest.approx(cut)
-        assert all(c >= cut for c, d in items if d in kept)
-        assert all(c <= cut for c, d in items if d not in kept)
+    scores = {(r["doc_id"], r["scorer"]): r for r in tables.read("scores").collect()}
+    decisions = tables.read("decisions").collect()
+    thresholds = {(r["variant"], r["unit"]): r for r in tables.read("thresholds").collect()}
+    assert {v for v, _ in thresholds} == set(VARIANTS)
+    scored_tokens = sum(d["tokens"] for d in decisions if d["variant"] == "global" and d["tokens"] is not None
+                        and not d["reason"].startswith(("scoring_failed", "parse_failed")))
+    budget = scored_tokens // 2
+    checked = 0
+    for variant in ("global", "group", "source"):
+        rows = [d for d in decisions if d["variant"] == variant and d["composite"] is not None]
+        units: dict[str, list[tuple[int, int, str, int]]] = {}
+        for d in rows:
+            s = scores[(d["doc_id"], d["scorer"])]
+            scale = ScoreKeyScale(plan.weights[d["scorer"]], plan.resolution, plan.multiplier, plan.exact)
+            key = 10 * plan.blend[1] * score_key([s[f"a{i}_score"] for i in range(1, 16)], scale,
+                                                 [(d["source"], f"A{i}") in masks for i in range(1, 16)])
+            assert d["composite"] == pytest.approx(plan.composite(key))
+            units.setdefault(d["unit"], []).append((key, tie_hash(d["doc_id"]), d["doc_id"], d["tokens"]))
+        unit_tokens = {u: sum(t for *_x, t in items) for u, items in units.items()}
+        budgets = split_largest_remainder(budget, unit_tokens)
+        for unit, items in units.items():
+            want = _brute_force_kept(items, budgets[unit])
+            got = {d["doc_id"] for d in rows if d["unit"] == unit and d["decision"] == "kept"}
+            assert got == want and want
+            t = thresholds[(variant, unit)]
+            assert (t["budget"], t["n_kept"], t["tokens_kept"]) == (
+                budgets[unit], len(want), sum(x[3] for x in items if x[2] in want))
+            assert t["tokens_kept"] <= t["budget"] and t["tokens_estimated"]
+            assert t["threshold"] == pytest.approx(min(d["composite"] for d in rows
+                                                       if d["unit"] == unit and d["doc_id"] in want))
+            checked += 1
+    assert checked >= 1 + 1 + 2  # one global unit, >= 1 group, >= 2 sources
 
 
 def test_selected_table_holds_kept_documents_with_text(spark: Any, runs: Runs) -> None:
@@ -176,8 +233,10 @@ def test_selected_table_holds_kept_documents_with_text(spark: Any, runs: Runs) -
     selected = tables.read("selected")
     kept = tables.read("decisions").filter("decision = 'kept'")
     assert selected.count() == kept.count() == sum(k for k, _ in runs.first.kept.values())
-    assert {"doc_id", "text", "composite", "a1_score"} <= set(selected.columns)
+    assert {"variant", "doc_id", "text", "composite", "a1_score", "mask_version", "weights_version"} <= set(
+        selected.columns)
     assert selected.filter("text is null").count() == 0
+    assert {r["variant"] for r in selected.select("variant").distinct().collect()} == set(VARIANTS)
 
 
 def test_views_answer_sql(spark: Any, runs: Runs) -> None:
@@ -187,8 +246,11 @@ def test_views_answer_sql(spark: Any, runs: Runs) -> None:
         "SELECT DISTINCT slot FROM scores_long WHERE masked ORDER BY slot"
     ).collect()
     assert [r["slot"] for r in masked] == ["A14", "A15"]
-    top = spark.sql("SELECT source, count(*) AS n FROM mira_selected GROUP BY source").collect()
-    assert {r["source"]: r["n"] for r in top} == {s: k for s, (k, _) in runs.first.kept.items()}
+    top = spark.sql("SELECT variant, count(*) AS n FROM mira_selected GROUP BY variant").collect()
+    per_variant: dict[str, int] = {}
+    for key, (k, _n) in runs.first.kept.items():
+        per_variant[key.split(":")[0]] = per_variant.get(key.split(":")[0], 0) + k
+    assert {r["variant"]: r["n"] for r in top} == per_variant
 
 
 def test_rerun_sends_nothing_and_adds_nothing(runs: Runs) -> None:
@@ -225,3 +287,16 @@ def test_parse_all_reparses_raw_text_after_a_parser_change(spark: Any, runs: Run
     assert ok_counts() == 0
     run_pipeline(spark, runs.settings, run_id="reparse", stages=["parse"], reparse_all=True)
     assert ok_counts() == before
+
+
+def test_run_stats_select_row_holds_each_variants_tokens(spark: Any, runs: Runs) -> None:
+    from mira_spark.pipeline import read_run_stats
+
+    tables = Tables(spark, runs.settings)
+    select = read_run_stats(tables, "first")["select"]
+    thresholds = tables.read("thresholds").toPandas()
+    by_variant = thresholds.groupby("variant")[["tokens_kept", "tokens_in"]].sum()
+    assert len(by_variant) >= 4  # global, group, source, random
+    assert select.by_prefix("tokens_kept") == {v: int(t) for v, t in by_variant["tokens_kept"].items()}
+    assert select.by_prefix("tokens_in") == {v: int(t) for v, t in by_variant["tokens_in"].items()}
+    assert select.rows_in == runs.first.documents_in and select.rows_out == int(thresholds["n_kept"].sum())

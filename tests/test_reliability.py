@@ -10,6 +10,7 @@ import math
 import random
 from typing import Any
 
+import numpy as np
 import pytest
 import scipy.stats
 
@@ -92,12 +93,63 @@ def test_spark_spearman_and_mae_match_the_reference_and_scipy_on_tied_data(spark
             assert ref is not None
             assert row["spearman"] == pytest.approx(ref, abs=1e-9), (source, slot)
             assert row["spearman"] == pytest.approx(scipy.stats.spearmanr(ts, ss).statistic, abs=1e-9)
-            decision = stats.mask_decision(len(pairs), row["mae"], row["spearman"], cfg.max_mae,
-                                           cfg.min_spearman, cfg.min_n)
-            assert (row["masked"], row["reason"], row["basis"]) == (decision.masked, decision.reason, "source")
+            _check_intervals(row, ts, ss)
+            assert row["basis"] == "source"
+            # point rule on the shrunk estimates the rule saw
+            assert row["masked"] == (row["used_mae"] > cfg.max_mae or row["used_spearman"] < cfg.min_spearman)
+    assert _check_shrinkage(got, students, teachers, cfg.kappa) >= 10
     assert negative_zeros > 50  # the -0.0 case really is in the data
     # the data really exercises both outcomes
     assert any(r["masked"] for r in got.values()) and not all(r["masked"] for r in got.values())
+
+
+Z95 = scipy.stats.norm.ppf(0.975)
+
+
+def _check_intervals(row: Any, ts: list[float], ss: list[float]) -> None:
+    """Fisher z with the Bonett-Wright SE (>= 5 distinct teacher values) and the normal MAE interval."""
+    n, rho = len(ts), row["spearman"]
+    if len(set(ts)) >= 5:
+        assert row["ci_method"] == "fisher"
+        half = Z95 * math.sqrt((1 + rho * rho / 2) / (n - 3))
+        assert (row["spearman_lo"], row["spearman_hi"]) == pytest.approx(
+            (math.tanh(math.atanh(rho) - half), math.tanh(math.atanh(rho) + half)), abs=1e-9)
+    else:
+        assert row["ci_method"] == "bootstrap"
+        assert row["spearman_lo"] <= rho <= row["spearman_hi"]
+    err = np.abs(np.array(ts) - np.array(ss))
+    half = Z95 * err.std(ddof=1) / math.sqrt(n)
+    assert (row["mae_lo"], row["mae_hi"]) == pytest.approx((max(0.0, err.mean() - half), err.mean() + half), abs=1e-9)
+
+
+def _check_shrinkage(got: dict[tuple[str, str], Any], students: dict, teachers: dict, kappa: float) -> int:
+    """DerSimonian-Laird on Fisher z per slot over the sources (textbook formulas in numpy), and MAE with kappa.
+
+    Returns the slots checked (those where every cell has a Fisher interval)."""
+    checked = 0
+    for i in range(1, N_SLOTS + 1):
+        slot = f"A{i}"
+        cells = sorted(src for src, sl in got if sl == slot)
+        y = np.array([math.atanh(got[(c, slot)]["spearman"]) for c in cells])
+        v = np.array([(1 + got[(c, slot)]["spearman"] ** 2 / 2) / (got[(c, slot)]["n"] - 3) for c in cells])
+        if any(got[(c, slot)]["ci_method"] != "fisher" for c in cells):
+            continue
+        w = 1 / v
+        q = float((w * (y - (w * y).sum() / w.sum()) ** 2).sum())
+        tau2 = max(0.0, (q - (len(y) - 1)) / (w.sum() - (w * w).sum() / w.sum()))
+        mu = float(((1 / (v + tau2)) * y).sum() / (1 / (v + tau2)).sum())
+        b = v / (v + tau2)
+        shrunk = np.tanh((1 - b) * y + b * mu)
+        for c, want in zip(cells, shrunk, strict=True):
+            assert got[(c, slot)]["spearman_shrunk"] == pytest.approx(float(want), abs=1e-9)
+        pooled = [abs(teachers[(doc, slot)] - sl[slot]) for (doc, _s, _g), sl in students.items()
+                  if sl[slot] is not None]
+        mae_g = sum(pooled) / len(pooled)
+        for c in cells:
+            r = got[(c, slot)]
+            assert r["mae_shrunk"] == pytest.approx((r["n"] * r["mae"] + kappa * mae_g) / (r["n"] + kappa), abs=1e-9)
+        checked += 1
+    return checked
 
 
 def test_few_pairs_take_the_group_decision_and_no_pairs_keep_the_dimension(spark: Any) -> None:
@@ -137,27 +189,51 @@ def test_few_pairs_take_the_group_decision_and_no_pairs_keep_the_dimension(spark
     # small: its own pairs agree, but n < min_n: the group (35 pooled pairs) decides, so A2 is masked
     group_a2 = [(10.0 - float(k % 11), float(k % 11)) for k in range(30)] + [(float(2 * k), float(2 * k))
                                                                           for k in range(5)]
-    pooled = stats.mask_decision(len(group_a2), stats.mae(*zip(*group_a2, strict=True)),
-                                 stats.spearman(*zip(*group_a2, strict=True)), cfg.max_mae, cfg.min_spearman,
-                                 cfg.min_n)
+    ts, ss = zip(*group_a2, strict=True)
     small_a2 = got[("small", "A2")]
     assert small_a2["n"] == 5 and small_a2["basis"] == "group"
     assert small_a2["spearman"] == pytest.approx(1.0)  # the cell keeps its own statistics...
-    assert (small_a2["masked"], small_a2["reason"]) == (pooled.masked, pooled.reason)  # ...and the group's decision
-    assert pooled.masked
+    assert small_a2["used_mae"] == pytest.approx(stats.mae(ts, ss))  # ...and the group's pooled MAE decides
+    assert small_a2["used_mae"] > cfg.max_mae and small_a2["masked"]
     small_a1 = got[("small", "A1")]
     assert (small_a1["basis"], small_a1["masked"]) == ("group", False)
     # no teacher rows at all, but the group has enough: the group decides too
     unl_a2 = got[("unlabelled", "A2")]
     assert (unl_a2["n"], unl_a2["basis"], unl_a2["masked"]) == (0, "group", True)
     assert unl_a2["mae"] is None and unl_a2["spearman"] is None
-    # slots without any teacher rows in the group: no evidence, kept
+    # slots without any teacher rows anywhere: no evidence, kept
     unl_a3 = got[("unlabelled", "A3")]
     assert (unl_a3["basis"], unl_a3["masked"]) == ("none", False)
-    assert unl_a3["reason"] == "no evidence: 0 source pairs, 0 group pairs; kept"
+    assert unl_a3["reason"].startswith("no validation pairs")
 
-    # lonely: 3 reversed pairs would be masked on their own, but 3 < min_n in the source and the group: kept
+    # lonely: 3 reversed pairs would be masked on their own, and its group has only those 3 (< min_n): the
+    # global pool of A1 (38 pairs, mostly agreeing) decides, so A1 is kept
     lonely = got[("lonely", "A1")]
-    assert (lonely["n"], lonely["basis"], lonely["masked"]) == (3, "none", False)
+    assert (lonely["n"], lonely["basis"], lonely["masked"]) == (3, "global", False)
     assert lonely["spearman"] == pytest.approx(-1.0)
-    assert lonely["reason"] == "no evidence: 3 source pairs, 3 group pairs; kept"
+    assert lonely["used_spearman"] > cfg.min_spearman
+    assert len({r["mask_version"] for r in got.values()}) == 1
+
+
+def test_published_mask_applies_on_top_and_changes_the_version(spark: Any, tmp_path: Any) -> None:
+    rng = random.Random(7)
+    students: dict[tuple[str, str, str], dict[str, float | None]] = {}
+    teachers: dict[tuple[str, str], float] = {}
+    for k in range(40):
+        s = float(rng.randint(0, 10))
+        students[(f"d{k}", "web", "g")] = {f"A{i}": s for i in range(1, N_SLOTS + 1)}
+        teachers[(f"d{k}", "A1")] = s
+        teachers[(f"d{k}", "A2")] = float(rng.randint(0, 10))  # unrelated: A2 masked by the rule
+    scores, validation = _frames(spark, students, teachers)
+    base = ReliabilityConfig(min_n=20)
+    computed = _rows(compute_reliability(spark, scores, validation, {"g": _rubric("g")}, base))
+    assert not computed[("web", "A1")]["masked"] and computed[("web", "A2")]["masked"]
+    mask = tmp_path / "mask.csv"
+    mask.write_text("source,dimension,masked\nweb,Dimension 1,true\nweb,A2,false\n", encoding="utf-8")
+    for mode, a1, a2 in (("union", True, True), ("override", True, False), ("replace", True, False)):
+        cfg = base.model_copy(update={"published_mask": mask, "published_mask_mode": mode})
+        got = _rows(compute_reliability(spark, scores, validation, {"g": _rubric("g")}, cfg))
+        assert (got[("web", "A1")]["masked"], got[("web", "A2")]["masked"]) == (a1, a2), mode
+        assert got[("web", "A1")]["computed_masked"] is False and got[("web", "A1")]["mask_origin"] != "computed"
+        assert got[("web", "A3")]["masked"] is (mode != "replace" and computed[("web", "A3")]["masked"])
+        assert got[("web", "A1")]["mask_version"] != computed[("web", "A1")]["mask_version"]

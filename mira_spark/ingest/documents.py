@@ -24,8 +24,11 @@ if TYPE_CHECKING:
 REQUIRED_COLUMNS = ("doc_id", "source", "text")
 
 
-def check_documents(df: DataFrame, label: str) -> DataFrame:
+def check_documents(df: DataFrame, label: str, tokens_column: str | None = None) -> DataFrame:
     """Validate columns and types; returns ``doc_id, source, text`` with text as string.
+
+    With ``tokens_column`` (``selection.tokens_column``) the result has ``tokens`` (long) too, from that
+    integer column (null rows are estimated later, by :func:`route`).
 
     A binary ``text`` column is decoded as UTF-8 in Python (invalid bytes become U+FFFD and the row
     is then flagged ``invalid_text`` by the scoring stage, or scored when only a few bytes were bad);
@@ -65,11 +68,38 @@ def check_documents(df: DataFrame, label: str) -> DataFrame:
                 f"documents table {label}: column {col} has type {fields[col].simpleString()}, expected "
                 "string (integers are accepted and cast); cast it to string in a view over the table"
             )
-    return df.select(
-        F.col("doc_id").cast("string").alias("doc_id"),
-        F.col("source").cast("string").alias("source"),
-        text.alias("text"),
-    )
+    columns = [F.col("doc_id").cast("string").alias("doc_id"), F.col("source").cast("string").alias("source"),
+               text.alias("text")]
+    if tokens_column is not None:
+        if tokens_column not in fields:
+            raise InputError(
+                f"documents table {label} has no column {tokens_column!r} (selection.tokens_column); it has "
+                f"{sorted(fields)}. Name an integer column with each document's token count, or remove the key "
+                "to use the project's estimate."
+            )
+        if not isinstance(fields[tokens_column], T.IntegerType | T.LongType | T.ShortType):
+            raise InputError(
+                f"documents table {label}: column {tokens_column} (selection.tokens_column) has type "
+                f"{fields[tokens_column].simpleString()}, expected an integer token count"
+            )
+        columns.append(F.col(tokens_column).cast("long").alias("tokens"))
+    return df.select(*columns)
+
+
+def _estimate_tokens_udf():
+    """A pandas UDF ``string -> long``: the project's token estimate (mira_spark/prompting/tokens.py).
+
+    Built on call: a UDF needs a session to exist when it is defined.
+    """
+    import pandas as pd
+
+    from mira_spark.prompting.tokens import estimate_tokens
+
+    def estimate(values: pd.Series) -> pd.Series:
+        return values.map(lambda t: estimate_tokens(t) if isinstance(t, str) else 0).astype("int64")
+
+    estimate.__annotations__ = {"values": pd.Series, "return": pd.Series}
+    return F.pandas_udf(estimate, T.LongType())
 
 
 def _decode_utf8_lenient():
@@ -93,7 +123,12 @@ def text_hash() -> F.Column:
 
 
 def route(spark: SparkSession, docs: DataFrame, source_to_scorer: dict[str, str]) -> DataFrame:
-    """Every input row once, narrow: ``doc_id, source, scorer, reason, text_hash, exact_copy``.
+    """Every input row once, narrow: ``doc_id, source, scorer, reason, text_hash, exact_copy, tokens,
+    tokens_estimated``.
+
+    ``tokens`` is the documents' ``tokens`` column where :func:`check_documents` kept one and it is not
+    null, else the project's estimate (``tokens_estimated`` true), computed in the same scan that hashes
+    the text: no second pass over the text.
 
     ``reason`` is null for the rows to score (one per unique ``doc_id`` whose source has a scorer) and
     says why for every other row. The text itself never leaves its scan here: duplicate detection
@@ -103,7 +138,10 @@ def route(spark: SparkSession, docs: DataFrame, source_to_scorer: dict[str, str]
     routing = spark.createDataFrame(
         sorted(source_to_scorer.items()) or [("", "")], "source string, scorer string"
     ).filter(F.col("source") != "")
-    narrow = docs.select("doc_id", "source", text_hash().alias("text_hash"))
+    given = F.col("tokens") if "tokens" in docs.columns else F.lit(None).cast("long")
+    narrow = docs.select("doc_id", "source", text_hash().alias("text_hash"),
+                         F.coalesce(given, _estimate_tokens_udf()(F.col("text"))).alias("tokens"),
+                         given.isNull().alias("tokens_estimated"))
     tagged = narrow.join(F.broadcast(routing), on="source", how="left")
     order = Window.partitionBy("doc_id").orderBy(F.col("text_hash"), F.col("source").asc_nulls_last())
     tagged = tagged.withColumn("_copy", F.row_number().over(order)).withColumn(
@@ -116,7 +154,8 @@ def route(spark: SparkSession, docs: DataFrame, source_to_scorer: dict[str, str]
         .when(F.col("scorer").isNull(), F.lit("no_scorer"))
     )
     return tagged.select("doc_id", "source", "scorer", reason.alias("reason"), "text_hash",
-                         F.coalesce(F.col("exact_copy"), F.lit(False)).alias("exact_copy"))
+                         F.coalesce(F.col("exact_copy"), F.lit(False)).alias("exact_copy"), "tokens",
+                         "tokens_estimated")
 
 
 def attach_text(keys: DataFrame, docs: DataFrame, broadcast_keys: bool = False) -> DataFrame:

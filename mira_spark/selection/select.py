@@ -1,31 +1,60 @@
 """Selection: the one place rows are split into kept and excluded; excluded rows keep a reason.
 
-Takes score rows with ``composite`` (see ``aggregation``), the rows routing rejected, and the routed
-documents still pending; gives
+Takes score rows with ``score_key`` / ``composite`` (see :mod:`~mira_spark.selection.aggregation`) and
+``tokens``, the rows routing rejected and the routed documents still pending; gives, for every variant of
+``selection.variants`` (e.g. MIRA-Global / -Group / -Source and Random at one token budget), side by side:
 
-* ``thresholds`` (source, scorer, retain_ratio, threshold, n_in, n_eligible, n_kept, kept_fraction):
-  per source, the top ``keep_count(n_eligible, retain_ratio)`` documents by composite are kept, exactly,
-  with ties broken by a hash of doc_id (never ``rand()``: Sail's is not repeatable);
-* ``decisions``: every input row once, ``kept`` or ``excluded`` with a reason;
-* the kept score rows (the caller joins them to the documents for the ``selected`` table).
+* ``thresholds``: one row per (variant, unit) with its accounting (budget, threshold, n_in, n_kept,
+  tokens_in, tokens_kept, kept_fraction, budget_met, tokens_estimated);
+* ``decisions``: every input row exactly once per variant, ``kept`` or ``excluded`` with a reason
+  (``selected``, ``below_threshold``, ``recommendation_drop``, ``downsampled_out``, ``all_dims_masked``,
+  ``scoring_failed:<code>``, ``parse_failed``, routing's reasons, ``pending``);
+* the kept score rows with their variant (the caller joins the text for ``selected``).
 
-Per-source counts are aggregated in Spark and turned into keep counts by ``stats.keep_count``.
+Exact without sorting a unit in one task (:mod:`mira_spark.selection.thresholds` has the maths):
+
+1. pass 1 — ``groupBy(unit, order_key)`` counts and tokens; the driver takes cumulative sums and finds
+   each unit's boundary key (:func:`~mira_spark.selection.thresholds.find_boundaries`);
+2. pass 2a — only when a boundary key holds many rows: ``groupBy(unit, key, hash bucket)`` over the
+   boundary keys' rows, narrowing each boundary to one bucket;
+3. pass 2b — the boundary key's (or bucket's) rows are listed and ordered exactly on the driver
+   (tie hash, then doc_id);
+4. the cuts are broadcast and a map-only predicate decides every row.
+
+No ``Window`` over a unit, no ``percentile_approx``, no ``rand()``: the order inside a unit is
+``(order_key desc, tie_hash asc, doc_id asc)`` with the tie hash ``xxhash64(doc_id)`` (or the seeded hash of
+the random baseline).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
-from pyspark.sql import Window
 from pyspark.sql import functions as F
 
-from mira_spark.config import SelectionConfig
-from mira_spark.selection.stats import keep_count
+from mira_spark.config import SelectionConfig, VariantConfig
+from mira_spark.selection.aggregation import CompositePlan, hash_bucket
+from mira_spark.selection.thresholds import (
+    GLOBAL_UNIT,
+    GUMBEL_KEY_SCALE,
+    GUMBEL_SALT,
+    RANDOM_KEY_BITS,
+    RANDOM_SALT,
+    Cuts,
+    ThresholdSpec,
+    choose_bucket_bits,
+    find_boundaries,
+    refine_boundaries,
+    resolve_cuts,
+)
 from mira_spark.store.schemas import DECISIONS_SCHEMA, THRESHOLDS_SCHEMA, conform
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+CUTS_DDL = "_unit string, _cut_key long, _last_hash long, _last_doc_id string, _threshold double, _has_cut boolean"
 
 
 @dataclass
@@ -33,78 +62,192 @@ class Selection:
     thresholds: DataFrame
     decisions: DataFrame
     kept: DataFrame
+    counts: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)  # variant -> unit -> (kept, n_in)
 
 
-def eligible_condition() -> F.Column:
-    return (
-        (F.col("status") == "ok")
-        & F.col("parse_status").isin("ok", "partial")
-        & F.col("composite").isNotNull()
+def unit_column(kind: str) -> Column:
+    """The unit of a row under ``kind`` (as :func:`~mira_spark.selection.thresholds.unit_name`)."""
+    if kind == "global":
+        return F.lit(GLOBAL_UNIT)
+    return F.col("scorer") if kind == "group" else F.col("source")
+
+
+def order_columns(df: DataFrame, v: VariantConfig, plan: CompositePlan) -> DataFrame:
+    """Adds ``_unit``, ``_k`` (order key, long) and ``_h`` (tie hash, long) for variant ``v``."""
+    df = df.withColumn("_unit", unit_column(v.unit))
+    if v.method == "random":
+        h = F.xxhash64(F.col("doc_id"), F.lit(f"{RANDOM_SALT}{v.seed}"))
+        return df.withColumn("_h", h).withColumn(
+            "_k", (F.lit((1 << RANDOM_KEY_BITS) - 1) - hash_bucket(F.col("_h"), RANDOM_KEY_BITS)).cast("long"))
+    df = df.withColumn("_h", F.xxhash64(F.col("doc_id")))
+    if v.tau is None:
+        return df.withColumn("_k", F.col("score_key"))
+    g = F.xxhash64(F.col("doc_id"), F.lit(f"{GUMBEL_SALT}{v.seed}"))
+    u = (F.shiftrightunsigned(g, 12).cast("double") + F.lit(0.5)) / F.lit(float(1 << 52))
+    noise = -F.log(-F.log(u))
+    composite10 = F.col("score_key").cast("double") / F.lit(float(plan.key_per_point))
+    return df.withColumn("_k", F.floor((composite10 / F.lit(float(v.tau)) + noise) * F.lit(float(GUMBEL_KEY_SCALE))))
+
+
+def threshold_spec(v: VariantConfig, plan: CompositePlan, base_tokens: int) -> ThresholdSpec:
+    """The pure spec of a variant; ``token_fraction`` is taken of ``base_tokens`` (every scored document)."""
+    common = {"mode": v.mode, "unit": v.unit, "semantics": v.semantics}
+    if v.mode == "fraction":
+        if v.unit_fractions:
+            return ThresholdSpec(**common, fraction={u: repr(f) for u, f in v.unit_fractions.items()},
+                                 default_fraction=None if v.fraction is None else repr(v.fraction))
+        return ThresholdSpec(**common, fraction=repr(v.fraction))
+    if v.mode == "tokens":
+        if v.unit_token_budgets:
+            return ThresholdSpec(**common, unit_token_budgets=dict(v.unit_token_budgets))
+        budget = v.token_budget
+        if budget is None:
+            assert v.token_fraction is not None
+            budget = int(Fraction(repr(v.token_fraction)) * base_tokens)
+        return ThresholdSpec(**common, token_budget=budget)
+    assert v.min_score is not None
+    return ThresholdSpec(**common, min_key=plan.min_key(v.min_score))
+
+
+def exact_cuts_spark(spark: SparkSession, eligible: DataFrame, spec: ThresholdSpec, floor_bits: int = 0
+                     ) -> tuple[Cuts, dict[str, bool]]:
+    """Passes 1, 2a and 2b over ``eligible`` (``_unit, _k, _h, doc_id, tokens, tokens_estimated``).
+
+    Returns the cuts and, per unit, whether any of its token counts is an estimate.
+    """
+    agg = eligible.groupBy("_unit", "_k").agg(
+        F.count(F.lit(1)).alias("n"), F.sum("tokens").alias("t"),
+        F.max(F.col("tokens_estimated").cast("int")).alias("est"),
+    ).collect()
+    estimated: dict[str, bool] = {}
+    for r in agg:
+        estimated[r["_unit"]] = estimated.get(r["_unit"], False) or bool(r["est"])
+    boundaries = find_boundaries([(r["_unit"], r["_k"], r["n"], r["t"] or 0) for r in agg], spec)
+    open_keys = [(u, b.key) for u, b in boundaries.items() if not b.resolved and b.key is not None]
+    if not open_keys:
+        return resolve_cuts(boundaries, []), estimated
+    keys_df = F.broadcast(spark.createDataFrame(open_keys, "_unit string, _k long"))
+    at_boundary = eligible.join(keys_df, on=["_unit", "_k"], how="inner")
+    bits = choose_bucket_bits(boundaries, floor_bits=floor_bits)
+    if bits > 0:
+        buckets = at_boundary.groupBy("_unit", "_k", hash_bucket(F.col("_h"), bits).alias("_b")).agg(
+            F.count(F.lit(1)).alias("n"), F.sum("tokens").alias("t")).collect()
+        boundaries = refine_boundaries(boundaries, [(r["_unit"], r["_k"], r["_b"], r["n"], r["t"] or 0)
+                                                    for r in buckets], bits)
+        chosen = [(u, b.key, b.bucket) for u, b in boundaries.items() if not b.resolved and b.key is not None]
+        if not chosen:
+            return resolve_cuts(boundaries, []), estimated
+        bucket_df = F.broadcast(spark.createDataFrame(chosen, "_unit string, _k long, _b long"))
+        at_boundary = at_boundary.withColumn("_b", hash_bucket(F.col("_h"), bits)).join(
+            bucket_df, on=["_unit", "_k", "_b"], how="inner")
+    rows = at_boundary.select("_unit", "_k", "_h", "doc_id", "tokens").collect()
+    return resolve_cuts(boundaries, [tuple(r) for r in rows]), estimated
+
+
+def kept_predicate() -> Column:
+    """The SQL twin of :meth:`~mira_spark.selection.thresholds.Cut.keeps` over the broadcast cut columns."""
+    return F.col("_has_cut").isNotNull() & (
+        F.col("_cut_key").isNull() | (F.col("_k") > F.col("_cut_key")) | (
+            (F.col("_k") == F.col("_cut_key")) & F.col("_last_hash").isNotNull() & (
+                (F.col("_h") < F.col("_last_hash")) | ((F.col("_h") == F.col("_last_hash")) & (
+                    F.col("_last_doc_id").isNull() | (F.col("doc_id") <= F.col("_last_doc_id"))))
+            )
+        )
+    )
+
+
+def failure_reason() -> Column:
+    """Why a score row cannot be selected by any method (null when it was scored and parsed)."""
+    code = F.coalesce(F.split(F.col("error"), ":")[0], F.lit("unknown"))
+    return (F.when(F.col("status") != "ok", F.concat(F.lit("scoring_failed:"), code))
+            .when(F.col("parse_status") == "failed", F.lit("parse_failed")))
+
+
+def score_reason() -> Column:
+    """Why a scored row is not eligible for a score-ordered variant (null when it is)."""
+    return (F.when(F.col("mask_version").isNull(), F.lit("no_reliability_row"))
+            .when(F.col("composite").isNull(), F.lit("all_dims_masked"))
+            .when(F.col("_veto"), F.lit("recommendation_drop"))
+            .when(F.col("_downsampled_out"), F.lit("downsampled_out")))
+
+
+def _threshold_rows(v: VariantConfig, cuts: Cuts, estimated: dict[str, bool], plan: CompositePlan,
+                    mask_version: str | None) -> list[tuple]:
+    rows = []
+    for unit in sorted(cuts):
+        c = cuts[unit]
+        key = c.lowest_kept_key
+        threshold = plan.composite(key) if key is not None and v.method == "score" and v.tau is None else None
+        rows.append((
+            v.name, v.unit, unit, v.mode, v.method, v.semantics, v.tau, c.measure, c.budget, threshold, key,
+            c.n_in, c.n_kept, c.tokens_in, c.tokens_kept, c.n_kept / c.n_in if c.n_in else None,
+            c.tokens_kept / c.tokens_in if c.tokens_in else None, c.budget_met, estimated.get(unit, False),
+            mask_version, plan.version,
+        ))
+    return rows
+
+
+def _cuts_frame(spark: SparkSession, v: VariantConfig, cuts: Cuts, plan: CompositePlan) -> DataFrame:
+    data = []
+    for unit in sorted(cuts):
+        c = cuts[unit]
+        key = c.lowest_kept_key
+        threshold = plan.composite(key) if key is not None and v.method == "score" and v.tau is None else None
+        data.append((unit, c.key, c.last_hash, c.last_doc_id, threshold, True))
+    return F.broadcast(spark.createDataFrame(data, CUTS_DDL))
+
+
+def _other_rows(df: DataFrame, variant: str, kind: str, reason: Column, mask_version: str | None,
+                weights_version: str) -> DataFrame:
+    return df.select(
+        F.lit(variant).alias("variant"), "doc_id", "source", "scorer", unit_column(kind).alias("unit"),
+        F.lit("excluded").alias("decision"), reason.alias("reason"), F.lit(None).cast("double").alias("composite"),
+        F.lit(None).cast("int").alias("dims_used"), F.lit(None).cast("long").alias("tokens"),
+        F.lit(None).cast("boolean").alias("tokens_estimated"), F.lit(None).cast("double").alias("threshold"),
+        F.lit(mask_version).cast("string").alias("mask_version"), F.lit(weights_version).alias("weights_version"),
     )
 
 
 def select_documents(spark: SparkSession, scored: DataFrame, rejected: DataFrame, pending: DataFrame,
-                     cfg: SelectionConfig) -> Selection:
-    scored = scored.withColumn("_eligible", eligible_condition())
-    counts = scored.groupBy("source", "scorer").agg(
-        F.count(F.lit(1)).alias("n_in"), F.sum(F.col("_eligible").cast("long")).alias("n_eligible")
-    ).collect()
-    plan_rows = []
-    for r in counts:
-        ratio = cfg.ratio_for(r["source"])
-        plan_rows.append((r["source"], r["scorer"], float(ratio), int(r["n_in"]), int(r["n_eligible"] or 0),
-                          keep_count(int(r["n_eligible"] or 0), ratio)))
-    plan = spark.createDataFrame(
-        plan_rows,
-        "source string, scorer string, retain_ratio double, n_in long, n_eligible long, keep_count long",
-    )
-
-    order = Window.partitionBy("source", "scorer").orderBy(
-        F.col("composite").desc(), F.xxhash64(F.col("doc_id")).asc(), F.col("doc_id").asc()
-    )
-    eligible = scored.filter(F.col("_eligible")).withColumn("source_rank", F.row_number().over(order).cast("long"))
-    ranked = eligible.join(F.broadcast(plan.select("source", "scorer", "keep_count")), ["source", "scorer"])
-    kept = ranked.filter(F.col("source_rank") <= F.col("keep_count"))
-
-    cut = kept.groupBy("source", "scorer").agg(F.min("composite").alias("threshold"))
-    thresholds = (
-        plan.join(cut, ["source", "scorer"], "left")
-        .withColumn("n_kept", F.col("keep_count"))
-        .withColumn("kept_fraction", F.when(F.col("n_eligible") > 0, F.col("n_kept") / F.col("n_eligible")))
-    )
-
-    reason = (
-        F.when(F.col("status") != "ok", F.concat(F.lit("scoring_failed:"), F.coalesce(F.split("error", ":")[0], F.lit("unknown"))))
-        .when(F.col("parse_status") == "failed", F.lit("parse_failed"))
-        .when(F.col("composite").isNull(), F.lit("no_unmasked_score"))
-    )
-    ranked_all = scored.join(
-        eligible.select("doc_id", "scorer", "source_rank"), ["doc_id", "scorer"], "left"
-    ).join(F.broadcast(plan.select("source", "scorer", "keep_count")), ["source", "scorer"], "left").join(
-        cut, ["source", "scorer"], "left"
-    )
-    is_kept = F.col("source_rank").isNotNull() & (F.col("source_rank") <= F.col("keep_count"))
-    scored_decisions = ranked_all.select(
-        "doc_id", "source", "scorer",
-        F.when(is_kept, F.lit("kept")).otherwise(F.lit("excluded")).alias("decision"),
-        F.when(is_kept, F.lit("selected")).otherwise(F.coalesce(reason, F.lit("below_threshold"))).alias("reason"),
-        "composite", "source_rank", "threshold",
-    )
-    other = rejected.select(
-        "doc_id", "source", "scorer", F.lit("excluded").alias("decision"), "reason",
-        F.lit(None).cast("double").alias("composite"), F.lit(None).cast("long").alias("source_rank"),
-        F.lit(None).cast("double").alias("threshold"),
-    )
-    waiting = pending.select(
-        "doc_id", "source", "scorer", F.lit("excluded").alias("decision"), F.lit("pending").alias("reason"),
-        F.lit(None).cast("double").alias("composite"), F.lit(None).cast("long").alias("source_rank"),
-        F.lit(None).cast("double").alias("threshold"),
-    )
-    decisions = conform(scored_decisions, DECISIONS_SCHEMA).unionByName(conform(other, DECISIONS_SCHEMA)).unionByName(
-        conform(waiting, DECISIONS_SCHEMA)
-    )
-    return Selection(
-        thresholds=conform(thresholds, THRESHOLDS_SCHEMA),
-        decisions=decisions,
-        kept=kept.drop("_eligible", "keep_count"),
-    )
+                     cfg: SelectionConfig, plan: CompositePlan, mask_version: str | None) -> Selection:
+    """Every variant's thresholds, decisions and kept rows (see the module docstring)."""
+    scored = scored.withColumn("_fail", failure_reason()).withColumn("_not_score", score_reason())
+    base = scored.filter(F.col("_fail").isNull()).agg(F.sum("tokens").alias("t")).collect()[0]["t"] or 0
+    threshold_rows: list[tuple] = []
+    decisions: list[DataFrame] = []
+    kept_parts: list[DataFrame] = []
+    counts: dict[str, dict[str, tuple[int, int]]] = {}
+    for v in cfg.variants:
+        spec = threshold_spec(v, plan, int(base))
+        ordered = order_columns(scored, v, plan)
+        reason = F.col("_fail") if v.method == "random" else F.coalesce(F.col("_fail"), F.col("_not_score"))
+        ordered = ordered.withColumn("_reason", reason)
+        eligible = ordered.filter(F.col("_reason").isNull())
+        cuts, estimated = exact_cuts_spark(spark, eligible.select("_unit", "_k", "_h", "doc_id", "tokens",
+                                                                  "tokens_estimated"),
+                                           spec, RANDOM_KEY_BITS if v.method == "random" else 0)
+        threshold_rows += _threshold_rows(v, cuts, estimated, plan, mask_version)
+        counts[v.name] = {u: (cuts[u].n_kept, cuts[u].n_in) for u in cuts}
+        decided = ordered.join(_cuts_frame(spark, v, cuts, plan), on="_unit", how="left").withColumn(
+            "_kept", F.col("_reason").isNull() & kept_predicate())
+        decisions.append(decided.select(
+            F.lit(v.name).alias("variant"), "doc_id", "source", "scorer", F.col("_unit").alias("unit"),
+            F.when(F.col("_kept"), F.lit("kept")).otherwise(F.lit("excluded")).alias("decision"),
+            F.when(F.col("_kept"), F.lit("selected")).otherwise(F.coalesce(F.col("_reason"), F.lit("below_threshold")))
+            .alias("reason"),
+            "composite", "dims_used", "tokens", "tokens_estimated", F.col("_threshold").alias("threshold"),
+            "mask_version", "weights_version",
+        ))
+        decisions.append(_other_rows(rejected, v.name, v.unit, F.col("reason"), mask_version, plan.version))
+        decisions.append(_other_rows(pending, v.name, v.unit, F.lit("pending"), mask_version, plan.version))
+        kept_parts.append(decided.filter(F.col("_kept")).withColumn("variant", F.lit(v.name)).drop(
+            "_unit", "_k", "_h", "_reason", "_fail", "_not_score", "_veto", "_downsampled_out", "_cut_key",
+            "_last_hash", "_last_doc_id", "_threshold", "_has_cut", "_kept"))
+    all_decisions = conform(decisions[0], DECISIONS_SCHEMA)
+    for part in decisions[1:]:
+        all_decisions = all_decisions.unionByName(conform(part, DECISIONS_SCHEMA))
+    kept = kept_parts[0]
+    for part in kept_parts[1:]:
+        kept = kept.unionByName(part)
+    thresholds = spark.createDataFrame(threshold_rows, THRESHOLDS_SCHEMA)
+    return Selection(thresholds=thresholds, decisions=all_decisions, kept=kept, counts=counts)

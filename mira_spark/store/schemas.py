@@ -10,7 +10,7 @@ This module imports no Spark at load time (the pure parser uses it): the Spark s
 (``SCORES_SCHEMA``, ``RAW_OUTPUTS_SCHEMA``, ...) are built on first access.
 
 >>> arrow_schema(RUN_STATS).names[:3]
-['run_id', 'stage', 'metric']
+['run_id', 'stage', 'started_at']
 >>> [c.name for c in score_columns((2, 10))][:2]
 ['a2_score', 'a10_score']
 """
@@ -41,6 +41,7 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "bool": pa.bool_(),
     "timestamp": pa.timestamp("us", tz=ARROW_TIMEZONE),
     "strings": pa.list_(pa.string()),
+    "counts": pa.map_(pa.string(), pa.int64()),
 }
 
 
@@ -68,6 +69,7 @@ def _spark_type(kind: str) -> T.DataType:
         "bool": T.BooleanType(),
         "timestamp": T.TimestampType(),
         "strings": T.ArrayType(T.StringType(), True),
+        "counts": T.MapType(T.StringType(), T.LongType(), True),
     }[kind]
 
 
@@ -128,6 +130,7 @@ ANSWER = (
     Column("attempts", "int", False),
     Column("repairs", "int", False),
     Column("wasted_requests", "int", False),
+    Column("wasted_completion_tokens", "long"),
     Column("retry_causes", "strings"),  # error code of each retried send (http_429, timeout, connection_error, ...)
     Column("endpoint", "string"),
     Column("latency_s", "double"),
@@ -170,38 +173,76 @@ RELIABILITY = (
     Column("scorer", "string", False),
     Column("slot", "string", False),
     Column("dimension", "string", False),
-    Column("n", "long", False),
-    Column("mae", "double"),
+    Column("n", "long", False),  # validation pairs of the cell
+    Column("mae", "double"),  # the cell's own (raw) estimates and 95% intervals
+    Column("mae_lo", "double"),
+    Column("mae_hi", "double"),
     Column("spearman", "double"),
+    Column("spearman_lo", "double"),
+    Column("spearman_hi", "double"),
+    Column("ci_method", "string"),  # fisher (Bonett-Wright) or bootstrap (few distinct teacher values)
+    Column("mae_shrunk", "double"),  # toward the scorer group: (n MAE_s + kappa MAE_g) / (n + kappa)
+    Column("spearman_shrunk", "double"),  # DerSimonian-Laird BLUP on Fisher z within the group
+    Column("shrink_weight", "double"),
+    Column("used_mae", "double"),  # what the mask rule saw (from the basis), and its intervals
+    Column("used_mae_lo", "double"),
+    Column("used_mae_hi", "double"),
+    Column("used_spearman", "double"),
+    Column("used_spearman_lo", "double"),
+    Column("used_spearman_hi", "double"),
+    Column("computed_masked", "bool", False),  # the rule's decision before a published mask
     Column("masked", "bool", False),
+    Column("mask_origin", "string", False),  # computed | published | both | published:unlisted
     Column("reason", "string", False),
-    Column("basis", "string", False),
+    Column("basis", "string", False),  # source | group | global | none
+    Column("mask_version", "string", False),
 )
 
 THRESHOLDS = (
-    Column("source", "string", False),
-    Column("scorer", "string"),
-    Column("retain_ratio", "double", False),
-    Column("threshold", "double"),
-    Column("n_in", "long", False),
-    Column("n_eligible", "long", False),
+    Column("variant", "string", False),
+    Column("unit_kind", "string", False),  # global | group | source
+    Column("unit", "string", False),
+    Column("mode", "string", False),  # fraction | tokens | min_score
+    Column("method", "string", False),  # score | random
+    Column("semantics", "string", False),  # never_exceed | reach
+    Column("tau", "double"),
+    Column("budget_measure", "string", False),  # documents | tokens | none
+    Column("budget", "long", False),
+    Column("threshold", "double"),  # lowest kept composite (0-100); the lowest kept order key for random/tau
+    Column("threshold_key", "long"),
+    Column("n_in", "long", False),  # eligible rows of the unit
     Column("n_kept", "long", False),
-    Column("kept_fraction", "double"),
+    Column("tokens_in", "long", False),
+    Column("tokens_kept", "long", False),
+    Column("kept_fraction", "double"),  # n_kept / n_in
+    Column("tokens_kept_fraction", "double"),
+    Column("budget_met", "bool"),  # null for min_score
+    Column("tokens_estimated", "bool", False),  # some of the unit's token counts are estimates
+    Column("mask_version", "string"),
+    Column("weights_version", "string"),
 )
 
 DECISIONS = (
+    Column("variant", "string", False),
     Column("doc_id", "string"),
     Column("source", "string"),
     Column("scorer", "string"),
-    Column("decision", "string", False),
+    Column("unit", "string"),
+    Column("decision", "string", False),  # kept | excluded
     Column("reason", "string", False),
-    Column("composite", "double"),
-    Column("source_rank", "long"),
+    Column("composite", "double"),  # 0-100
+    Column("dims_used", "int"),
+    Column("tokens", "long"),
+    Column("tokens_estimated", "bool"),
     Column("threshold", "double"),
+    Column("mask_version", "string"),
+    Column("weights_version", "string"),
 )
 
 # Every input row once, narrow (no text): routed rows have a scorer and no reason (appended once per run,
-# partitioned by run_id, deleted when the run ends).
+# partitioned by run_id, deleted when the run ends). ``tokens``: the documents table's tokens column
+# (selection.tokens_column) or, where it has none, the project's estimate (prompting/tokens.py),
+# computed in the same scan that hashes the text.
 ROUTING = (
     Column("run_id", "string", False),
     Column("doc_id", "string"),
@@ -210,6 +251,8 @@ ROUTING = (
     Column("reason", "string"),
     Column("text_hash", "long", False),
     Column("exact_copy", "bool", False),  # a duplicate whose source and text equal the routed copy's
+    Column("tokens", "long", False),
+    Column("tokens_estimated", "bool", False),
 )
 
 # Documents a run will score and the wave each belongs to (appended once at the start of a run).
@@ -223,12 +266,48 @@ WORK_QUEUE = (
     Column("wave", "int", False),
 )
 
+# One row per (run, stage): what the stage did (mira_spark.runstats.StageStats). Sums over the stage's rows;
+# `counts` holds the breakdowns (status:<s>, failed:<code>, retry:<cause>, rejected:<reason>, kept:<unit>, ...).
 RUN_STATS = (
     Column("run_id", "string", False),
     Column("stage", "string", False),
-    Column("metric", "string", False),
-    Column("value", "double", False),
+    Column("started_at", "timestamp"),
+    Column("seconds", "double", False),
+    Column("rows_in", "long", False),
+    Column("rows_out", "long", False),
+    Column("requests", "long", False),
+    Column("retries", "long", False),
+    Column("repairs", "long", False),
+    Column("wasted_requests", "long", False),
+    Column("wasted_completion_tokens", "long", False),
+    Column("resent_requests", "long", False),
+    Column("resent_completion_tokens", "long", False),
+    Column("prompt_tokens", "long", False),
+    Column("completion_tokens", "long", False),
+    Column("failed", "long", False),
+    Column("latency_p50_s", "double"),
+    Column("latency_p99_s", "double"),
+    Column("counts", "counts"),
     Column("recorded_at", "timestamp", False),
+)
+
+# Canary drift guard (serving/canary.py): one row per (check, endpoint, reference, slot). ``wave`` is the
+# wave the check ran before (0 = before the corpus); ``score`` and ``deviation`` (score - reference_score)
+# are null when the endpoint gave no parseable score for the slot; ``quarantined`` and ``reason`` are the
+# endpoint's verdict for that check, repeated on each of its rows.
+CANARY = (
+    Column("run_id", "string", False),
+    Column("wave", "int", False),
+    Column("endpoint", "string", False),
+    Column("scorer", "string", False),
+    Column("ref_id", "string", False),
+    Column("slot", "string", False),
+    Column("reference_score", "double", False),
+    Column("score", "double"),
+    Column("deviation", "double"),
+    Column("quarantined", "bool", False),
+    Column("reason", "string"),
+    Column("checked_at", "timestamp", False),
 )
 
 ANSWER_ARROW_SCHEMA = arrow_schema(ANSWER)  # the request side of the scoring stage's batches
@@ -247,6 +326,7 @@ _SPARK_SCHEMAS = {
     "ROUTING_SCHEMA": ROUTING,
     "WORK_QUEUE_SCHEMA": WORK_QUEUE,
     "RUN_STATS_SCHEMA": RUN_STATS,
+    "CANARY_SCHEMA": CANARY,
 }
 _built: dict[str, Any] = {}
 
@@ -270,6 +350,7 @@ if TYPE_CHECKING:
     ROUTING_SCHEMA: T.StructType
     WORK_QUEUE_SCHEMA: T.StructType
     RUN_STATS_SCHEMA: T.StructType
+    CANARY_SCHEMA: T.StructType
 
 
 def conform(df: DataFrame, schema: T.StructType) -> DataFrame:

@@ -2,8 +2,10 @@
 
 Takes the run's :class:`~mira_spark.store.tables.Tables` and the rubrics; gives views ``mira_documents``,
 ``mira_raw_outputs``, ``mira_scores``, ``mira_reliability``, ``mira_thresholds``, ``mira_decisions``,
-``mira_selected``, ``mira_run_stats`` and ``scores_long(doc_id, source, scorer, slot, dimension, score,
-masked)``. Path-based runs get session temp views; runs on a catalog schema get persistent views there
+``mira_selected``, ``mira_run_stats``, ``mira_canary`` (the drift guard's checks, when a run made one) and
+``scores_long(doc_id, source, scorer, slot, dimension, score, masked, mask_version)``: ``masked`` is the
+reliability table's final mask (computed, with a published mask applied on top when configured). Path-based
+runs get session temp views; runs on a catalog schema get persistent views there
 (``<schema>.scores_long``), which SQL warehouses and dashboards can use.
 """
 
@@ -30,7 +32,7 @@ def scores_long_sql(scores: str, reliability: str, rubrics: dict[str, Rubric]) -
     cells = ", ".join(f"named_struct('slot', 'A{i}', 'score', s.{slot_score(i)})" for i in TABLE_SLOTS)
     return f"""
         SELECT c.doc_id, c.source, c.scorer, c.slot, d.dimension, c.score,
-               COALESCE(r.masked, false) AS masked
+               COALESCE(r.masked, false) AS masked, r.mask_version
         FROM (
             SELECT s.doc_id, s.source, s.scorer, cell.slot AS slot, cell.score AS score
             FROM {scores} s LATERAL VIEW explode(array({cells})) t AS cell

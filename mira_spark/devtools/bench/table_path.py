@@ -102,7 +102,7 @@ def bench_settings(root: Path) -> Settings:
                             validation=str(root / "tables" / "validation")),
         scorers_file=root / "scorers.yaml",
         scorers=ScorersConfig(groups=groups, pools={"bench_pool": pool}),
-        selection=SelectionConfig(default_retain_ratio=0.5, retain_ratio={"html_cpt": 0.4, "html_cpt_web": 0.6}),
+        selection=SelectionConfig(),
     )
 
 

@@ -236,6 +236,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sampling-noise", action="store_true",
                    help="at temperature > 0 perturb each choice's scores (seeded by the request's seed, the "
                    "document and the choice); default: deterministic scores at any temperature")
+    p.add_argument("--score-shift", default=None,
+                   help="serve every slot score moved by this many points (a mis-served checkpoint, for the "
+                   "canary drift guard): one value shifts the last endpoint only, a comma list one per endpoint")
+    p.add_argument("--score-shift-after", type=int, default=0,
+                   help="answer this many chat requests unshifted first (a node that starts drifting mid-run)")
     p.add_argument("--fault-profile", default=None, help="YAML file with fault rules")
     p.add_argument("--max-model-len", type=int, default=65536)
     p.add_argument("--model", default=None, help="model id listed by /v1/models")
@@ -266,6 +271,22 @@ def service_settings(args: argparse.Namespace) -> dict[str, Any]:
             "service_distribution": args.service_dist, "fifo": args.fifo}
 
 
+def score_shifts(spec: str | None, n: int) -> list[float]:
+    """Per-endpoint score shifts of ``--score-shift``: one value shifts the last endpoint, a list each one.
+
+    >>> score_shifts("3", 2), score_shifts("0,-2,1", 3), score_shifts(None, 2)
+    ([0.0, 3.0], [0.0, -2.0, 1.0], [0.0, 0.0])
+    """
+    if spec is None:
+        return [0.0] * n
+    values = [float(v) for v in spec.split(",")]
+    if len(values) == 1:
+        return [0.0] * (n - 1) + values
+    if len(values) != n:
+        raise ValueError(f"--score-shift lists {len(values)} shifts for {n} endpoints")
+    return values
+
+
 def configs_from_args(args: argparse.Namespace) -> list[SimConfig]:
     """One :class:`SimConfig` per endpoint from parsed ``serve-sim`` arguments."""
     speeds = [float(s) for s in args.speeds.split(",")] if args.speeds else None
@@ -275,6 +296,7 @@ def configs_from_args(args: argparse.Namespace) -> list[SimConfig]:
     if speeds is not None and len(speeds) != n:
         raise ValueError(f"--speeds lists {len(speeds)} speeds for {n} endpoints")
     profile = FaultProfile.from_yaml(args.fault_profile) if args.fault_profile else FaultProfile()
+    shifts = score_shifts(args.score_shift, n)
     extra: dict[str, Any] = service_settings(args)
     if args.time_scale is not None:
         extra["time_scale"] = args.time_scale
@@ -284,7 +306,7 @@ def configs_from_args(args: argparse.Namespace) -> list[SimConfig]:
         SimConfig(name=f"sim-{i}", slots=args.slots, speed=speeds[i] if speeds else args.speed,
                   error_rate=args.error_rate, malformed_rate=args.malformed_rate, faults=profile,
                   max_model_len=args.max_model_len, seed=args.seed + i, sampling_noise=args.sampling_noise,
-                  **extra)
+                  score_shift=shifts[i], score_shift_after=args.score_shift_after, **extra)
         for i in range(n)
     ]
 

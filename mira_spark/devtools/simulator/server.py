@@ -14,7 +14,9 @@ n choices (independent samples at temperature > 0 when ``sampling_noise`` is on,
 ``stream_options.include_usage``. ``tests/test_openai_conformance.py`` checks all of it with the
 official ``openai`` client. The
 simulator's token count is lower than :func:`mira_spark.prompting.tokens.estimate_tokens` for the same text, so a
-prompt the client budgeted never overflows. A follow-up that starts with the repair text of
+prompt the client budgeted never overflows. A document that is one of the calibration references in the
+system prompt is answered with the references' scores (up to rounding, :func:`.judge.judge_reference`), as
+a well-served checkpoint does; ``score_shift`` moves every score (a mis-served one). A follow-up that starts with the repair text of
 :meth:`PromptBuilder.repair_prompt` is answered with only the requested slot lines.
 """
 
@@ -46,8 +48,11 @@ from mira_spark.devtools.simulator.faults import FAULT_KINDS, FaultInjector, Fau
 from mira_spark.devtools.simulator.judge import (
     Judgement,
     judge_document,
+    judge_reference,
     parse_template_dimensions,
+    reference_scores,
     render_completion,
+    shift_scores,
 )
 from mira_spark.devtools.simulator.sampling import document_digest, sample_judgement
 from mira_spark.prompting.prompts import DOC_BEGIN, extract_document
@@ -78,6 +83,13 @@ class SimConfig(BaseModel):
         default=False,
         description="Perturb scores per choice at temperature > 0 (seeded by the request's seed, the document and "
         "the choice index); off: every answer is the deterministic judgement, whatever the temperature.")
+    score_shift: float = Field(
+        default=0.0, ge=-10, le=10,
+        description="Points added to every slot score (kept within 0-10): a mis-served checkpoint, for the canary "
+        "drift guard.")
+    score_shift_after: int = Field(
+        default=0, ge=0, description="Chat requests answered unshifted before score_shift applies (a node that "
+        "starts drifting mid-run).")
     error_rate: float = Field(default=0.0, ge=0, le=1, description="Shorthand: probability of an HTTP 503.")
     malformed_rate: float = Field(default=0.0, ge=0, le=1, description="Shorthand: probability of a garbage answer.")
     faults: FaultProfile = Field(default_factory=FaultProfile, description="Fault rules (checked after shorthands).")
@@ -321,7 +333,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     # The answer: n choices (vLLM's ``n``), each a sample of the document's judgement.
     dims = parse_template_dimensions(doc_message)
     source, document = document_of(doc_message)
-    judgement = judge_document(document, source, dims)
+    system = next((_content(m) for m in messages if m.get("role") == "system"), "")
+    judgement = (judge_reference(document, source, dims, reference_scores(system))
+                 or judge_document(document, source, dims))
+    if cfg.score_shift and state.requests > cfg.score_shift_after:
+        judgement = shift_scores(judgement, cfg.score_shift)
     if is_repair:
         wanted: list[str] | None = [slot for slot, _ in parse_template_dimensions(_content(last))]
         names = dict(dims)
