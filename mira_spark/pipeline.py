@@ -571,7 +571,7 @@ def score_stage(ctx: RunContext) -> None:
     ``raw_outputs`` (one Spark action per wave) and MERGEs each wave into ``scores``.
     """
     root = journal.journal_root(ctx.settings)
-    if root is not None:
+    if root is not None and ctx.lease is not None:  # only under the lease is every other run's journal dead
         ctx.summary.journal_folded = fold_journal(ctx.tables, root, ctx.summary.run_id)
     ctx.summary.recovered_raw = recover_unmerged(ctx.tables, ctx.groups)
     pending = pending_documents(ctx.routed, ctx.tables.read("scores"), ctx.versions,
