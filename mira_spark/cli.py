@@ -28,6 +28,8 @@ def _load(args) -> object:
         overrides["engine"] = args.engine
     if getattr(args, "retry_failed", False):
         overrides["scoring"] = {"rescore_errors": list(TRANSIENT_ERRORS)}
+    if getattr(args, "wait_for_lease", False):
+        overrides["lease"] = {"wait": True}
     return load_settings(args.config, overrides)
 
 
@@ -101,6 +103,7 @@ BENCHES = {
     "table-path": "mira_spark.devtools.bench.table_path",
     "routing": "mira_spark.devtools.bench.routing",
     "select": "mira_spark.devtools.bench.select",
+    "soak": "mira_spark.devtools.bench.soak",
 }
 
 
@@ -137,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", required=True, help="conf/<name>.yaml")
         p.add_argument("--engine", choices=["sail", "local", "connect", "active"], help="override engine:")
         p.add_argument("--run-id", default=None, help="id recorded in raw_outputs and run_stats")
+        p.add_argument("--wait-for-lease", action="store_true",
+                       help="when another live run holds the table root, wait for it instead of refusing")
         if name in ("run", "score"):
             p.add_argument("--retry-failed", action="store_true",
                            help="send again documents whose scoring failed transiently (5xx, 429, timeouts)")
@@ -151,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("serve-sim", "start simulated scorer endpoints (stand-ins for vLLM; see --help)"),
         ("make-sample", "write the sample corpus and validation table"),
         ("init-demo", "write the packaged demo configs (conf/) and anchors (anchors/) into a directory"),
-        ("bench", "benchmarks: parse | throughput | routing | client-overhead | faults | table-path | constrained | select"),
+        ("bench", "benchmarks: parse | throughput | routing | client-overhead | faults | table-path | constrained | "
+                  "select | soak"),
         ("estimate", "GPU-hours and wall time for a documents table, before anything is sent"),
     ]:
         sub.add_parser(name, help=help_text, add_help=False)

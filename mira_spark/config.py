@@ -502,6 +502,57 @@ class TablesConfig(_Frozen):
         return self
 
 
+class JournalConfig(_Frozen):
+    """The request journal (mira_spark/store/journal.py): finished answers made durable inside a wave."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Journal answers as they complete under <tables.root>/_journal (or <tables.staging>/_journal), "
+        "so a killed driver, a retried task or a rerun re-sends only what was in flight.",
+    )
+    flush_s: float = Field(default=2.0, gt=0, le=300,
+                           description="Seconds between journal flushes of a task (answers finished in the last "
+                           "flush_s before a kill are sent again).")
+    flush_rows: int = Field(default=256, ge=1, description="Flush a task's journal once this many answers wait.")
+    claim_stale_s: float = Field(
+        default=30.0, gt=0,
+        description="A scoring partition claimed by an attempt whose heartbeat is this old is taken over by a "
+        "retry (a live duplicate attempt, e.g. speculation, waits for the first one instead of paying again).",
+    )
+    claim_heartbeat_s: float = Field(default=5.0, gt=0, description="Heartbeat interval of a partition claim.")
+
+    @model_validator(mode="after")
+    def _beats_within_stale(self) -> JournalConfig:
+        if self.claim_heartbeat_s * 2 > self.claim_stale_s:
+            raise ValueError(f"journal.claim_heartbeat_s ({self.claim_heartbeat_s}) must be at most half of "
+                             f"journal.claim_stale_s ({self.claim_stale_s})")
+        return self
+
+
+class LeaseConfig(_Frozen):
+    """One live run per table root (mira_spark/store/lease.py)."""
+
+    enabled: bool = Field(default=True, description="Hold a lease on the table root (<tables.root>/_lease) while "
+                          "a run lives; a second run refuses (or waits with wait: true / --wait-for-lease).")
+    stale_after_s: float = Field(
+        default=600.0, gt=0,
+        description="A lease whose heartbeat is older than this is taken over (logged); must exceed the clock "
+        "skew between hosts plus a few heartbeats.",
+    )
+    heartbeat_s: float = Field(default=30.0, gt=0, description="Seconds between the driver's lease heartbeats.")
+    wait: bool = Field(default=False, description="Wait for a held lease instead of refusing (--wait-for-lease).")
+    wait_limit_s: float | None = Field(default=None, gt=0,
+                                       description="Give up waiting after this many seconds; None: wait as long "
+                                       "as the holder lives.")
+
+    @model_validator(mode="after")
+    def _beats_within_stale(self) -> LeaseConfig:
+        if self.heartbeat_s * 2 > self.stale_after_s:
+            raise ValueError(f"lease.heartbeat_s ({self.heartbeat_s}) must be at most half of lease.stale_after_s "
+                             f"({self.stale_after_s})")
+        return self
+
+
 class Settings(_Frozen):
     engine: Engine = Field(default="sail", description="sail | local | connect | active")
     connect_url: str | None = Field(default=None, description="sc:// URL for engine: connect.")
@@ -519,6 +570,8 @@ class Settings(_Frozen):
     scoring: ScoringConfig = ScoringConfig()
     reliability: ReliabilityConfig = ReliabilityConfig()
     selection: SelectionConfig = SelectionConfig()
+    journal: JournalConfig = JournalConfig()
+    lease: LeaseConfig = LeaseConfig()
 
     @model_validator(mode="after")
     def _engine_needs(self) -> Settings:

@@ -75,6 +75,25 @@ class SecretUnavailableError(MiraError, RuntimeError):
     """A secret scope is configured but cannot be read here."""
 
 
+class LeaseHeldError(MiraError, RuntimeError):
+    """Another live run holds the table root's lease; the message names it (run, host, pid, heartbeat)."""
+
+    label = "table root in use"
+
+
+class LeaseLostError(MiraError, RuntimeError):
+    """This run's lease was taken over (its heartbeat went stale); it stops before committing more."""
+
+    label = "lease lost"
+
+
+class DuplicateAttemptsError(MiraError, RuntimeError):
+    """The Spark configuration launches duplicate task attempts that would each bill; the message says how
+    to turn that off for this job."""
+
+    label = "configuration error"
+
+
 class RunStoppedError(MiraError):
     """The run stopped cleanly before finishing (every endpoint stopped answering); rerun to finish."""
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 
 from mira_spark.config import Settings
-from mira_spark.errors import PoolUnavailableError
+from mira_spark.errors import DuplicateAttemptsError, PoolUnavailableError
 from mira_spark.ingest.documents import attach_text, check_documents, route
 from mira_spark.parsing.stage import reparse_raw_outputs, score_rows
 from mira_spark.progress import ProgressSink, WaveMeter, job_tag, log_progress
@@ -51,7 +51,9 @@ from mira_spark.serving.health import check_pool_reachable
 from mira_spark.serving.plan import plan_in_flight
 from mira_spark.serving.preflight import check_served_models
 from mira_spark.serving.secrets import resolve_api_key
+from mira_spark.store import journal
 from mira_spark.store.engines import default_parallelism, open_session
+from mira_spark.store.lease import Lease, run_lease
 from mira_spark.store.schemas import (
     CANARY_SCHEMA,
     DECISIONS_SCHEMA,
@@ -90,6 +92,7 @@ class RunSummary:
     wall_s: float = 0.0
     stopped: str | None = None
     canary: dict = field(default_factory=dict)  # drift guard: checks, requests, quarantined, skipped groups
+    journal_folded: int = 0  # answers a dead run had journaled, committed at this run's start unasked
     stages: dict[str, StageStats] = field(default_factory=dict)  # what each stage did: the run_stats rows
 
     def stage(self, name: str) -> StageStats:
@@ -122,13 +125,22 @@ class RunSummary:
         return self.stage("score").by_prefix("failed")
 
     @property
+    def resent_requests(self) -> int:
+        return self.stage("score").resent_requests  # sent again: an earlier attempt died with them in flight
+
+    @property
+    def resent_completion_tokens(self) -> int:
+        return self.stage("score").resent_completion_tokens
+
+    @property
     def requests_per_s(self) -> float:
         return self.requests_sent / self.scoring_s if self.scoring_s > 0 else 0.0
 
     def as_dict(self) -> dict:
         out = asdict(self)
         out.pop("stages")
-        for name in ("requests_sent", "rows_scored", "scored_ok", "deferred", "truncated", "failed"):
+        for name in ("requests_sent", "rows_scored", "scored_ok", "deferred", "truncated", "failed", "resent_requests",
+                     "resent_completion_tokens"):
             out[name] = getattr(self, name)
         out["requests_per_s"] = round(self.requests_per_s, 2)
         return out
@@ -205,7 +217,61 @@ def recover_unmerged(tables: Tables, groups: Groups) -> int:
     return n
 
 
+def fold_journal(tables: Tables, root: str, run_id: str) -> int:
+    """Commit what dead runs journaled but never committed, so none of it is requested again.
+
+    Every journaled row whose key is in neither ``scores`` nor ``raw_outputs`` (ok/failed) is appended to
+    ``raw_outputs`` under the run and wave that paid for it (then :func:`recover_unmerged` MERGEs it); the
+    dead runs' in-flight lists are kept for this run's waste accounting and their files removed. Runs only
+    under the table root's lease, so every other run's journal is a dead run's.
+    """
+    dead = [r for r in journal.journal_runs(root) if r != run_id]
+    if not dead:
+        return 0
+    rows = journal.read_journal(root, origin=True)
+    n = 0
+    if rows.num_rows:
+        run_col, wave_col = journal.ORIGIN_COLUMNS
+        df = tables.spark.createDataFrame(rows).withColumnRenamed(run_col, "run_id").withColumnRenamed(
+            wave_col, "wave").withColumn("scored_at", F.current_timestamp())
+        final = F.col("status").isin("ok", "failed")
+        known = tables.read("raw_outputs").filter(final).select(*SCORE_KEYS).unionByName(
+            tables.read("scores").select(*SCORE_KEYS))
+        fresh = df.join(known, on=list(SCORE_KEYS), how="left_anti")
+        n = fresh.count()
+        if n:
+            log.info("committing %d answers journaled by dead runs %s (not requested again)", n, dead)
+            tables.append(fresh, "raw_outputs", RAW_OUTPUTS_SCHEMA)
+    kept = journal.retire_runs(root, run_id, dead)
+    if kept:
+        log.info("%d requests were in flight when runs %s died; this run counts what it sends again", kept, dead)
+    return n
+
+
+def check_duplicate_attempts(spark: SparkSession, journaled: bool) -> None:
+    """Refuse Spark settings that launch duplicate scoring attempts unless the journal makes them free."""
+    def get(key: str) -> str | None:
+        try:
+            return spark.conf.get(key, None)
+        except Exception:  # a Connect server that does not expose the key: not set
+            return None
+
+    found = journal.duplicate_attempt_settings(get)
+    if not found:
+        return
+    if journaled:
+        log.info("%s: a duplicate scoring attempt waits for the first one and reuses its journal", found)
+        return
+    raise DuplicateAttemptsError(
+        f"{', '.join(found)} launches duplicate scoring attempts that would each send (and bill) the same "
+        "requests; set spark.speculation=false for this job (spark-submit --conf spark.speculation=false, or "
+        "the cluster's Spark config), or enable the request journal (journal.enabled: true with tables.root "
+        "or tables.staging)"
+    )
+
+
 WAVE_TAIL_IDLE_WARN = 0.02
+WaveHook = Callable[[int, "RunSummary"], None]  # called after each committed wave (the soak bench samples there)
 # Pending keys (doc_id, source, scorer, hash: ~60 bytes each) up to this many are broadcast to the text
 # join, so the documents are read once and never shuffled.
 BROADCAST_KEYS_MAX = 2_000_000
@@ -245,11 +311,13 @@ def wave_tail_idle(wave_docs: int, in_flight: int) -> float:
 
 
 def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: DataFrame, docs: DataFrame,
-                run_id: str, summary: RunSummary, progress: ProgressSink = log_progress) -> None:
+                run_id: str, summary: RunSummary, progress: ProgressSink = log_progress,
+                lease: Lease | None = None, on_wave: WaveHook | None = None) -> None:
     spark = tables.spark
     n_pending = summary.pending_before
     if n_pending == 0:
         return
+    check_duplicate_attempts(spark, journal.journal_root(settings) is not None)
     concurrent = default_parallelism(spark)
     tasks = settings.scoring.tasks or plan_tasks(settings, concurrent)
     plan = make_plan(settings, groups, min(tasks, concurrent))
@@ -291,7 +359,7 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
     queue = tables.read("work_queue").filter(F.col("run_id") == run_id)
     try:
         _run_waves(tables, settings, groups, queue, plan, tasks, checked, n_waves, run_id, summary, progress,
-                   canary)
+                   canary, lease, on_wave)
     finally:
         tables.delete_run("work_queue", run_id)
 
@@ -312,9 +380,19 @@ def _canary_hook(tables: Tables, settings: Settings, plan: ScoringPlan, run_id: 
     return lambda wave, current: guard.before_wave(wave, current, write)
 
 
+def _wave_journal(settings: Settings, run_id: str, wave: int) -> journal.JournalSpec | None:
+    root = journal.journal_root(settings)
+    if root is None:
+        return None
+    cfg = settings.journal
+    return journal.JournalSpec(root=root, run_id=run_id, wave=wave, flush_rows=cfg.flush_rows, flush_s=cfg.flush_s,
+                               claim_stale_s=cfg.claim_stale_s, claim_heartbeat_s=cfg.claim_heartbeat_s)
+
+
 def _run_waves(tables: Tables, settings: Settings, groups: Groups, queue: DataFrame, plan: ScoringPlan,
                tasks: int, checked: dict, n_waves: int, run_id: str, summary: RunSummary,
-               progress: ProgressSink, canary: CanaryHook | None = None) -> None:
+               progress: ProgressSink, canary: CanaryHook | None = None, lease: Lease | None = None,
+               on_wave: WaveHook | None = None) -> None:
     started = time.perf_counter()
     totals = summary.stage("score")
     meter = WaveMeter(total_docs=summary.pending_before, n_waves=n_waves, started=started,
@@ -334,13 +412,18 @@ def _run_waves(tables: Tables, settings: Settings, groups: Groups, queue: DataFr
                 break
         with job_tag(tables.spark, f"mira score wave {wave + 1}/{n_waves}"):
             wave_docs = queue.filter(F.col("wave") == wave).select("doc_id", "source", "scorer", "text")
-            raw = score_documents(wave_docs, plan, tasks).select(
+            spec = _wave_journal(settings, run_id, wave)
+            raw = score_documents(wave_docs, replace(plan, journal=spec), tasks).select(
                 "*", F.lit(run_id).alias("run_id"), F.lit(wave).alias("wave"),
                 F.current_timestamp().alias("scored_at"),
             )
             staging = tables.staging_path(run_id, wave)
+            if lease is not None:
+                lease.check()  # taken over while this wave was planned: stop before scoring and committing it
             if staging:
                 staged = tables.write_staging(raw, staging, RAW_OUTPUTS_SCHEMA)  # the wave's one scoring action
+                if lease is not None:
+                    lease.check()
                 tables.append(staged, "raw_outputs", RAW_OUTPUTS_SCHEMA)  # retry-safe: re-reads the files
             else:
                 tables.append(raw, "raw_outputs", RAW_OUTPUTS_SCHEMA)  # the wave's one scoring action
@@ -350,10 +433,17 @@ def _run_waves(tables: Tables, settings: Settings, groups: Groups, queue: DataFr
             if staging:
                 tables.drop_staging(staging)
             counts = wave_stats(wave_raw)  # the wave's counts: one aggregation over its own rows
+            if spec is not None:  # the wave is committed: what its attempts re-sent, then its journal goes
+                waste = journal.wave_waste(spec)
+                counts.resent_requests += waste.resent_requests
+                counts.resent_completion_tokens += waste.resent_completion_tokens
+                journal.clear_wave(spec)
         totals.add(counts)
         totals.count("waves")
         progress(meter.line(wave + 1, totals, time.perf_counter()))
         deferred = counts.counts.get("status:deferred", 0)
+        if on_wave is not None:
+            on_wave(wave, summary)
         if deferred:
             summary.stopped = (
                 f"every endpoint stopped answering during wave {wave + 1}/{n_waves}: {deferred} documents "
@@ -398,6 +488,8 @@ class RunContext:
     routing: DataFrame | None = None  # set by the route stage: this run's rows of the routing table
     reparse_all: bool = False  # parse stage: re-parse every raw output (after a parser fix)
     progress: ProgressSink = log_progress  # where each wave's progress line goes (the CLI adds a bar)
+    lease: Lease | None = None  # the table root's run lease, held from open_run to finish_run
+    on_wave: WaveHook | None = None  # called after each committed wave
 
     def _routing(self) -> DataFrame:
         if self.routing is None:
@@ -416,15 +508,32 @@ class RunContext:
 
 
 def open_run(spark: SparkSession, settings: Settings, run_id: str | None = None) -> RunContext:
-    """Check the documents table and make sure the score tables exist; stages do the rest."""
+    """Take the table root's lease, check the documents table and make sure the score tables exist.
+
+    Raises :class:`~mira_spark.errors.LeaseHeldError` naming the live holder when another run holds the
+    lease (``lease.wait``: wait for it instead). The lease is released by :func:`finish_run` (or
+    :func:`run_pipeline` when a stage fails).
+    """
     summary = RunSummary(run_id=run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
+    lease = run_lease(settings, summary.run_id)
+    if lease is not None:
+        lease.acquire(wait=settings.lease.wait, wait_limit_s=settings.lease.wait_limit_s)
+    try:
+        return _open_run(spark, settings, summary, lease)
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
+
+
+def _open_run(spark: SparkSession, settings: Settings, summary: RunSummary, lease: Lease | None) -> RunContext:
     tables = Tables(spark, settings)
     groups = load_groups(settings)
     docs = check_documents(tables.read(tables.documents), tables.documents.label,
                            settings.selection.tokens_column)
     tables.ensure("raw_outputs", RAW_OUTPUTS_SCHEMA)
     tables.ensure("scores", SCORES_SCHEMA)
-    return RunContext(spark, settings, tables, groups, summary, docs, _versions_df(spark, groups))
+    return RunContext(spark, settings, tables, groups, summary, docs, _versions_df(spark, groups), lease=lease)
 
 
 def route_stage(ctx: RunContext) -> None:
@@ -461,6 +570,9 @@ def score_stage(ctx: RunContext) -> None:
     text once, for the pending rows. Writes ``work_queue`` (this run, deleted at the end), appends
     ``raw_outputs`` (one Spark action per wave) and MERGEs each wave into ``scores``.
     """
+    root = journal.journal_root(ctx.settings)
+    if root is not None and ctx.lease is not None:  # only under the lease is every other run's journal dead
+        ctx.summary.journal_folded = fold_journal(ctx.tables, root, ctx.summary.run_id)
     ctx.summary.recovered_raw = recover_unmerged(ctx.tables, ctx.groups)
     pending = pending_documents(ctx.routed, ctx.tables.read("scores"), ctx.versions,
                                 tuple(ctx.settings.scoring.rescore_errors))
@@ -468,8 +580,10 @@ def score_stage(ctx: RunContext) -> None:
     st = ctx.summary.stage("score")
     st.rows_in = ctx.summary.pending_before
     st.count("recovered_raw", ctx.summary.recovered_raw)
+    if ctx.summary.journal_folded:
+        st.count("journal_folded", ctx.summary.journal_folded)
     score_waves(ctx.tables, ctx.settings, ctx.groups, pending, ctx.docs, ctx.summary.run_id, ctx.summary,
-                ctx.progress)
+                ctx.progress, ctx.lease, ctx.on_wave)
     _count_canary(ctx.summary)
 
 
@@ -676,7 +790,17 @@ def finish_run(ctx: RunContext, started: float) -> RunSummary:
     if ctx.routing is not None:
         ctx.tables.delete_run("routing", ctx.summary.run_id)
     register_views(ctx.spark, ctx.tables, ctx.groups.rubrics)
+    root = journal.journal_root(ctx.settings)
+    if root is not None:
+        journal.clear_run(root, ctx.summary.run_id)
+    release_run(ctx)
     return ctx.summary
+
+
+def release_run(ctx: RunContext) -> None:
+    """Release the table root's lease (idempotent)."""
+    if ctx.lease is not None:
+        ctx.lease.release()
 
 
 def run_pipeline(spark: SparkSession, settings: Settings, run_id: str | None = None,
@@ -691,8 +815,11 @@ def run_pipeline(spark: SparkSession, settings: Settings, run_id: str | None = N
     ctx = open_run(spark, settings, run_id)
     ctx.reparse_all = reparse_all
     ctx.progress = progress
-    run_stages(ctx, stages, around)
-    return finish_run(ctx, started)
+    try:
+        run_stages(ctx, stages, around)
+        return finish_run(ctx, started)
+    finally:
+        release_run(ctx)
 
 
 def run(settings: Settings, run_id: str | None = None) -> RunSummary:

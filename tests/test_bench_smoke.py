@@ -155,3 +155,24 @@ def test_table_path_counts_exchanges_that_carry_text(spark: Any, tmp_path: Any) 
     assert carrying[0] >= 1 and carrying[1] >= carrying[0]
     assert keys_only[0] == 0 and keys_only[1] >= 1
     assert hashed_only[0] == 0 and hashed_only[1] >= 1
+
+
+@pytest.mark.spark
+@pytest.mark.timeout(300)
+def test_soak_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    """The soak at 10 waves of 30 documents: every document accounted for, one sample per wave.
+
+    Growth is not asserted here (at 30 documents a wave the allocator's noise is the signal); the
+    benchmark command asserts it at 200,000 documents (benchmarks/README.md).
+    """
+    from mira_spark.devtools.bench import soak
+
+    rc = soak.main(["--docs", "300", "--wave-size", "30"])
+    out = last_json(capsys.readouterr().out)
+    assert out["bench"] == "soak" and out["waves"] == 10 and len(out["samples"]) == 10
+    assert all(s["retained_mb"] > 0 and s["rss_mb"] > 0 and s["fds"] > 0 for s in out["samples"])
+    acc = out["accounting"]
+    assert out["clean"] and acc["lost"] == 0 and acc["duplicated"] == 0 and acc["failed_without_reason"] == 0
+    assert acc["documents_in"] == 300 and sum(acc["faults"].values()) > 0  # faults were injected
+    assert acc["ok"] + sum(acc["failed"].values()) + acc["deferred"] == acc["routed"]
+    assert rc == (0 if out["flat"] else 1)

@@ -1,4 +1,6 @@
-"""Two runs writing the same tables at once (two CLI processes, each with its own Sail server).
+"""Two runs writing the same tables at once (two CLI processes, each with its own Sail server), with the
+table root's lease and the request journal turned off (``lease.enabled: false``, ``journal.enabled:
+false``; with the lease on, the second run refuses or waits: tests/test_lease_runs.py).
 
 Promise: the ``scores`` table is not corrupted — afterwards it reads fine and holds every key once —
 and a Delta commit conflict is either retried (``Tables._retry_conflicts``) or reported as a one-line
@@ -59,7 +61,9 @@ sys.exit(cli.main(sys.argv[5:]))
 def test_two_runs_on_one_table_root_do_not_corrupt_scores(spark: Any, sample_dir: Path, sim_pool: list[Any],
                                                           tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "run.yaml", tmp_path / "tables", str(sample_dir / "documents"),
-                       str(sample_dir / "validation"), [h.url for h in sim_pool], scoring={"wave_size": 40})
+                       str(sample_dir / "validation"), [h.url for h in sim_pool], scoring={"wave_size": 40},
+                       lease={"enabled": False},  # the table root's lease would let only one of them run
+                       journal={"enabled": False})  # with it, each run would reuse the other's journaled answers
     for h in sim_pool:
         h.reset()
     env = {**os.environ, "RUST_LOG": "error", "PYTHONUNBUFFERED": "1"}

@@ -15,8 +15,11 @@ from mira_spark.errors import (
     CanaryDriftError,
     CommitConflictError,
     ConfigError,
+    DuplicateAttemptsError,
     EngineError,
     InputError,
+    LeaseHeldError,
+    LeaseLostError,
     MiraError,
     RubricError,
     RunStoppedError,
@@ -49,6 +52,12 @@ CASES: list[tuple[BaseException, int, str]] = [
      "mira-spark: canary drift: group g: every endpoint failed the canary check before any document was sent"),
     (SecretUnavailableError("secret scope='mira' key='k' cannot be read; set MIRA_API_KEY"), EXIT_USER_ERROR,
      "mira-spark: secret scope='mira' key='k' cannot be read; set MIRA_API_KEY"),
+    (LeaseHeldError("table root /t is in use by run-a on host h (pid 7)"), EXIT_USER_ERROR,
+     "mira-spark: table root in use: table root /t is in use by run-a on host h (pid 7)"),
+    (LeaseLostError("table root /t: lease taken over by run-b"), EXIT_USER_ERROR,
+     "mira-spark: lease lost: table root /t: lease taken over by run-b"),
+    (DuplicateAttemptsError("spark.speculation=true launches duplicate scoring attempts"), EXIT_USER_ERROR,
+     "mira-spark: configuration error: spark.speculation=true launches duplicate scoring attempts"),
 ]
 
 

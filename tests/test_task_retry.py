@@ -28,6 +28,7 @@ from mira_spark.pipeline import (
     make_plan,
     open_run,
     recover_unmerged,
+    release_run,
     route_stage,
     run_pipeline,
     run_stages,
@@ -73,9 +74,12 @@ def _remerge_and_select(tables: Tables) -> None:
     """The wave's MERGE again (as after the duplicate append), then a restart's recovery and selection."""
     spark, settings = tables.spark, tables.settings
     ctx = open_run(spark, settings, "after-retry")
-    tables.merge(score_rows(_wave(tables)), "scores", SCORES_SCHEMA, SCORE_KEYS)
-    assert recover_unmerged(tables, ctx.groups) == 0
-    run_stages(ctx, ["reliability", "select"])
+    try:
+        tables.merge(score_rows(_wave(tables)), "scores", SCORES_SCHEMA, SCORE_KEYS)
+        assert recover_unmerged(tables, ctx.groups) == 0
+        run_stages(ctx, ["reliability", "select"])
+    finally:
+        release_run(ctx)
 
 
 def _append_rows(tables: Tables, rows: list[Any]) -> None:
@@ -116,6 +120,7 @@ def test_wave_action_run_twice_adds_no_rows(finished: Tables, sim_pool: list[Any
     scores, decisions = _scores(finished), _decisions(finished)
     ids = [r["doc_id"] for r in _wave(finished).select("doc_id").collect()]
     ctx = open_run(spark, settings, "again")
+    release_run(ctx)  # this test drives the stages by hand; the lease would block the re-merge's open_run
     plan = make_plan(settings, ctx.groups, 2)
     route_stage(ctx)
     docs = attach_text(ctx.routed.filter(F.col("doc_id").isin(ids)), ctx.docs)

@@ -28,6 +28,7 @@ from mira_spark.prompting.prompts import Prompt, PromptBuilder, text_problem
 from mira_spark.prompting.rubric import Rubric
 from mira_spark.serving.plan import task_share
 from mira_spark.serving.types import CheckOutput, OutputVerdict, RunStats, ScoreRequest, ScoreResult
+from mira_spark.store.journal import JournalSpec, JournalWriter, run_journaled
 from mira_spark.store.schemas import ANSWER_ARROW_SCHEMA, RAW_OUTPUT_ARROW_SCHEMA
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class ScoringPlan:
     max_model_len: int
     in_flight_per_task: dict[str, int]  # scorer group -> requests in flight per task
     concurrent_tasks: int = 1  # scoring tasks running at once; each fills 1/concurrent_tasks of each pool
+    journal: JournalSpec | None = None  # the wave's request journal (store/journal.py); None: no journal
 
 
 def make_check_output(rubric: Rubric, builder: PromptBuilder, policy: str,
@@ -137,8 +139,40 @@ def _refit_truncated(builder: PromptBuilder, group: GroupPlan, plan: ScoringPlan
     return out
 
 
-def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: RunStats) -> pa.RecordBatch:
-    """Score one group's rows of a task: one output row per input row, its answer parsed once."""
+def _result_row(base: dict, result: ScoreResult, text: str, cap: int,
+                fitted: tuple[bool, int | None, int | None]) -> dict:
+    """The output row of one scored document (``base``: its request-independent fields)."""
+    truncated, kept_chars, est_tokens = fitted
+    truncated = truncated or len(text) > cap
+    return {
+        **base,
+        "truncated": truncated or result.shrunk,
+        "kept_chars": kept_chars,
+        "est_prompt_tokens": est_tokens,
+        "status": result.status,
+        "error": result.error,
+        "attempts": result.attempts,
+        "repairs": result.repairs,
+        "wasted_requests": result.wasted_requests,
+        "wasted_completion_tokens": result.wasted_completion_tokens,
+        "endpoint": result.endpoint,
+        "latency_s": result.latency_s,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "finish_reason": result.finish_reason,
+        "retry_causes": result.retry_causes,
+        "raw_text": result.text,
+        "shrunk": result.shrunk,
+    }
+
+
+def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: RunStats,
+                 journal: JournalWriter | None = None) -> pa.RecordBatch:
+    """Score one group's rows of a task: one output row per input row, its answer parsed once.
+
+    With ``journal``, each request is marked sent when a worker takes it and each final row is journaled
+    as it completes (with its parsed answer), so a fault re-sends only what was in flight.
+    """
     from mira_spark.parsing.parse import merge_followup, parse_answer
     from mira_spark.serving.runner import RowHooks, RunnerOptions, run_requests
 
@@ -212,6 +246,17 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
         return ScoreRequest(index=request.index, key=request.key, messages=smaller.messages,
                             est_prompt_tokens=smaller.est_prompt_tokens)
 
+    def sent(index: int) -> None:
+        if journal is not None:
+            journal.sent((pending[index][1]["doc_id"], group.name, group.prompt_version))
+
+    def record(result: ScoreResult) -> None:
+        if journal is None:
+            return
+        row, base = pending[result.index]
+        journal.add(_result_row(base, result, row["text"], cap, fitted.get(result.index, (False, None, None))),
+                    _answer_of(result, checked.get(result.index), unanswered, group.rubric))
+
     if requests:
         opts = RunnerOptions(
             pool=group.pool,
@@ -221,36 +266,15 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
             api_key=group.api_key,
             hooks=RowHooks(check_output=make_check_output(group.rubric, builder, plan.scoring.partial_policy,
                                                           checked),
-                           shrink=shrink, prepare=prepare, merge=merge_followup),
+                           shrink=shrink, prepare=prepare, merge=merge_followup, on_result=record,
+                           on_send=sent),
             max_output_repairs=plan.scoring.max_output_repairs,
             share=task_share(plan.concurrent_tasks),
         )
         results: list[ScoreResult] = run_requests(requests, opts, stats)
         for index, ((row, base), result) in enumerate(zip(pending, results, strict=True)):
             answers.append(_answer_of(result, checked.get(index), unanswered, group.rubric))
-            truncated, kept_chars, est_tokens = fitted.get(index, (False, None, None))
-            base.update(truncated=truncated or len(row["text"]) > cap, kept_chars=kept_chars,
-                        est_prompt_tokens=est_tokens)
-            out.append(
-                {
-                    **base,
-                    "status": result.status,
-                    "error": result.error,
-                    "attempts": result.attempts,
-                    "repairs": result.repairs,
-                    "wasted_requests": result.wasted_requests,
-                    "wasted_completion_tokens": result.wasted_completion_tokens,
-                    "endpoint": result.endpoint,
-                    "latency_s": result.latency_s,
-                    "prompt_tokens": result.prompt_tokens,
-                    "completion_tokens": result.completion_tokens,
-                    "finish_reason": result.finish_reason,
-                    "retry_causes": result.retry_causes,
-                    "raw_text": result.text,
-                    "shrunk": result.shrunk,
-                    "truncated": base["truncated"] or result.shrunk,
-                }
-            )
+            out.append(_result_row(base, result, row["text"], cap, fitted.get(index, (False, None, None))))
     return _answers_batch(out, answers, group.rubric)
 
 
@@ -282,22 +306,56 @@ def score_partition(batches: Iterator[pa.RecordBatch], plan: ScoringPlan) -> Ite
         return
     # Longest documents first: they finish last, so starting them first shortens the task's tail.
     rows.sort(key=lambda r: -(len(r["text"]) if isinstance(r["text"], str) else 0))
+    if plan.journal is None:
+        out, stats = _score_rows(plan, rows)
+        reused = 0
+    else:
+        out, stats, reused = _score_journaled(plan, plan.journal, rows)
+    if out.num_rows != len(rows):  # the exactly-once invariant of the stage
+        raise RuntimeError(f"scoring produced {out.num_rows} rows for {len(rows)} inputs")
+    log.info("scoring task: %d rows (%d from the journal), %d requests, %d retries, %d repairs", len(rows), reused,
+             sum(s.requests_sent for s in stats.values()), sum(s.retries for s in stats.values()),
+             sum(s.repairs for s in stats.values()))
+    yield from out.to_batches(max_chunksize=OUTPUT_CHUNK_ROWS)
+
+
+def _score_rows(plan: ScoringPlan, rows: list[dict],
+                journal: JournalWriter | None = None) -> tuple[pa.Table, dict[str, RunStats]]:
     by_group: dict[str, list[dict]] = {}
     for row in rows:
         by_group.setdefault(row["scorer"], []).append(row)
     # Each scorer group has its own endpoint pool: score the groups side by side (one event loop per
     # thread) so one group's tail never leaves another group's GPUs idle.
     stats = {name: RunStats() for name in by_group}
-    with ThreadPoolExecutor(max_workers=len(by_group), thread_name_prefix="mira-group") as pool:
-        futures = [pool.submit(_score_group, plan, plan.groups[name], group_rows, stats[name])
+    with ThreadPoolExecutor(max_workers=max(1, len(by_group)), thread_name_prefix="mira-group") as pool:
+        futures = [pool.submit(_score_group, plan, plan.groups[name], group_rows, stats[name], journal)
                    for name, group_rows in sorted(by_group.items())]
         out = pa.Table.from_batches([future.result() for future in futures], schema=RAW_OUTPUT_ARROW_SCHEMA)
-    if out.num_rows != len(rows):  # the exactly-once invariant of the stage
-        raise RuntimeError(f"scoring produced {out.num_rows} rows for {len(rows)} inputs")
-    log.info("scoring task: %d rows, %d requests, %d retries, %d repairs", len(rows),
-             sum(s.requests_sent for s in stats.values()), sum(s.retries for s in stats.values()),
-             sum(s.repairs for s in stats.values()))
-    yield from out.to_batches(max_chunksize=OUTPUT_CHUNK_ROWS)
+    return out, stats
+
+
+def _score_journaled(plan: ScoringPlan, spec: JournalSpec,
+                     rows: list[dict]) -> tuple[pa.Table, dict[str, RunStats], int]:
+    """Score a partition through the journal: journaled rows are reused, the rest sent and journaled."""
+    keys = [(r["doc_id"], r["scorer"], plan.groups[r["scorer"]].prompt_version) for r in rows]
+
+    def encode(out_rows: list[dict], answers: list) -> pa.Table:
+        by_group: dict[str, tuple[list[dict], list]] = {}
+        for row, answer in zip(out_rows, answers, strict=True):
+            group_rows, group_answers = by_group.setdefault(row["scorer"], ([], []))
+            group_rows.append(row)
+            group_answers.append(answer)
+        return pa.Table.from_batches([_answers_batch(r, a, plan.groups[g].rubric) for g, (r, a) in by_group.items()],
+                                     schema=RAW_OUTPUT_ARROW_SCHEMA)
+
+    def score(positions: list[int], writer: JournalWriter) -> tuple[pa.Table, dict[str, RunStats]]:
+        return _score_rows(plan, [rows[i] for i in positions], writer)
+
+    outcome = run_journaled(spec, keys, score, encode=encode)
+    if outcome.scored is None:
+        return outcome.reused, {}, outcome.reused.num_rows
+    scored, stats = outcome.scored
+    return pa.concat_tables([outcome.reused, scored]), stats, outcome.reused.num_rows
 
 
 def score_documents(routed: DataFrame, plan: ScoringPlan, tasks: int) -> DataFrame:

@@ -45,6 +45,8 @@ class RowHooks:
     shrink: ShrinkRequest | None = None
     prepare: PrepareRequest | None = None
     merge: MergeOutputs | None = None
+    on_result: Callable[[ScoreResult], None] | None = None  # each final result as it completes (the journal)
+    on_send: Callable[[int], None] | None = None  # a request's index, just before its first POST (the journal)
 
 
 class RowPolicy:

@@ -150,7 +150,7 @@ async def arun_requests(requests: list[ScoreRequest], opts: RunnerOptions,
         transport = Transport(pool=pool, cfg=opts.pool, sampling=opts.sampling, model=opts.model,
                               api_key=opts.api_key, session=session, room=room, stopped=lambda: health.stopped,
                               check_pool_down=health.check_pool_down, stats=stats,
-                              rng=random.Random(opts.seed), clock=opts.clock)
+                              rng=random.Random(opts.seed), clock=opts.clock, on_send=opts.hooks.on_send)
         policy = RowPolicy(transport=transport, hooks=opts.hooks, max_output_repairs=opts.max_output_repairs,
                            stats=stats, clock=opts.clock)
         if opts.pool.startup_check:
@@ -163,6 +163,8 @@ async def arun_requests(requests: list[ScoreRequest], opts: RunnerOptions,
                     results[positions[req.index]] = _deferred(req, health.stopped)
                 else:
                     results[positions[req.index]] = await policy.score(req)
+                    if opts.hooks.on_result is not None:
+                        opts.hooks.on_result(results[positions[req.index]])
 
         monitor = asyncio.create_task(health.monitor())
         try:

@@ -121,6 +121,7 @@ class Transport:
     clock: Callable[[], float]
     in_flight: int = 0
     first_send: dict[int, float] = field(default_factory=dict)  # request index -> time of its first POST
+    on_send: Callable[[int], None] | None = None  # called with the request index before its first POST
 
     async def acquire(self) -> EndpointState | None:
         """An endpoint reserved for one request; None once the run has stopped (pool down)."""
@@ -180,6 +181,8 @@ class Transport:
             attempt += 1
             if res.attempts == 0:  # latency runs from the first send, not from waiting for the pool
                 self.first_send[res.index] = self.clock()
+                if self.on_send is not None:
+                    self.on_send(res.index)
             res.attempts += 1
             self.stats.requests_sent += 1
             self.in_flight += 1

@@ -251,6 +251,8 @@ class StepState:
 
 def step_route(s: StepState) -> None:
     """Read and check the documents, route them, count documents in and rejected (``open_run``)."""
+    if s.ctx is not None:
+        pipeline.release_run(s.ctx)  # the table root's lease of the previous repetition
     s.ctx = pipeline.open_run(s.spark, s.settings, run_id="bench-table-path")
     pipeline.route_stage(s.ctx)
     s.counts["documents_in"] = s.ctx.summary.documents_in
@@ -289,6 +291,7 @@ def step_selected(s: StepState) -> None:
     assert s.ctx is not None
     pipeline.selected_stage(s.ctx, s.selection)
     s.counts["kept"] = {k: v[0] for k, v in sorted(s.ctx.summary.kept.items())}
+    pipeline.release_run(s.ctx)
 
 
 STEPS: list[tuple[str, Callable[[StepState], None]]] = [

@@ -1,0 +1,163 @@
+"""Faults mid-wave with the request journal: the rerun re-sends at most what was not durable at the fault.
+
+Two kinds of fault, both landing inside a wave (wave 0 committed, wave 1 half answered), both placed
+deterministically by a wrapper script around the CLI:
+
+* ``driver``: SIGKILL of the driver process right after the N-th journal flush of wave 1 (on Sail the
+  scoring tasks are threads of that process, so the tasks die with it, requests in flight);
+* ``task``: the scoring task fails (an exception from inside its event loop, as a crashed worker would
+  surface) after N journaled answers of wave 1; the job fails, the run ends with an error.
+
+Then a second run on the same root. The simulator counts requests per document (X-Request-Id), so
+"re-sent" is measured where the bill is: a document requested by the rerun that had been requested
+before the fault. "In flight at the fault" is every document requested before it whose answer was
+neither committed nor journaled. Targets (issue 11): re-sent / in-flight <= 1.0 and 0 journaled answers
+requested again; the run_stats waste counters report what was re-sent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO, write_config
+
+from mira_spark.config import load_settings
+from mira_spark.devtools.simulator.launcher import SimHandle, start_processes
+from mira_spark.devtools.simulator.server import SimConfig
+from mira_spark.store import journal
+from mira_spark.store.tables import Tables
+
+pytestmark = pytest.mark.spark
+
+WAVE = 60  # 5 waves over the sample corpus
+SLOTS = 4
+TIME_SCALE = 30.0  # ~0.3 s per answer: a wave takes seconds, so a fault finds requests in flight
+FAULT_AT = 8  # journal flushes (driver) / journaled answers (task) of wave 1 before the fault
+RUN_TIMEOUT_S = 240.0
+# Runs the CLI with the journal writer wrapped: in wave FAULT_WAVE, after FAULT_AT flushes that wrote rows
+# (driver) or FAULT_AT journaled answers (task), record the moment and SIGKILL / fail.
+FAULT_IN_WAVE = """
+import json, os, signal, sys
+from mira_spark import cli
+from mira_spark.store.journal import JournalWriter
+
+marker, kind, at, wave = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+real_flush, real_add = JournalWriter.flush, JournalWriter.add
+seen = {"flushes": 0, "adds": 0}
+
+def flush(self):
+    n = real_flush(self)
+    if kind == "driver" and self.spec.wave == wave and n:
+        seen["flushes"] += 1
+        if seen["flushes"] == at:
+            with open(marker, "w") as fh:
+                json.dump(seen, fh)
+            os.kill(os.getpid(), signal.SIGKILL)
+    return n
+
+def add(self, row, answer=None):
+    real_add(self, row, answer)
+    if kind == "task" and self.spec.wave == wave and row["status"] in ("ok", "failed"):
+        seen["adds"] += 1
+        if seen["adds"] == at:
+            with open(marker, "w") as fh:
+                json.dump(seen, fh)
+            raise RuntimeError("injected task failure mid-wave")
+
+JournalWriter.flush, JournalWriter.add = flush, add
+sys.exit(cli.main(sys.argv[5:]))
+"""
+
+
+def _keys(rows: list[Any]) -> set[str]:
+    return {f"{r['doc_id']}|{r['scorer']}|{r['prompt_version']}" for r in rows}
+
+
+def _requests(sims: list[SimHandle]) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for h in sims:
+        total.update(h.stats()["requests_by_id"])
+    return total
+
+
+def _cli(args: list[str], out: Path, fault: tuple[Path, str] | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "RUST_LOG": "error", "PYTHONUNBUFFERED": "1"}
+    prefix = [sys.executable, "-m", "mira_spark.cli"]
+    if fault is not None:
+        prefix = [sys.executable, "-c", FAULT_IN_WAVE, str(fault[0]), fault[1], str(FAULT_AT), "1"]
+    return subprocess.Popen([*prefix, *args], cwd=str(REPO), env=env, stdout=out.open("wb"),
+                            stderr=subprocess.STDOUT)
+
+
+def summary_of(out: Path) -> dict[str, Any]:
+    for line in reversed(out.read_text(encoding="utf-8", errors="replace").splitlines()):
+        if line.startswith('{"summary"'):
+            return json.loads(line)["summary"]
+    raise AssertionError(f"no summary line in {out}:\n{out.read_text()[-3000:]}")
+
+
+def _journaled_keys(root: str) -> set[str]:
+    return {"|".join(k) for k in (journal.key_of(r) for r in journal.read_journal(root).to_pylist())}
+
+
+@pytest.mark.parametrize("kind", ["driver", "task"])
+def test_fault_mid_wave_resends_at_most_what_was_in_flight(kind: str, spark: Any, sample_dir: Path,
+                                                           tmp_path: Path) -> None:
+    sims = start_processes([SimConfig(name=f"j{i}", slots=SLOTS, time_scale=TIME_SCALE, seed=i) for i in range(2)])
+    try:
+        cfg = write_config(tmp_path / "run.yaml", tmp_path / "tables", str(sample_dir / "documents"),
+                           str(sample_dir / "validation"), [h.url for h in sims],
+                           scoring={"wave_size": WAVE}, journal={"flush_s": 0.2, "flush_rows": 2},
+                           scorers={"pools": {"text_group_b_pool": {"slots_per_endpoint": SLOTS}}})
+        marker = tmp_path / "fault.json"
+        first = _cli(["run", "--config", str(cfg), "--run-id", "faulted"], tmp_path / "first.log", (marker, kind))
+        code = first.wait(RUN_TIMEOUT_S)
+        log_text = (tmp_path / "first.log").read_text(errors="replace")
+        assert marker.exists(), log_text[-3000:]  # the fault landed where meant: inside wave 1
+        assert code == (-signal.SIGKILL if kind == "driver" else 1), log_text[-3000:]
+        at_fault = _requests(sims)
+        settings = load_settings(cfg)
+        root = journal.journal_root(settings)
+        assert root is not None
+        tables = Tables(spark, settings)
+        committed = _keys(tables.read("scores").collect()) | _keys(
+            tables.read("raw_outputs").filter("status IN ('ok', 'failed')").collect())
+        journaled = _journaled_keys(root) - committed
+        in_flight = {k for k, n in at_fault.items() if n} - committed - journaled
+
+        second = _cli(["run", "--config", str(cfg), "--run-id", "rerun"], tmp_path / "second.log")
+        assert second.wait(RUN_TIMEOUT_S) == 0, (tmp_path / "second.log").read_text()[-3000:]
+        summary = summary_of(tmp_path / "second.log")
+        after = _requests(sims)
+    finally:
+        for h in sims:
+            h.stop()
+
+    assert committed and journaled and in_flight  # the fault found all three kinds of document
+    resent = {k for k in at_fault if at_fault[k] and after[k] > at_fault[k]}
+    assert not resent & journaled  # 0 journaled answers requested again
+    assert not resent & committed
+    ratio = len(resent) / len(in_flight)
+    assert ratio <= 1.0, (len(resent), len(in_flight))
+    assert summary["journal_folded"] == len(journaled)  # committed at the rerun's start, unasked
+    # waste accounting: what the rerun sent again, as the dead run's last in-flight list knew it
+    assert 0 < summary["resent_requests"] <= len(resent)
+    assert summary["resent_completion_tokens"] > 0
+    score_row = tables.read("run_stats").filter("run_id = 'rerun' AND stage = 'score'").collect()[0]
+    assert score_row["resent_requests"] == summary["resent_requests"]
+    assert score_row["resent_completion_tokens"] == summary["resent_completion_tokens"]
+    # every document exactly once, and the journal is empty after the run
+    scores = tables.read("scores")
+    routed = summary["documents_in"] - sum(summary["rejected"].values())
+    assert scores.count() == scores.select("doc_id").distinct().count() == routed
+    assert journal.read_journal(root).num_rows == 0 and journal.journal_runs(root) == []
+    print(f"\n{kind} fault: in flight {len(in_flight)}, journaled {len(journaled)}, re-sent {len(resent)}, "
+          f"ratio {ratio:.2f}, resent_requests {summary['resent_requests']}")
