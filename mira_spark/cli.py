@@ -2,8 +2,8 @@
 
 ``mira-spark run --config conf/local.yaml`` runs the whole job; ``score``, ``parse``, ``reliability`` and
 ``select`` run one stage each; ``serve-sim`` starts simulated scorer endpoints; ``make-sample`` writes
-the sample corpus; ``init-demo DIR`` writes the packaged configs and anchors into ``DIR``; ``bench`` prints
-benchmark figures.
+the sample corpus; ``init-demo DIR`` writes the packaged configs and anchors into ``DIR``; ``report`` writes
+the static HTML selection report of a run; ``bench`` prints benchmark figures.
 """
 
 from __future__ import annotations
@@ -20,26 +20,6 @@ log = logging.getLogger(__name__)
 __all__ = ["EXIT_SPARK_ERROR", "EXIT_STOPPED", "EXIT_USER_ERROR", "main"]
 
 
-def _summary_lines(summary) -> list[str]:
-    d = summary.as_dict()
-    lines = [
-        f"run {d['run_id']}",
-        f"  documents in      {d['documents_in']}",
-        f"  rejected          {d['rejected'] or 0}",
-        f"  pending at start  {d['pending_before']} (recovered from an earlier run: {d['recovered_raw']})",
-        f"  scored this run   {d['rows_scored']} rows in {d['waves']} waves, {d['scored_ok']} ok, "
-        f"failed {d['failed'] or 0}, deferred {d['deferred']}",
-        f"  requests sent     {d['requests_sent']} ({d['requests_per_s']} req/s over {d['scoring_s']:.1f}s scoring)",
-        f"  truncated prompts {d['truncated']}",
-    ]
-    for source, (kept, n_in) in sorted(d["kept"].items()):
-        lines.append(f"  kept {source:<16} {kept} of {n_in}")
-    lines.append(f"  wall time         {d['wall_s']:.1f}s")
-    if d["stopped"]:
-        lines.append(f"  STOPPED: {d['stopped']}")
-    return lines
-
-
 def _load(args) -> object:
     from mira_spark.config import TRANSIENT_ERRORS, load_settings
 
@@ -52,19 +32,36 @@ def _load(args) -> object:
 
 
 def cmd_run(args) -> int:
-    from mira_spark.pipeline import run_pipeline
+    from mira_spark.pipeline import read_run_stats, run_pipeline
+    from mira_spark.progress import TerminalProgress
+    from mira_spark.runstats import summary_lines
     from mira_spark.store.engines import open_session
+    from mira_spark.store.tables import Tables
 
     settings = _load(args)
     stages = None if args.command == "run" else [args.command]
     with open_session(settings) as spark:
-        summary = run_pipeline(spark, settings, args.run_id, stages=stages, reparse_all=args.command == "parse" and args.all)
+        summary = run_pipeline(spark, settings, args.run_id, stages=stages,
+                               reparse_all=args.command == "parse" and args.all, progress=TerminalProgress())
+        recorded = read_run_stats(Tables(spark, settings), summary.run_id)  # the summary is what run_stats holds
     if args.command == "parse":
         print(f"parsed {summary.parsed} raw outputs into scores")
-    print("\n".join(_summary_lines(summary)))
-    print(json.dumps({"summary": summary.as_dict()}, default=str))
+    print("\n".join([*summary_lines(summary.run_id, recorded, summary.stopped), f"  wall time    {summary.wall_s:.1f}s"]))
+    run_stats = {name: st.record(summary.run_id, st.started_at) for name, st in recorded.items()}  # type: ignore[arg-type]
+    print(json.dumps({"summary": summary.as_dict(), "run_stats": run_stats}, default=str))
     if summary.stopped:
         raise RunStoppedError(summary.stopped)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from mira_spark.selection.report import write_report
+    from mira_spark.store.engines import open_session
+
+    settings = _load(args)
+    with open_session(settings) as spark:
+        page = write_report(spark, settings, args.out)
+    print(page)
     return 0
 
 
@@ -145,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="send again documents whose scoring failed transiently (5xx, 429, timeouts)")
         if name == "parse":
             p.add_argument("--all", action="store_true", help="re-parse every raw output of this prompt version")
+    report = sub.add_parser("report", help="write the run's selection report: one HTML page with PNG plots")
+    report.add_argument("--config", required=True, help="conf/<name>.yaml of the run")
+    report.add_argument("--engine", choices=["sail", "local", "connect", "active"], help="override engine:")
+    report.add_argument("--out", default=None, help="directory for index.html and its PNGs "
+                                                    "(default: <tables.root>/report)")
     for name, help_text in [
         ("serve-sim", "start simulated scorer endpoints (stand-ins for vLLM; see --help)"),
         ("make-sample", "write the sample corpus and validation table"),
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
     install_redaction(log)
     try:
-        return cmd_run(args)
+        return cmd_report(args) if args.command == "report" else cmd_run(args)
     except Exception as exc:
         outcome = cli_outcome(exc)  # by type: MiraError subclasses carry their exit code and label
         if outcome is None:

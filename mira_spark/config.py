@@ -45,6 +45,8 @@ class SecretRef(_Frozen):
 class EndpointConfig(_Frozen):
     url: str = Field(description="OpenAI-compatible base URL ending in /v1, e.g. http://10.0.0.5:8000/v1.")
     weight: float = Field(default=1.0, gt=0, description="Relative capacity; a 2x faster replica gets 2.")
+    gpus: int = Field(default=8, ge=1, description="GPUs behind this endpoint (the seed serves TP=8 on one node); "
+                                                   "progress and cost lines count GPU-hours with it.")
 
     @field_validator("url")
     @classmethod
@@ -90,14 +92,28 @@ class PoolConfig(_Frozen):
 
 
 class ScorerGroupConfig(_Frozen):
-    """One MIRA student scorer: its model, rubric files, endpoint pool and the sources routed to it."""
+    """One MIRA student scorer: its model, rubric files, endpoint pool and the sources routed to it.
 
-    family: str = Field(description="Scorer family, e.g. text or code.")
+    Only groups with ``enabled: true`` (the default) are used by a run, so only theirs must be complete:
+    anchors file present, pool defined, at least one source. A listed but disabled group (the siblings
+    whose anchors a user has not supplied yet) is parsed and kept in :attr:`ScorersConfig.disabled`.
+    """
+
+    enabled: bool = Field(
+        default=True,
+        description="Use this group in runs; false: listed only (its anchors, pool and sources are not needed).",
+    )
+    family: str = Field(description="Scorer family, e.g. text, qa, agent or code.")
     model: str = Field(description="Model name sent in requests, e.g. whw06/MIRA-Text-Group1.")
-    anchors: Path = Field(description="Dimension anchors JSONL (15 slots).")
+    anchors: Path | None = Field(
+        default=None,
+        description="Dimension anchors JSONL (one line per slot A1..A<dimensions>); required when enabled.",
+    )
     calibration: Path | None = Field(default=None, description="Calibration references JSONL.")
-    pool: str = Field(description="Name of an entry under pools:.")
-    sources: tuple[str, ...] = Field(min_length=1, description="Sources scored by this group.")
+    pool: str = Field(description="Name of an entry under pools: (needed only when enabled).")
+    sources: tuple[str, ...] = Field(
+        default=(), description="Sources scored by this group; at least one when enabled."
+    )
     dimensions: int = Field(
         default=15, ge=1, description=f"Number of anchor slots expected; at most {MAX_SLOTS}, what the score table holds."
     )
@@ -114,8 +130,45 @@ class ScorerGroupConfig(_Frozen):
 
 
 class ScorersConfig(_Frozen):
-    groups: dict[str, ScorerGroupConfig] = Field(min_length=1)
+    """Routing: the groups a run uses (``groups``), the listed but disabled ones, and the endpoint pools.
+
+    The YAML lists every group under ``groups:``; loading splits them by ``enabled`` so that everything
+    downstream (routing, prompts, scoring, estimates) sees only the groups a run uses.
+    """
+
+    groups: dict[str, ScorerGroupConfig] = Field(
+        min_length=1, description="Enabled scorer groups: the ones a run routes sources to."
+    )
+    disabled: dict[str, ScorerGroupConfig] = Field(
+        default_factory=dict, description="Groups listed with enabled: false (not used by runs)."
+    )
     pools: dict[str, PoolConfig] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_by_enabled(cls, data: Any) -> Any:
+        """``groups:`` may hold enabled and disabled groups; an override may enable a disabled one."""
+        if not isinstance(data, Mapping):
+            return data
+        listed = data.get("groups") or {}
+        parked = data.get("disabled") or {}
+        if not isinstance(listed, Mapping) or not isinstance(parked, Mapping):
+            return data
+        enabled: dict[str, Any] = {}
+        disabled: dict[str, Any] = {}
+        for name in [*parked, *(n for n in listed if n not in parked)]:
+            entry = listed.get(name)
+            base = parked.get(name)
+            if isinstance(base, Mapping) and isinstance(entry, Mapping):
+                entry = deep_merge(base, entry)
+            elif entry is None:
+                entry = base
+            is_on = entry.get("enabled", True) if isinstance(entry, Mapping) else True
+            (enabled if is_on else disabled)[name] = entry
+        if listed and not enabled:
+            names = ", ".join(sorted(disabled))
+            raise ValueError(f"every group is enabled: false ({names}); enable at least one group a run can use")
+        return {**data, "groups": enabled, "disabled": disabled}
 
     @model_validator(mode="after")
     def _references(self) -> ScorersConfig:
@@ -124,8 +177,12 @@ class ScorersConfig(_Frozen):
             if group.pool not in self.pools:
                 raise ValueError(
                     f"group {name!r} uses pool {group.pool!r}, which is not defined; defined pools: "
-                    f"{sorted(self.pools)}"
+                    f"{sorted(self.pools)}; add pools.{group.pool} with its endpoints, or set "
+                    f"groups.{name}.enabled: false"
                 )
+            if not group.sources:
+                raise ValueError(f"group {name!r} is enabled but lists no sources; add the source ids it "
+                                 f"scores under groups.{name}.sources, or set enabled: false")
             for source in group.sources:
                 if source in owner:
                     raise ValueError(f"source {source!r} is routed to both {owner[source]!r} and {name!r}")
@@ -134,6 +191,28 @@ class ScorersConfig(_Frozen):
 
     def group_for_source(self) -> dict[str, str]:
         return {s: name for name, g in self.groups.items() for s in g.sources}
+
+
+def check_group_files(scorers: ScorersConfig, where: Path, inline: Mapping[str, Path] | None = None) -> None:
+    """Every enabled group's rubric files exist; otherwise one line naming group, file and the fix.
+
+    Disabled groups are not checked: the shipped ``conf/scorers.yaml`` lists all 12 MIRA scorers, and
+    only the groups whose anchors a user has supplied are switched on. ``where`` is the scorers file;
+    ``inline`` names the run config of groups set inline there.
+    """
+    for name, group in scorers.groups.items():
+        where = (inline or {}).get(name, where)
+        fix = (f"put the group's file there or point groups.{name}.{{key}} at it, or set "
+               f"groups.{name}.enabled: false to run without this group")
+        if group.anchors is None:
+            raise ConfigError(f"{where}: group {name!r} is enabled but has no anchors file (its model card does "
+                              f"not name one); set groups.{name}.anchors to its *_dim_anchors.jsonl, or set "
+                              f"groups.{name}.enabled: false")
+        for key in ("anchors", "calibration"):
+            path = getattr(group, key)
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{where}: group {name!r} is enabled but its {key} file {path} does not exist; "
+                                  + fix.format(key=key))
 
 
 class SamplingConfig(_Frozen):
@@ -504,18 +583,27 @@ def _explain(path: Path, exc: ValidationError) -> ConfigError:
     return ConfigError(f"{path}: invalid configuration\n" + "\n".join(lines))
 
 
-def load_scorers(path: str | Path) -> ScorersConfig:
-    path = Path(path).resolve()
-    raw = _read_yaml(path)
-    for group in (raw.get("groups") or {}).values():
+def _resolve_group_paths(groups: Any, base: Path) -> None:
+    """Resolve ``anchors`` / ``calibration`` of raw group mappings against ``base`` (in place)."""
+    for group in (groups or {}).values() if isinstance(groups, Mapping) else ():
         if isinstance(group, dict):
             for key in ("anchors", "calibration"):
                 if group.get(key):
-                    group[key] = _resolve(path.parent, str(group[key]))
+                    group[key] = _resolve(base, str(group[key]))
+
+
+def load_scorers(path: str | Path, check_files: bool = True) -> ScorersConfig:
+    """Load the scorers file; ``check_files``: the enabled groups' anchors must exist (:func:`check_group_files`)."""
+    path = Path(path).resolve()
+    raw = _read_yaml(path)
+    _resolve_group_paths(raw.get("groups"), path.parent)
     try:
-        return ScorersConfig.model_validate(raw)
+        scorers = ScorersConfig.model_validate(raw)
     except ValidationError as exc:
         raise _explain(path, exc) from None
+    if check_files:
+        check_group_files(scorers, path)
+    return scorers
 
 
 def load_settings(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Settings:
@@ -537,13 +625,18 @@ def load_settings(path: str | Path, overrides: Mapping[str, Any] | None = None) 
     scorers_path = Path(_resolve(path.parent, str(scorers_ref)) or "")
     raw["scorers_file"] = str(scorers_path)
     scorers_raw = raw.pop("scorers", None)
-    scorers = load_scorers(scorers_path)
-    if scorers_raw:  # inline overrides of the scorers file (tests, notebooks)
+    scorers = load_scorers(scorers_path, check_files=False)
+    inline: dict[str, Path] = {}
+    if scorers_raw:  # inline overrides of the scorers file (demo groups, tests, notebooks)
+        if isinstance(scorers_raw, dict):  # their paths are relative to the file that holds them
+            _resolve_group_paths(scorers_raw.get("groups"), path.parent)
+            inline = dict.fromkeys(scorers_raw.get("groups") or {}, path)
         merged = deep_merge(scorers.model_dump(mode="json"), scorers_raw)
         try:
             scorers = ScorersConfig.model_validate(merged)
         except ValidationError as exc:
             raise _explain(scorers_path, exc) from None
+    check_group_files(scorers, scorers_path, inline)
     raw["scorers"] = scorers
     try:
         return Settings.model_validate(raw)

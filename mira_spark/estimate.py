@@ -232,6 +232,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def print_estimates(histogram: TokenHistogram, static: int, figures: GpuFigures, nodes: int,
+                    estimates: Sequence[LayoutEstimate]) -> None:
+    """The human-readable table of :func:`main`: inputs, assumptions, then one line per layout."""
+    print(f"documents {histogram.docs:,}  mean tokens {histogram.mean_tokens:,.0f}  truncated "
+          f"{histogram.truncated:,}  static prompt {static:,} tokens ({figures.prefix_cache_share:.0%} cached)  "
+          f"completion {figures.completion_tokens:g}  nodes {nodes}")
+    print(f"assumed: prefill {figures.prefill_tokens_per_s:,.0f} / decode {figures.decode_tokens_per_s:,.0f} "
+          f"tokens/s per H200 at TP=1; TP efficiency {dict(figures.tp_efficiency)}; "
+          f"utilization {figures.utilization:.2f}")
+    print(f"{'layout':<16}{'docs/s/node':>12}{'GPU-s/doc':>11}{'GPU-hours':>12}{'wall hours':>12}")
+    for e in estimates:
+        label = f"TP={e.tp} x{e.replicas_per_node}"
+        print(f"{label:<16}{e.docs_per_s_per_node:>12.1f}{e.gpu_seconds_per_doc:>11.3f}"
+              f"{e.gpu_hours:>12,.1f}{e.wall_hours:>12,.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from mira_spark.config import ConfigError, load_settings
 
@@ -254,16 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"estimate: {exc}", file=sys.stderr)
         return 2
     if not args.json_only:
-        print(f"documents {histogram.docs:,}  mean tokens {histogram.mean_tokens:,.0f}  truncated "
-              f"{histogram.truncated:,}  static prompt {static:,} tokens ({figures.prefix_cache_share:.0%} cached)  "
-              f"completion {figures.completion_tokens:g}  nodes {args.nodes}")
-        print(f"assumed: prefill {figures.prefill_tokens_per_s:,.0f} / decode {figures.decode_tokens_per_s:,.0f} tokens/s per H200 at TP=1; TP efficiency {dict(figures.tp_efficiency)}; "
-              f"utilization {figures.utilization:.2f}")
-        print(f"{'layout':<16}{'docs/s/node':>12}{'GPU-s/doc':>11}{'GPU-hours':>12}{'wall hours':>12}")
-        for e in estimates:
-            label = f"TP={e.tp} x{e.replicas_per_node}"
-            print(f"{label:<16}{e.docs_per_s_per_node:>12.1f}{e.gpu_seconds_per_doc:>11.3f}"
-                  f"{e.gpu_hours:>12,.1f}{e.wall_hours:>12,.2f}")
+        print_estimates(histogram, static, figures, args.nodes, estimates)
     print(json.dumps({
         "estimate": "scoring",
         "docs": histogram.docs,

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
@@ -35,9 +36,12 @@ from pyspark.sql import functions as F
 from mira_spark.config import Settings
 from mira_spark.errors import PoolUnavailableError
 from mira_spark.ingest.documents import attach_text, check_documents, route
-from mira_spark.parsing.stage import parse_raw_outputs
+from mira_spark.parsing.stage import reparse_raw_outputs, score_rows
+from mira_spark.progress import ProgressSink, WaveMeter, job_tag, log_progress
 from mira_spark.prompting.prompts import PromptBuilder
 from mira_spark.prompting.rubric import Rubric, load_rubric
+from mira_spark.runstats import StageStats
+from mira_spark.scoring.accounting import wave_stats
 from mira_spark.scoring.stage import GroupPlan, ScoringPlan, score_documents
 from mira_spark.selection.aggregation import add_composite, cell_weights, composite_plan
 from mira_spark.selection.reliability import compute_reliability
@@ -69,6 +73,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunSummary:
+    """What one run did, as the stages fill it in; ``stages`` are the ``run_stats`` rows it writes."""
+
     run_id: str
     documents_in: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
@@ -77,16 +83,40 @@ class RunSummary:
     parsed: int = 0  # rows the parse stage merged into scores
     exact_copies: int = 0  # duplicate rows identical to the routed copy (same doc_id, source, text)
     waves: int = 0
-    requests_sent: int = 0
-    rows_scored: int = 0
-    scored_ok: int = 0
-    failed: dict[str, int] = field(default_factory=dict)
-    deferred: int = 0
-    truncated: int = 0
     kept: dict[str, tuple[int, int]] = field(default_factory=dict)  # source -> (kept, n_in)
     scoring_s: float = 0.0
     wall_s: float = 0.0
     stopped: str | None = None
+    stages: dict[str, StageStats] = field(default_factory=dict)  # what each stage did: the run_stats rows
+
+    def stage(self, name: str) -> StageStats:
+        """The counts of stage ``name`` in this run (created empty on first use)."""
+        return self.stages.setdefault(name, StageStats(name))
+
+    # The scoring figures are the score stage's counts (one aggregation per wave over its rows).
+    @property
+    def requests_sent(self) -> int:
+        return self.stage("score").requests  # every HTTP request, repairs included
+
+    @property
+    def rows_scored(self) -> int:
+        return self.stage("score").rows_out
+
+    @property
+    def scored_ok(self) -> int:
+        return self.stage("score").counts.get("status:ok", 0)
+
+    @property
+    def deferred(self) -> int:
+        return self.stage("score").counts.get("status:deferred", 0)
+
+    @property
+    def truncated(self) -> int:
+        return self.stage("score").counts.get("truncated", 0)
+
+    @property
+    def failed(self) -> dict[str, int]:
+        return self.stage("score").by_prefix("failed")
 
     @property
     def requests_per_s(self) -> float:
@@ -94,6 +124,9 @@ class RunSummary:
 
     def as_dict(self) -> dict:
         out = asdict(self)
+        out.pop("stages")
+        for name in ("requests_sent", "rows_scored", "scored_ok", "deferred", "truncated", "failed"):
+            out[name] = getattr(self, name)
         out["requests_per_s"] = round(self.requests_per_s, 2)
         return out
 
@@ -165,7 +198,7 @@ def recover_unmerged(tables: Tables, groups: Groups) -> int:
     n = orphans.select(*SCORE_KEYS).distinct().count()
     if n:
         log.info("recovering %d raw outputs committed by an earlier run but not merged", n)
-        tables.merge(parse_raw_outputs(orphans, groups.rubrics), "scores", SCORES_SCHEMA, SCORE_KEYS)
+        tables.merge(score_rows(orphans), "scores", SCORES_SCHEMA, SCORE_KEYS)
     return n
 
 
@@ -209,7 +242,7 @@ def wave_tail_idle(wave_docs: int, in_flight: int) -> float:
 
 
 def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: DataFrame, docs: DataFrame,
-                run_id: str, summary: RunSummary) -> None:
+                run_id: str, summary: RunSummary, progress: ProgressSink = log_progress) -> None:
     spark = tables.spark
     n_pending = summary.pending_before
     if n_pending == 0:
@@ -251,14 +284,18 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
     tables.append(work, "work_queue", WORK_QUEUE_SCHEMA, partition_by=("run_id", "wave"))
     queue = tables.read("work_queue").filter(F.col("run_id") == run_id)
     try:
-        _run_waves(tables, settings, groups, queue, plan, tasks, checked, n_waves, run_id, summary)
+        _run_waves(tables, settings, groups, queue, plan, tasks, checked, n_waves, run_id, summary, progress)
     finally:
         tables.delete_run("work_queue", run_id)
 
 
 def _run_waves(tables: Tables, settings: Settings, groups: Groups, queue: DataFrame, plan: ScoringPlan,
-               tasks: int, checked: dict, n_waves: int, run_id: str, summary: RunSummary) -> None:
+               tasks: int, checked: dict, n_waves: int, run_id: str, summary: RunSummary,
+               progress: ProgressSink) -> None:
     started = time.perf_counter()
+    totals = summary.stage("score")
+    meter = WaveMeter(total_docs=summary.pending_before, n_waves=n_waves, started=started,
+                      gpus=sum(e.gpus for g in plan.groups.values() for e in g.pool.endpoints))
     for wave in range(n_waves):
         if wave > 0 and checked:
             try:
@@ -270,24 +307,28 @@ def _run_waves(tables: Tables, settings: Settings, groups: Groups, queue: DataFr
                     "waves are kept; restart the endpoints and rerun to score the rest."
                 )
                 break
-        wave_docs = queue.filter(F.col("wave") == wave).select("doc_id", "source", "scorer", "text")
-        raw = score_documents(wave_docs, plan, tasks).select(
-            "*", F.lit(run_id).alias("run_id"), F.lit(wave).alias("wave"), F.current_timestamp().alias("scored_at")
-        )
-        staging = tables.staging_path(run_id, wave)
-        if staging:
-            staged = tables.write_staging(raw, staging, RAW_OUTPUTS_SCHEMA)  # the wave's one scoring action
-            tables.append(staged, "raw_outputs", RAW_OUTPUTS_SCHEMA)  # retry-safe: re-reads the files
-        else:
-            tables.append(raw, "raw_outputs", RAW_OUTPUTS_SCHEMA)  # the wave's one scoring action
-        wave_raw = tables.read("raw_outputs").filter((F.col("run_id") == run_id) & (F.col("wave") == wave))
-        tables.merge(parse_raw_outputs(wave_raw, groups.rubrics), "scores", SCORES_SCHEMA, SCORE_KEYS)
-        summary.waves += 1
-        if staging:
-            tables.drop_staging(staging)
-        counts = wave_raw.groupBy("status").agg(F.count(F.lit(1)).alias("n")).collect()
-        deferred = sum(r["n"] for r in counts if r["status"] == "deferred")
-        log.info("wave %d/%d committed: %s", wave + 1, n_waves, {r["status"]: r["n"] for r in counts})
+        with job_tag(tables.spark, f"mira score wave {wave + 1}/{n_waves}"):
+            wave_docs = queue.filter(F.col("wave") == wave).select("doc_id", "source", "scorer", "text")
+            raw = score_documents(wave_docs, plan, tasks).select(
+                "*", F.lit(run_id).alias("run_id"), F.lit(wave).alias("wave"),
+                F.current_timestamp().alias("scored_at"),
+            )
+            staging = tables.staging_path(run_id, wave)
+            if staging:
+                staged = tables.write_staging(raw, staging, RAW_OUTPUTS_SCHEMA)  # the wave's one scoring action
+                tables.append(staged, "raw_outputs", RAW_OUTPUTS_SCHEMA)  # retry-safe: re-reads the files
+            else:
+                tables.append(raw, "raw_outputs", RAW_OUTPUTS_SCHEMA)  # the wave's one scoring action
+            wave_raw = tables.read("raw_outputs").filter((F.col("run_id") == run_id) & (F.col("wave") == wave))
+            tables.merge(score_rows(wave_raw), "scores", SCORES_SCHEMA, SCORE_KEYS)
+            summary.waves += 1
+            if staging:
+                tables.drop_staging(staging)
+            counts = wave_stats(wave_raw)  # the wave's counts: one aggregation over its own rows
+        totals.add(counts)
+        totals.count("waves")
+        progress(meter.line(wave + 1, totals, time.perf_counter()))
+        deferred = counts.counts.get("status:deferred", 0)
         if deferred:
             summary.stopped = (
                 f"every endpoint stopped answering during wave {wave + 1}/{n_waves}: {deferred} documents "
@@ -297,43 +338,23 @@ def _run_waves(tables: Tables, settings: Settings, groups: Groups, queue: DataFr
     summary.scoring_s = time.perf_counter() - started
 
 
-def _collect_run_counts(tables: Tables, run_id: str, summary: RunSummary) -> None:
-    raw = tables.read("raw_outputs").filter(F.col("run_id") == run_id)
-    agg = raw.agg(
-        F.count(F.lit(1)).alias("rows"),
-        F.sum("attempts").alias("attempts"),
-        F.sum("repairs").alias("repairs"),
-        F.sum(F.when(F.col("status") == "ok", 1).otherwise(0)).alias("ok"),
-        F.sum(F.when(F.col("status") == "deferred", 1).otherwise(0)).alias("deferred"),
-        F.sum(F.col("truncated").cast("int")).alias("truncated"),
-    ).collect()[0]
-    summary.rows_scored = int(agg["rows"] or 0)
-    summary.requests_sent = int(agg["attempts"] or 0)  # every HTTP request, repairs included
-    summary.scored_ok = int(agg["ok"] or 0)
-    summary.deferred = int(agg["deferred"] or 0)
-    summary.truncated = int(agg["truncated"] or 0)
-    failed = raw.filter(F.col("status") == "failed").groupBy(F.split("error", ":")[0].alias("e")).count().collect()
-    summary.failed = {r["e"]: int(r["count"]) for r in failed}
-
-
 def _write_run_stats(tables: Tables, summary: RunSummary) -> None:
-    from datetime import datetime, timezone
-
+    """One ``run_stats`` row per stage that ran (``mira_spark.runstats.StageStats.record``)."""
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    rows = [
-        ("input", "documents_in", summary.documents_in), ("score", "pending_before", summary.pending_before),
-        ("score", "requests_sent", summary.requests_sent), ("score", "rows_scored", summary.rows_scored),
-        ("score", "scored_ok", summary.scored_ok), ("score", "deferred", summary.deferred),
-        ("score", "truncated", summary.truncated), ("score", "recovered_raw", summary.recovered_raw),
-        ("score", "seconds", summary.scoring_s),
-    ]
-    rows += [("route", f"rejected:{k}", v) for k, v in summary.rejected.items()]
-    rows += [("score", f"failed:{k}", v) for k, v in summary.failed.items()]
-    rows += [("select", f"kept:{k}", v[0]) for k, v in summary.kept.items()]
-    df = tables.spark.createDataFrame(
-        [(summary.run_id, s, m, float(v), now) for s, m, v in rows], RUN_STATS_SCHEMA
-    )
-    tables.append(df, "run_stats", RUN_STATS_SCHEMA)
+    names = RUN_STATS_SCHEMA.names
+    rows = [tuple(st.record(summary.run_id, now)[n] for n in names) for st in summary.stages.values()]
+    if rows:
+        tables.append(tables.spark.createDataFrame(rows, RUN_STATS_SCHEMA), "run_stats", RUN_STATS_SCHEMA)
+
+
+def read_run_stats(tables: Tables, run_id: str) -> dict[str, StageStats]:
+    """The stages of run ``run_id`` as written to ``run_stats`` (what the CLI summary prints)."""
+    if not tables.exists("run_stats"):
+        return {}
+    rows = tables.read("run_stats").filter(F.col("run_id") == run_id).collect()
+    order = {name: i for i, name in enumerate(STAGE_NAMES)}
+    stages = sorted((StageStats.from_record(r.asDict()) for r in rows), key=lambda st: order.get(st.stage, 99))
+    return {st.stage: st for st in stages}
 
 
 @dataclass
@@ -349,6 +370,7 @@ class RunContext:
     versions: DataFrame
     routing: DataFrame | None = None  # set by the route stage: this run's rows of the routing table
     reparse_all: bool = False  # parse stage: re-parse every raw output (after a parser fix)
+    progress: ProgressSink = log_progress  # where each wave's progress line goes (the CLI adds a bar)
 
     def _routing(self) -> DataFrame:
         if self.routing is None:
@@ -398,6 +420,11 @@ def route_stage(ctx: RunContext) -> None:
     ctx.summary.documents_in = sum(counts.values())
     ctx.summary.rejected = {k: v for k, v in counts.items() if k is not None}
     ctx.summary.exact_copies = sum(int(r["count"]) for r in rows if r["exact_copy"])
+    st = ctx.summary.stage("route")
+    st.rows_in, st.rows_out = ctx.summary.documents_in, counts.get(None, 0)
+    for reason, n in ctx.summary.rejected.items():
+        st.count(f"rejected:{reason}", n)
+    st.count("exact_copies", ctx.summary.exact_copies)
 
 
 def score_stage(ctx: RunContext) -> None:
@@ -411,8 +438,11 @@ def score_stage(ctx: RunContext) -> None:
     pending = pending_documents(ctx.routed, ctx.tables.read("scores"), ctx.versions,
                                 tuple(ctx.settings.scoring.rescore_errors))
     ctx.summary.pending_before = pending.count()
-    score_waves(ctx.tables, ctx.settings, ctx.groups, pending, ctx.docs, ctx.summary.run_id, ctx.summary)
-    _collect_run_counts(ctx.tables, ctx.summary.run_id, ctx.summary)
+    st = ctx.summary.stage("score")
+    st.rows_in = ctx.summary.pending_before
+    st.count("recovered_raw", ctx.summary.recovered_raw)
+    score_waves(ctx.tables, ctx.settings, ctx.groups, pending, ctx.docs, ctx.summary.run_id, ctx.summary,
+                ctx.progress)
 
 
 def parse_stage(ctx: RunContext) -> int:
@@ -422,10 +452,11 @@ def parse_stage(ctx: RunContext) -> int:
     """
     if not ctx.reparse_all:
         ctx.summary.parsed = recover_unmerged(ctx.tables, ctx.groups)
-        return ctx.summary.parsed
-    raw = ctx.tables.read("raw_outputs").join(F.broadcast(ctx.versions), ["scorer", "prompt_version"])
-    ctx.tables.merge(parse_raw_outputs(raw, ctx.groups.rubrics), "scores", SCORES_SCHEMA, SCORE_KEYS)
-    ctx.summary.parsed = ctx.tables.read("scores").count()
+    else:
+        raw = ctx.tables.read("raw_outputs").join(F.broadcast(ctx.versions), ["scorer", "prompt_version"])
+        ctx.tables.merge(reparse_raw_outputs(raw, ctx.groups.rubrics), "scores", SCORES_SCHEMA, SCORE_KEYS)
+        ctx.summary.parsed = ctx.tables.read("scores").count()
+    ctx.summary.stage("parse").rows_out = ctx.summary.parsed
     return ctx.summary.parsed
 
 
@@ -445,6 +476,16 @@ def reliability_stage(ctx: RunContext) -> None:
     reliability = compute_reliability(ctx.spark, _current_scores(ctx), validation, ctx.groups.rubrics,
                                       ctx.settings.reliability)
     tables.overwrite(reliability, "reliability", RELIABILITY_SCHEMA)
+    _count_reliability(ctx.summary.stage("reliability"), tables.read("reliability"))
+
+
+def _count_reliability(st: StageStats, cells: DataFrame) -> None:
+    """Cells, masked cells and cells by basis (the reliability table is small: source x dimension)."""
+    for r in cells.groupBy("masked", "basis").count().collect():
+        n = int(r["count"])
+        st.rows_out += n
+        st.count("masked", n if r["masked"] else 0)
+        st.count(f"basis:{r['basis']}", n)
 
 
 def _mask_version(reliability: DataFrame) -> str | None:
@@ -553,9 +594,23 @@ def run_stages(ctx: RunContext, names: Sequence[str] | None = None, around: Stag
         wanted.add("route")
     for stage in STAGES:
         if stage.name in wanted:
-            with around(stage.name):
+            st = ctx.summary.stage(stage.name)
+            st.started_at = datetime.now(timezone.utc).replace(tzinfo=None)
+            began = time.perf_counter()
+            with around(stage.name), job_tag(ctx.spark, f"mira {stage.name}"):
                 log.info("stage %s", stage.name)
                 stage.run(ctx)
+            st.seconds += time.perf_counter() - began
+    if "select" in wanted:
+        _count_selection(ctx.summary)
+
+
+def _count_selection(summary: RunSummary) -> None:
+    st = summary.stage("select")
+    for unit, (kept, n_in) in summary.kept.items():
+        st.rows_in += n_in
+        st.rows_out += kept
+        st.count(f"kept:{unit}", kept)
 
 
 def finish_run(ctx: RunContext, started: float) -> RunSummary:
@@ -570,11 +625,16 @@ def finish_run(ctx: RunContext, started: float) -> RunSummary:
 
 def run_pipeline(spark: SparkSession, settings: Settings, run_id: str | None = None,
                  stages: Sequence[str] | None = None, around: StageWrapper = _no_wrap,
-                 reparse_all: bool = False) -> RunSummary:
-    """The whole job (or the named stages of it, e.g. ``["select"]``) on an open session."""
+                 reparse_all: bool = False, progress: ProgressSink = log_progress) -> RunSummary:
+    """The whole job (or the named stages of it, e.g. ``["select"]``) on an open session.
+
+    ``progress`` receives one line per committed wave (documents done, rates, ETA, failures, GPU-hours);
+    by default it is logged at INFO, the CLI prints it (a bar on a terminal).
+    """
     started = time.perf_counter()
     ctx = open_run(spark, settings, run_id)
     ctx.reparse_all = reparse_all
+    ctx.progress = progress
     run_stages(ctx, stages, around)
     return finish_run(ctx, started)
 

@@ -42,7 +42,7 @@ barrier, me, writers, timeout_s = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3
 real = pipeline.score_waves
 
 def score_waves(*args):
-    summary = args[-1]
+    summary = args[6]  # score_waves(tables, settings, groups, pending, docs, run_id, summary, progress)
     (barrier / me).write_text(json.dumps({"pending_before": summary.pending_before}))
     deadline = time.monotonic() + timeout_s
     while len(list(barrier.iterdir())) < writers:

@@ -56,7 +56,10 @@ def test_repository_config_loads_and_resolves_relative_paths(tmp_path: Path) -> 
     group = settings.scorers.groups["text_group_b"]
     assert group.anchors == (tmp_path / "anchors" / "text" / "group_B_dim_anchors.jsonl").resolve()
     assert settings.scorers.pools[group.pool].verify_tls is True
-    assert settings.scorers.group_for_source() == {"html_cpt": "text_group_b", "html_cpt_web": "text_group_b"}
+    assert settings.scorers.group_for_source() == {"html_cpt": "text_group_b", "html_cpt_web": "text_group_b",
+                                                   "py_snippets": "code_demo"}
+    code = settings.scorers.groups["code_demo"]  # set inline in local.yaml: paths relative to local.yaml
+    assert code.anchors == (tmp_path / "anchors" / "code" / "demo_python_dim_anchors.jsonl").resolve()
 
 
 def test_overrides_are_deep_merged(tmp_path: Path) -> None:
@@ -266,3 +269,13 @@ def test_prompt_version_changes_with_an_anchor_name() -> None:
     assert v1 == prompt_version(rubric_from_names("g", names), "m")
     assert v1 != prompt_version(rubric_from_names("g", [names[0], "Feature Coverage"]), "m")
     assert v1 != prompt_version(rubric_from_names("g", names), "other-model")
+
+
+def test_duplicate_calibration_ref_id_names_both_lines(tmp_path: Path) -> None:
+    dims = load_dimensions(ANCHORS)
+    rows = [json.loads(line) for line in CALIBRATION.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows.append(dict(rows[0]))
+    path = _write_jsonl(tmp_path / "c.jsonl", rows)
+    ref = rows[0]["ref_id"]
+    with pytest.raises(RubricError, match=rf"^{path}:{len(rows)}: ref_id {ref} already defined on line 1$"):
+        load_calibration(path, dims)

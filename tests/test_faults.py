@@ -94,10 +94,26 @@ def test_scenario_loses_nothing(spark: Any, corpus: dict[str, str], sample_dir: 
         assert res.restarts == 1
     if name == "missing_dims_keep":
         assert res.parse_status.get("partial", 0) > 0 and res.repairs == 0 and not sims.repairs_by_id
+    # run_stats' score row is summed from the rows the tasks returned; check it against the raw rows.
+    stats = _score_stats(tables)
+    assert stats["requests"] == res.client_attempts and stats["repairs"] == res.repairs
+    assert stats["rows_out"] == sendable + len(scores) - len(sent) - stats["counts"].get("status:deferred", 0)
+    causes = {k.split(":", 1)[1]: v for k, v in stats["counts"].items() if k.startswith("retry:")}
+    assert sum(causes.values()) == stats["retries"]
+    if name == "http_5xx":
+        assert stats["retries"] > 0 and all(c.startswith("http_5") for c in causes), causes
+    if name == "rate_limit":
+        assert causes.get("http_429", 0) > 0, causes
     if name in ("malformed", "truncated"):
         raw = tables.read("raw_outputs").filter("repairs > 0").collect()
         assert any(r["status"] == "ok" for r in raw), "no answer was repaired by a re-ask"
         assert res.wasted_requests >= res.repairs > 0
+
+
+def _score_stats(tables: Tables) -> dict[str, Any]:
+    rows = tables.read("run_stats").filter("stage = 'score'").collect()
+    assert len(rows) == 1  # one row per run and stage
+    return rows[0].asDict()
 
 
 def _repair_run(spark: Any, corpus: dict[str, str], sample_dir: Path, work: Path, rule: FaultRule,
@@ -123,6 +139,10 @@ def test_bad_answers_are_retried_then_fail_with_reason(spark: Any, corpus: dict[
         assert sims.requests_by_id[_key(row)] == repairs + 1
     assert not sims.repairs_by_id  # re-asks from scratch, not slot follow-ups
     assert res.failed["output_invalid"] == len(sent)
+    stats = _score_stats(_tables(spark, tmp_path))
+    assert stats["wasted_requests"] == sum(r["wasted_requests"] for r in sent) == len(sent) * (repairs + 1)
+    # every answer was thrown away, so every completion token billed was wasted
+    assert stats["wasted_completion_tokens"] == stats["completion_tokens"] == sum(r["completion_tokens"] for r in sent) > 0
 
 
 def test_missing_slots_are_reasked_only(spark: Any, corpus: dict[str, str], sample_dir: Path,

@@ -8,11 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from conftest import write_config
 
 from mira_spark.config import load_settings
+from mira_spark.parsing import parse as parse_module
 from mira_spark.parsing.parse import parse_output
 from mira_spark.pipeline import load_groups, run_pipeline
 from mira_spark.prompting.tokens import estimate_tokens
@@ -34,6 +36,10 @@ class Runs:
     overflows: int
     scores_after_first: int
     scores_after_second: int
+    progress: list[Any]  # the first run's progress lines, one per committed wave
+    tags: list[str]  # Spark job tags the first run set (stage and wave names)
+    answers_parsed: int  # texts parsed during the first run (by the scoring task's output check)
+    batch_parses: int  # parse_batch calls during the first run: re-parsing after read-back
 
 
 def _total_requests(sims: list[Any]) -> int:
@@ -48,14 +54,58 @@ def runs(spark: Any, sample_dir: Path, sim_pool: list[Any], tmp_path_factory: py
     settings = load_settings(cfg)
     for h in sim_pool:
         h.reset()
-    first = run_pipeline(spark, settings, run_id="first")
+    texts: list[str] = []
+    batch_calls: list[int] = []
+    real_parse, real_batch = parse_module._parse, parse_module.parse_batch
+
+    def counting_parse(text: Any, layout: Any) -> Any:
+        if text is not None:
+            texts.append(text)
+        return real_parse(text, layout)
+
+    def counting_batch(*args: Any, **kwargs: Any) -> Any:
+        batch_calls.append(1)
+        return real_batch(*args, **kwargs)
+
+    # Sail runs mapInArrow functions in this process, so the patch sees the scoring tasks' parses.
+    progress: list[Any] = []
+    tags: list[str] = []
+    real_add_tag = type(spark).addTag
+
+    def recording_add_tag(self: Any, tag: str) -> None:
+        tags.append(tag)
+        real_add_tag(self, tag)
+
+    with patch.object(parse_module, "_parse", counting_parse), patch.object(parse_module, "parse_batch", counting_batch), \
+            patch.object(type(spark), "addTag", recording_add_tag):
+        first = run_pipeline(spark, settings, run_id="first", progress=progress.append)
     requests_first = _total_requests(sim_pool)
     overflows = sum(h.stats()["overflows"] for h in sim_pool)
     tables = Tables(spark, settings)
     n1 = tables.read("scores").count()
     second = run_pipeline(spark, settings, run_id="second")
     n2 = tables.read("scores").count()
-    return Runs(settings, first, second, requests_first, _total_requests(sim_pool) - requests_first, overflows, n1, n2)
+    return Runs(settings, first, second, requests_first, _total_requests(sim_pool) - requests_first, overflows, n1, n2,
+                progress, tags, len(texts), len(batch_calls))
+
+
+def test_progress_line_per_wave_and_job_tags(runs: Runs) -> None:
+    assert runs.first.waves >= 2  # the case: several waves
+    assert [p.wave for p in runs.progress] == list(range(1, runs.first.waves + 1))
+    assert [p.done for p in runs.progress] == sorted(p.done for p in runs.progress)
+    last = runs.progress[-1]
+    assert last.done == last.total == runs.first.rows_scored and last.eta_s == 0
+    assert last.gpu_hours > 0 and last.requests_per_s > 0
+    waves = runs.first.waves
+    assert [t for t in runs.tags if "wave" in t] == [f"mira-score-wave-{i}-of-{waves}" for i in range(1, waves + 1)]
+    assert {"mira-route", "mira-score", "mira-select"} <= set(runs.tags)
+
+
+def test_every_answer_is_parsed_once(runs: Runs) -> None:
+    """The task's output check parses each answer; the score columns travel with the row (issue 8 item 5)."""
+    assert runs.first.scored_ok > 0
+    assert runs.answers_parsed == runs.requests_first == runs.first.scored_ok  # one parse per answer received
+    assert runs.batch_parses == 0  # nothing parses again after read-back
 
 
 VARIANTS = ("global", "group", "source", "random")  # the default selection.variants
@@ -215,3 +265,25 @@ def test_sample_has_documents_over_the_budget(spark: Any, runs: Runs) -> None:
     tables = Tables(spark, runs.settings)
     texts = [r["text"] for r in tables.read(tables.documents).select("text").collect() if r["text"]]
     assert sum(estimate_tokens(t) > 63_000 for t in texts) >= 5
+
+
+def test_parse_all_reparses_raw_text_after_a_parser_change(spark: Any, runs: Runs) -> None:
+    """``mira-spark parse --all`` is the one path that parses stored answers again (e.g. after a parser fix)."""
+    tables = Tables(spark, runs.settings)
+
+    def ok_counts() -> int:
+        return tables.read("scores").filter("parse_status = 'ok'").count()
+
+    before = ok_counts()
+    assert before > 0
+    real_parse = parse_module._parse
+
+    def stricter(text: Any, layout: Any) -> Any:
+        row = real_parse(text, layout)
+        return (*row[:6], "failed" if text else row[6], row[7])
+
+    with patch.object(parse_module, "_parse", stricter):
+        run_pipeline(spark, runs.settings, run_id="reparse-strict", stages=["parse"], reparse_all=True)
+    assert ok_counts() == 0
+    run_pipeline(spark, runs.settings, run_id="reparse", stages=["parse"], reparse_all=True)
+    assert ok_counts() == before

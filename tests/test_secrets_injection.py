@@ -154,8 +154,15 @@ def test_planted_key_is_sent_but_never_leaks(spark: Any, recording_sim: Recordin
     for record in caplog.records:
         assert key not in record.getMessage() and key not in (record.exc_text or "")
     assert key not in out and key not in err
-    summary = json.loads(out.strip().splitlines()[-1])["summary"]
+    printed = json.loads(out.strip().splitlines()[-1])
+    summary = printed["summary"]
     assert summary["documents_in"] == len(rows) and key not in json.dumps(summary)
+    # the CLI's summary is read back from run_stats: one row per stage, the same counts
+    assert list(printed["run_stats"]) == ["route", "score", "parse", "reliability", "select"]
+    score = printed["run_stats"]["score"]
+    assert score["requests"] == summary["requests_sent"] == len(recording_sim.authorizations)
+    assert score["rows_out"] == summary["rows_scored"] and f"  score        {score['rows_out']} rows" in out
+    assert printed["run_stats"]["route"]["rows_in"] == len(rows)
 
     # every column of every table
     tables = Tables(spark, load_settings(cfg))

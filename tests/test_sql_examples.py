@@ -32,8 +32,9 @@ COLUMNS = {
     "06_failures_by_reason": ["variant", "source", "reason_kind", "reason", "docs", "share_of_source"],
     "07_canary_drift": ["run_id", "endpoint", "scorer", "slots_checked", "mean_abs_deviation",
                         "max_abs_deviation", "mean_shift", "quarantined"],
-    "08_cost_so_far": ["run_id", "requests", "rows_scored", "rows_ok", "prompt_tokens", "completion_tokens",
-                       "endpoints", "scoring_s", "gpu_hours_est"],
+    "08_cost_so_far": ["run_id", "requests", "retries", "repairs", "wasted_requests", "wasted_completion_tokens",
+                       "rows_scored", "rows_ok", "prompt_tokens", "completion_tokens", "endpoints", "scoring_s",
+                       "latency_p50_s", "latency_p99_s", "gpu_hours_est"],
 }
 
 
@@ -137,6 +138,7 @@ def _cost(r: pd.DataFrame, v: dict) -> None:
     demo = r[r["run_id"] == "demo"].iloc[0]
     assert demo["requests"] == v["summary"]["requests_sent"] and demo["rows_scored"] == v["summary"]["rows_scored"]
     assert demo["endpoints"] == 2 and demo["prompt_tokens"] > 0 and demo["completion_tokens"] > 0
+    assert demo["rows_ok"] == v["summary"]["scored_ok"] and 0 < demo["latency_p50_s"] <= demo["latency_p99_s"]
     assert demo["gpu_hours_est"] == pytest.approx(2 * 8 * demo["scoring_s"] / 3600, abs=1e-3)
 
 

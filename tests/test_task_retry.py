@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 from mira_spark.config import load_settings
 from mira_spark.devtools.bench.faults import write_documents
 from mira_spark.ingest.documents import attach_text
-from mira_spark.parsing.stage import parse_raw_outputs
+from mira_spark.parsing.stage import score_rows
 from mira_spark.pipeline import (
     make_plan,
     open_run,
@@ -73,7 +73,7 @@ def _remerge_and_select(tables: Tables) -> None:
     """The wave's MERGE again (as after the duplicate append), then a restart's recovery and selection."""
     spark, settings = tables.spark, tables.settings
     ctx = open_run(spark, settings, "after-retry")
-    tables.merge(parse_raw_outputs(_wave(tables), ctx.groups.rubrics), "scores", SCORES_SCHEMA, SCORE_KEYS)
+    tables.merge(score_rows(_wave(tables)), "scores", SCORES_SCHEMA, SCORE_KEYS)
     assert recover_unmerged(tables, ctx.groups) == 0
     run_stages(ctx, ["reliability", "select"])
 

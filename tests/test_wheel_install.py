@@ -4,7 +4,8 @@ The wheel is built with ``pip wheel --no-deps`` and installed with ``--no-deps``
 dependencies come from this venv's site-packages through a ``.pth`` line (a plain path: the editable
 install's finder ``.pth`` in that directory is not executed, so the checkout cannot leak in). Then, from a
 temporary cwd: ``init-demo`` writes the packaged configs and anchors, ``make-sample`` the corpus,
-``serve-sim`` two endpoints on free ports, and ``run`` the whole job on Sail + Delta.
+``serve-sim`` two endpoints for Text-Group1 and one for the demo code group on free ports, ``run`` the
+whole job on Sail + Delta (both groups) and ``report``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ pytestmark = pytest.mark.spark
 PACKAGED = (
     "mira_spark/resources/anchors/text/group_B_dim_anchors.jsonl",
     "mira_spark/resources/anchors/text/group_B_calibration.jsonl",
+    "mira_spark/resources/anchors/code/demo_python_dim_anchors.jsonl",
+    "mira_spark/resources/anchors/code/demo_python_calibration.jsonl",
     "mira_spark/resources/conf/local.yaml",
     "mira_spark/resources/conf/scorers.yaml",
 )
@@ -55,8 +58,11 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 30.0) -> 
 def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv holding only the built wheel (dependencies reachable through a .pth line)."""
     work = tmp_path_factory.mktemp("wheel")
+    # Without PYTHONPATH: a checkout on it (as when testing a worktree) carries the build's mira_spark.egg-info,
+    # and pip would then take mira-spark as installed already and skip installing the wheel.
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(REPO)],
-                   check=True, cwd=work)
+                   check=True, cwd=work, env=clean)
     (wheel,) = (work / "dist").glob("mira_spark-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert set(PACKAGED) <= names, sorted(set(PACKAGED) - names)
@@ -66,7 +72,7 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-                    str(wheel)], check=True, cwd=work)
+                    str(wheel)], check=True, cwd=work, env=clean)
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
     (site / "zz_main_venv_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
@@ -100,21 +106,29 @@ def test_wheel_runs_the_demo_outside_the_checkout(wheel_venv: Path, tmp_path: Pa
     config = Path(cli("init-demo", str(demo)).strip())
     assert config == demo / "conf" / "local.yaml"
     assert (demo / "anchors" / "text" / "group_B_dim_anchors.jsonl").is_file()
-    cli("make-sample", "--out", str(demo / "data" / "sample"))
+    assert (demo / "anchors" / "code" / "demo_python_dim_anchors.jsonl").is_file()
+    cli("make-sample", "--out", str(demo / "data" / "sample"), "--with-code")
 
-    ports = [_free_port(), _free_port()]
+    ports = [_free_port(), _free_port(), _free_port()]
     scorers = demo / "conf" / "scorers.yaml"
     routing = yaml.safe_load(scorers.read_text(encoding="utf-8"))
-    routing["pools"]["text_group_b_pool"]["endpoints"] = [{"url": f"http://127.0.0.1:{p}/v1"} for p in ports]
+    routing["pools"]["text_group_b_pool"]["endpoints"] = [{"url": f"http://127.0.0.1:{p}/v1"} for p in ports[:2]]
     scorers.write_text(yaml.safe_dump(routing, sort_keys=False), encoding="utf-8")
+    local = yaml.safe_load(config.read_text(encoding="utf-8"))  # the code group's pool is set in local.yaml
+    local["scorers"]["pools"]["code_demo_pool"]["endpoints"] = [{"url": f"http://127.0.0.1:{ports[2]}/v1"}]
+    config.write_text(yaml.safe_dump(local, sort_keys=False), encoding="utf-8")
+    models = ["whw06/MIRA-Text-Group1"] * 2 + [local["scorers"]["groups"]["code_demo"]["model"]]
 
     sims = [subprocess.Popen([str(bin_dir / "mira-spark"), "serve-sim", "--port", str(p), "--endpoints", "1",
-                              "--time-scale", "400"], cwd=cwd, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in ports]
+                              "--time-scale", "400", "--model", model], cwd=cwd, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for p, model in zip(ports, models, strict=True)]
     try:
         for p, sim in zip(ports, sims, strict=True):
             _wait_healthy(f"http://127.0.0.1:{p}/health", sim)
         cli("run", "--config", str(config), timeout=180)
+        page = Path(cli("report", "--config", str(config), timeout=180).strip().splitlines()[-1])
+        assert page.is_file() and page.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     finally:
         for sim in sims:
             sim.terminate()
@@ -128,3 +142,5 @@ def test_wheel_runs_the_demo_outside_the_checkout(wheel_venv: Path, tmp_path: Pa
     assert len(doc_ids) > 0
     assert sorted(decided) == sorted(doc_ids)  # every input row exactly once
     assert "kept" in set(decisions.column("decision").to_pylist())
+    scores = DeltaTable(str(demo / "data" / "run" / "scores")).to_pandas(columns=["scorer"])
+    assert set(scores["scorer"]) == {"text_group_b", "code_demo"}  # both groups scored from the wheel

@@ -11,6 +11,9 @@ Takes a seed; gives
 * :func:`generate_validation` — the held-out teacher labels the reliability stage compares the
   student against: long rows ``{doc_id, source, slot, teacher_score}``; A1..A13 agree with the
   (simulated) student up to small noise, A14/A15 are pure noise so the reliability mask drops them;
+* :func:`generate_code_documents` — with ``code=True`` / ``make-sample --with-code``, 32 ``py_snippets``
+  Python modules for the demo's second scorer group (``anchors/code/``, 6 slots; slot A5's teacher
+  labels are pure noise);
 * :func:`write_sample` — both as Delta tables (``deltalake``, no Spark) or parquet directories.
 
 Everything is a pure function of the seed (``random.Random``, never global random or the clock): the
@@ -473,6 +476,123 @@ def render_forum(rng: random.Random, i: int) -> str:
             f"（本帖最后由 管理员 于 2009-0{i + 1}-0{i + 2} 编辑）\n" + "路过，顶一下。\n" * rng.randint(30, 90))
 
 
+# ------------------------------------------------------------------------------------- code (2nd group)
+# The demo's second scorer group (anchors/code/): short Python modules of varying quality, scored on a
+# 6-slot rubric by their own pool. Opt-in (``code=True``, ``make-sample --with-code``), so the default
+# sample and everything measured on it stay as they were.
+CODE_SOURCE = "py_snippets"
+CODE_DOCS = 32
+CODE_VALIDATION_DOCS = 24  # >= reliability.min_n of conf/local.yaml: the source's own cells decide
+CODE_NOISE_SLOTS = ("A5",)  # "Identifier Naming": teacher labels independent of the code
+
+
+@dataclass(frozen=True)
+class CodeFeatures:
+    """Independent switches of one Python module (drawn from its latent quality)."""
+
+    docstrings: bool
+    tests: bool
+    types: bool
+    errors: bool  # specific exceptions raised with a message (else bare ``except: pass``)
+    naming: bool  # descriptive snake_case names (else one-letter names)
+    unsafe: bool  # eval / os.system / shell=True
+
+
+CODE_EXCELLENT = CodeFeatures(True, True, True, True, True, False)
+CODE_TERRIBLE = CodeFeatures(False, False, False, False, False, True)
+
+# (module stem, what it does, noun the functions work on, verbs)
+CODE_TOPICS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("csv_tools", "read and summarise CSV exports", "rows", ("load", "count", "filter", "merge")),
+    ("rate_limit", "a token-bucket rate limiter for API clients", "tokens", ("refill", "take", "reset", "report")),
+    ("config_loader", "load layered JSON configuration files", "settings", ("load", "merge", "validate", "dump")),
+    ("text_stats", "word and sentence statistics for plain text", "words", ("split", "count", "rank", "trim")),
+    ("retry", "retry flaky calls with capped backoff", "attempts", ("schedule", "record", "reset", "summarise")),
+    ("inventory", "track stock levels of a small shop", "items", ("add", "remove", "restock", "list")),
+)
+
+
+def draw_code_features(rng: random.Random, quality: float) -> CodeFeatures:
+    return CodeFeatures(
+        docstrings=_on(rng, quality, 0.45),
+        tests=_on(rng, quality, 0.55),
+        types=_on(rng, quality, 0.4),
+        errors=_on(rng, quality, 0.5),
+        naming=_on(rng, quality, 0.35),
+        unsafe=_bad(rng, quality, 0.3),
+    )
+
+
+def _py_function(f: CodeFeatures, noun: str, verb: str, k: int) -> list[str]:
+    name = f"{verb}_{noun}" if f.naming else f"{verb[0]}{k}"
+    arg = "path" if f.naming else "p"
+    out = [f"def {name}({arg}: str, limit: int = 10) -> list[str]:" if f.types else f"def {name}({arg}, limit=10):"]
+    if f.docstrings:
+        out.append(f'    """{verb.capitalize()} the {noun} stored at ``{arg}``; at most ``limit`` of them."""')
+    if f.unsafe:
+        read = [f"    data = eval(open({arg}).read())", f"    os.system('touch ' + {arg})"]
+    else:
+        read = [f"    with open({arg}, encoding='utf-8') as handle:", "        data = json.load(handle)"]
+    if f.errors:
+        out += ["    try:", *("    " + line for line in read), "    except FileNotFoundError as exc:",
+                f"        raise ValueError(f'no {noun} file at {{{arg}}}') from exc",
+                "    if limit < 0:", "        raise ValueError('limit must be >= 0')"]
+    else:
+        out += ["    try:", *("    " + line for line in read), "    except:", "        pass"]
+    out += ["    return [str(x) for x in data][:limit]", ""]
+    return out
+
+
+def render_python(f: CodeFeatures, topic: tuple[str, str, str, tuple[str, ...]], rng: random.Random) -> str:
+    """A small Python module on ``topic`` whose features follow ``f`` (pure function of its inputs)."""
+    stem, purpose, noun, verbs = topic
+    lines = [f'"""{stem}: {purpose}."""', ""] if f.docstrings else [f"# {stem}", ""]
+    lines += ["import json", "import os" if f.unsafe else "import logging", ""]
+    chosen = rng.sample(verbs, rng.randint(2, len(verbs)))
+    for k, verb in enumerate(chosen):
+        lines += _py_function(f, noun, verb, k)
+    if f.tests:
+        for verb in chosen[:2]:
+            name = f"{verb}_{noun}" if f.naming else f"{verb[0]}{chosen.index(verb)}"
+            lines += [f"def test_{name}_respects_limit(tmp_path) -> None:" if f.types
+                      else f"def test_{name}_respects_limit(tmp_path):",
+                      "    target = tmp_path / 'data.json'", "    target.write_text(json.dumps(list(range(20))))",
+                      f"    assert len({name}(str(target), limit=3)) == 3", ""]
+    return "\n".join(lines)
+
+
+def generate_code_documents(seed: int = 7) -> list[dict]:
+    """The second group's documents: ``CODE_DOCS`` Python modules, a pure function of ``seed``.
+
+    >>> docs = generate_code_documents()
+    >>> len(docs), docs[0]["source"], docs[0]["doc_id"]
+    (32, 'py_snippets', 'py_snippets-000000')
+    """
+    docs: list[dict] = []
+    for i in range(CODE_DOCS):
+        rng = random.Random(f"{seed}/{CODE_SOURCE}/{i}")
+        topic = CODE_TOPICS[rng.randrange(len(CODE_TOPICS))]
+        feats = draw_code_features(rng, rng.betavariate(2.0, 2.0))
+        if i == 0:
+            feats = CODE_EXCELLENT
+        elif i == 1:
+            feats = CODE_TERRIBLE
+        docs.append({"doc_id": f"{CODE_SOURCE}-{i:06d}", "source": CODE_SOURCE, "text": render_python(feats, topic, rng)})
+    return docs
+
+
+def code_dimensions() -> list[tuple[str, str]]:
+    """``[(slot, name)]`` of the demo code rubric (``anchors/code/demo_python_dim_anchors.jsonl``)."""
+    from mira_spark.prompting.rubric import load_dimensions
+    from mira_spark.resources import code_demo_anchors
+
+    dims = load_dimensions(code_demo_anchors(), expected_size=CODE_RUBRIC_SLOTS)
+    return [(d.slot, d.dimension) for d in dims]
+
+
+CODE_RUBRIC_SLOTS = 6
+
+
 # -------------------------------------------------------------------------------------------- corpus
 def _target_length(rng: random.Random) -> int:
     """Log-uniform between MIN_CHARS and MAX_CHARS, slightly tilted towards the ~8.5K median."""
@@ -557,11 +677,13 @@ def generate_validation(
     seed: int = 11,
     per_source: int = 40,
     dimensions: list[tuple[str, str]] | None = None,
+    sources: tuple[str, ...] = tuple(SCORED_SOURCES),
+    noise_slots: tuple[str, ...] = NOISE_SLOTS,
 ) -> list[dict]:
     """Teacher labels ``[{doc_id, source, slot, teacher_score}]`` for ``per_source`` valid docs per scored source.
 
     The teacher agrees with the simulated student (``mira_spark.devtools.simulator.judge``) up to gaussian noise
-    (sd ``TEACHER_NOISE_SD``) on every slot except ``NOISE_SLOTS``, where it is uniform 0-10 and
+    (sd ``TEACHER_NOISE_SD``) on every slot except ``noise_slots``, where it is uniform 0-10 and
     independent of the document. Scores are clipped to 0-10 and rounded to 0.5. ``dimensions``
     (``[(slot, name)]``) defaults to the group B anchors file.
     """
@@ -572,7 +694,7 @@ def generate_validation(
     dims = dimensions if dimensions is not None else _default_dimensions(slots)
     rng = random.Random(seed)
     rows: list[dict] = []
-    for source in SCORED_SOURCES:
+    for source in sources:
         valid = sorted(d["doc_id"] for d in documents
                        if d["source"] == source and document_kind(d["text"]) in ("ok", "over_budget"))
         chosen = set(rng.sample(valid, min(per_source, len(valid))))
@@ -581,7 +703,7 @@ def generate_validation(
                 continue
             student = judge_document(doc["text"], source, dims).scores
             for slot in slots:
-                if slot in NOISE_SLOTS:
+                if slot in noise_slots:
                     score = rng.uniform(0.0, 10.0)
                 else:
                     score = float(student[slot]) + rng.gauss(0.0, TEACHER_NOISE_SD)
@@ -633,10 +755,11 @@ def sample_counts(documents: list[dict], validation: list[dict]) -> dict:
     }
 
 
-def write_sample(out_dir: str | Path, fmt: str = "delta", seed: int = 7) -> dict:
+def write_sample(out_dir: str | Path, fmt: str = "delta", seed: int = 7, code: bool = False) -> dict:
     """Write ``out_dir/documents`` and ``out_dir/validation`` (Delta or parquet); return the counts.
 
-    Overwrites both tables, so running it twice leaves the same data.
+    ``code`` adds the demo's second scorer group: :data:`CODE_DOCS` ``py_snippets`` modules and teacher
+    labels on its 6 slots. Overwrites both tables, so running it twice leaves the same data.
     """
     import pyarrow as pa
 
@@ -646,6 +769,13 @@ def write_sample(out_dir: str | Path, fmt: str = "delta", seed: int = 7) -> dict
     documents = generate_documents(seed)
     slots = [f"A{i}" for i in range(1, 16)]
     validation = generate_validation(documents, slots, seed=seed + 4)
+    if code:
+        code_docs = generate_code_documents(seed)
+        dims = code_dimensions()
+        validation += generate_validation(code_docs, [slot for slot, _ in dims], seed=seed + 5,
+                                          per_source=CODE_VALIDATION_DOCS, dimensions=dims,
+                                          sources=(CODE_SOURCE,), noise_slots=CODE_NOISE_SLOTS)
+        documents += code_docs
     doc_schema, val_schema = _schemas()
     _write_table(pa.Table.from_pylist(documents, schema=doc_schema), out / "documents", fmt)
     _write_table(pa.Table.from_pylist(validation, schema=val_schema), out / "validation", fmt)
@@ -659,9 +789,12 @@ def make_sample_main(argv: list[str] | None) -> int:
     parser.add_argument("--out", default="data/sample", help="output directory (documents/ and validation/)")
     parser.add_argument("--format", dest="fmt", choices=("delta", "parquet"), default="delta")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--with-code", action="store_true",
+                        help=f"add {CODE_DOCS} {CODE_SOURCE} documents for the demo's second scorer group "
+                             "(anchors/code/, 6 slots) and their teacher labels")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    counts = write_sample(args.out, fmt=args.fmt, seed=args.seed)
+    counts = write_sample(args.out, fmt=args.fmt, seed=args.seed, code=args.with_code)
     counts["seconds"] = round(time.perf_counter() - started, 2)
     print(json.dumps(counts, ensure_ascii=False, indent=2), file=sys.stdout)
     return 0

@@ -384,11 +384,63 @@ def score_schema(rubric: Rubric) -> pa.Schema:
     return arrow_schema(score_columns([d.index for d in rubric.dimensions]))
 
 
+ParsedAnswer = _Row  # plain values of one parsed text: what the scoring task keeps for each answer
+
+
+def parse_answer(text: str | None, rubric: Rubric) -> ParsedAnswer:
+    """Parse one text into plain values (the fast form behind :func:`parse_output` and :func:`parse_batch`)."""
+    return _parse(text, _layout(rubric))
+
+
+def answer_missing_slots(answer: ParsedAnswer, rubric: Rubric) -> list[str]:
+    """Slots of a parsed answer without a valid score, in rubric order (what a repair prompt asks for)."""
+    return [slot for slot, score in zip(rubric.slots, answer[0], strict=True) if score is None]
+
+
+def answer_status(answer: ParsedAnswer) -> ParseStatus:
+    """``ok``, ``partial`` or ``failed`` of a parsed answer."""
+    return answer[6]
+
+
+def answers_batch(answers: Sequence[ParsedAnswer], rubric: Rubric) -> pa.RecordBatch:
+    """Parsed answers -> one row each, same order, in :func:`score_schema` (no text is parsed here)."""
+    if answers:
+        # zip(*rows) transposes in C instead of 30 Python appends per row.
+        all_scores, all_rationales, overall_col, rec_col, tag_col, brief_col, status_col, errors_col = zip(
+            *answers, strict=True
+        )
+        score_cols = list(zip(*all_scores, strict=True))
+        rationale_cols = list(zip(*all_rationales, strict=True))
+    else:
+        n = len(rubric.slots)
+        score_cols = rationale_cols = [()] * n
+        overall_col = rec_col = tag_col = brief_col = status_col = errors_col = ()
+    schema = score_schema(rubric)
+    values_by_column = [*score_cols, *rationale_cols, overall_col, rec_col, tag_col, brief_col, status_col, errors_col]
+    # pyarrow converts lists far faster than tuples (the tuple path is ~100x slower for floats).
+    columns = [pa.array(list(col), type=f.type) for col, f in zip(values_by_column, schema, strict=True)]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def table_columns(parsed: pa.RecordBatch, target: pa.Schema) -> dict[str, pa.Array]:
+    """``parsed``'s columns plus nulls for every score column of ``target`` the rubric has no slot for."""
+    have = set(parsed.schema.names)
+    columns = {name: parsed.column(name) for name in parsed.schema.names}
+    for f in target:
+        if f.name not in have and f.name in _TABLE_SCORE_COLUMNS:
+            columns[f.name] = pa.nulls(parsed.num_rows, f.type)
+    return columns
+
+
+_TABLE_SCORE_COLUMNS = frozenset(c.name for c in score_columns())
+
+
 def parse_batch(texts: pa.Array | pa.ChunkedArray | Sequence[str | None], rubric: Rubric) -> pa.RecordBatch:
     """Parse a batch of completions into one row each, same order, in :func:`score_schema`.
 
-    This is the function the Spark ``mapInArrow`` stage calls; it builds Arrow columns directly from
-    plain lists (no per-row pydantic) so it stays well above the serving throughput on one core.
+    What ``mira-spark parse --all`` runs after a parser change (the scoring task parses each answer once
+    with :func:`parse_answer`); it builds Arrow columns directly from plain lists (no per-row pydantic)
+    so it stays well above the serving throughput on one core.
     """
     layout = _layout(rubric)
     values = texts.to_pylist() if isinstance(texts, (pa.Array, pa.ChunkedArray)) else texts
@@ -401,30 +453,21 @@ def parse_batch(texts: pa.Array | pa.ChunkedArray | Sequence[str | None], rubric
     finally:
         if gc_was_enabled:
             gc.enable()
-    if rows:
-        # zip(*rows) transposes in C instead of 30 Python appends per row.
-        all_scores, all_rationales, overall_col, rec_col, tag_col, brief_col, status_col, errors_col = zip(
-            *rows, strict=True
-        )
-        score_cols = list(zip(*all_scores, strict=True))
-        rationale_cols = list(zip(*all_rationales, strict=True))
-    else:
-        n = len(layout.slots)
-        score_cols = rationale_cols = [()] * n
-        overall_col = rec_col = tag_col = brief_col = status_col = errors_col = ()
-    schema = score_schema(rubric)
-    values_by_column = [*score_cols, *rationale_cols, overall_col, rec_col, tag_col, brief_col, status_col, errors_col]
-    # pyarrow converts lists far faster than tuples (the tuple path is ~100x slower for floats).
-    columns = [pa.array(list(col), type=f.type) for col, f in zip(values_by_column, schema, strict=True)]
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
+    return answers_batch(rows, rubric)
 
 
 __all__ = [
+    "ParsedAnswer",
     "ScoreCard",
+    "answer_missing_slots",
+    "answer_status",
+    "answers_batch",
     "merge_followup",
     "missing_slots",
+    "parse_answer",
     "parse_batch",
     "parse_output",
     "score_column_names",
     "score_schema",
+    "table_columns",
 ]

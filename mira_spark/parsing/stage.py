@@ -1,9 +1,13 @@
-"""Raw outputs -> the columnar score table (Spark side of ``parsing.parse_batch``).
+"""Raw outputs -> the columnar score table.
 
 Takes ``raw_outputs`` rows (possibly several per key after a crash or a Spark task retry: the table is
 an append-only log); gives one row per ``(doc_id, scorer, prompt_version)`` in ``store.schemas.SCORES``
 with ``a1_score .. a15_score``, rationales, summary fields, ``parse_status`` and ``parse_errors``.
 ``deferred`` rows (pool unavailable) are not terminal and produce no score row: the next run sends them.
+
+The scoring task already parsed every answer (its raw output rows carry the score columns), so
+:func:`score_rows` only picks one row per key and selects columns. :func:`reparse_raw_outputs` parses
+``raw_text`` again with the current parser (``mira-spark parse --all``, after a parser change).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ def latest_terminal(raw: DataFrame) -> DataFrame:
 
 
 def _parse_partition(batches: Iterator[pa.RecordBatch], rubrics: dict[str, Rubric]) -> Iterator[pa.RecordBatch]:
-    from mira_spark.parsing.parse import parse_batch
+    from mira_spark.parsing.parse import parse_batch, table_columns
 
     for batch in batches:
         if batch.num_rows == 0:
@@ -50,16 +54,19 @@ def _parse_partition(batches: Iterator[pa.RecordBatch], rubrics: dict[str, Rubri
             texts = [t if s == "ok" else None for t, s in zip(part.column("raw_text").to_pylist(), status, strict=True)]
             parsed = parse_batch(pa.array(texts, pa.string()), rubric)
             columns = {name: part.column(name) for name in SCORE_PASSTHROUGH}
-            for name in parsed.schema.names:
-                columns[name] = parsed.column(name)
-            # Rubrics with fewer slots than the table still fill every column (nulls).
-            ordered = [columns.get(f.name, pa.nulls(part.num_rows, f.type)) for f in SCORES_ARROW_SCHEMA]
+            columns.update(table_columns(parsed, SCORES_ARROW_SCHEMA))  # nulls for slots the rubric lacks
+            ordered = [columns[f.name] for f in SCORES_ARROW_SCHEMA]
             out = pa.Table.from_arrays(ordered, names=SCORES_ARROW_SCHEMA.names)
             yield from out.to_batches()
 
 
-def parse_raw_outputs(raw: DataFrame, rubrics: dict[str, Rubric]) -> DataFrame:
-    """Spark stage: raw outputs -> score rows (``SCORES_SCHEMA``), one per key."""
+def score_rows(raw: DataFrame) -> DataFrame:
+    """Raw outputs -> score rows (``SCORES_SCHEMA``), one per key, from the columns the task parsed."""
+    return latest_terminal(raw).select(*SCORES_SCHEMA.names)
+
+
+def reparse_raw_outputs(raw: DataFrame, rubrics: dict[str, Rubric]) -> DataFrame:
+    """Raw outputs -> score rows (``SCORES_SCHEMA``), one per key, parsing ``raw_text`` again."""
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         return _parse_partition(batches, rubrics)

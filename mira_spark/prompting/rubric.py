@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -143,6 +144,30 @@ def _first_error(exc: ValidationError) -> str:
     return f"field {where!r}: {err['msg']}"
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def _read_unique(path: Path, model: type[M], key: Callable[[M], str], what: str) -> list[tuple[int, M]]:
+    """Validate each line of a JSONL file as ``model``; ``key`` must not repeat (``what`` names it)."""
+    out: list[tuple[int, M]] = []
+    seen: dict[str, int] = {}
+    for lineno, row in _read_jsonl(path):
+        try:
+            item = model.model_validate(row)
+        except ValidationError as exc:
+            raise RubricError(f"{path}:{lineno}: {_first_error(exc)}") from None
+        k = key(item)
+        if k in seen:
+            raise RubricError(f"{path}:{lineno}: {what} {k} already defined on line {seen[k]}")
+        seen[k] = lineno
+        out.append((lineno, item))
+    return out
+
+
+def _slot_list(slots: Iterable[str]) -> list[str]:
+    return sorted(slots, key=lambda s: int(s[1:]) if s[1:].isdigit() else 10**6)
+
+
 def load_dimensions(path: str | Path, expected_size: int = 15) -> tuple[Dimension, ...]:
     """Read and validate a ``*_dim_anchors.jsonl`` file.
 
@@ -150,24 +175,12 @@ def load_dimensions(path: str | Path, expected_size: int = 15) -> tuple[Dimensio
     per slot. The result is ordered by slot number.
     """
     path = Path(path)
-    dims: list[Dimension] = []
-    seen: dict[str, int] = {}
-    for lineno, row in _read_jsonl(path):
-        try:
-            dim = Dimension.model_validate(row)
-        except ValidationError as exc:
-            raise RubricError(f"{path}:{lineno}: {_first_error(exc)}") from None
-        if dim.slot in seen:
-            raise RubricError(f"{path}:{lineno}: slot {dim.slot} already defined on line {seen[dim.slot]}")
-        seen[dim.slot] = lineno
-        dims.append(dim)
-    dims.sort(key=lambda d: d.index)
+    dims = sorted((d for _, d in _read_unique(path, Dimension, lambda d: d.slot, "slot")), key=lambda d: d.index)
     _check_fits(dims, f"{path}")
     expected = [f"A{i}" for i in range(1, expected_size + 1)]
     got = [d.slot for d in dims]
     if got != expected:
-        missing = sorted(set(expected) - set(got), key=lambda s: int(s[1:]))
-        extra = sorted(set(got) - set(expected), key=lambda s: int(s[1:]))
+        missing, extra = _slot_list(set(expected) - set(got)), _slot_list(set(got) - set(expected))
         raise RubricError(
             f"{path}: expected exactly {expected_size} slots A1..A{expected_size}; "
             f"missing {missing or 'none'}, unexpected {extra or 'none'}"
@@ -190,18 +203,9 @@ def load_calibration(path: str | Path, dimensions: tuple[Dimension, ...]) -> tup
     path = Path(path)
     slots = {d.slot for d in dimensions}
     refs: list[CalibrationReference] = []
-    ids: set[str] = set()
-    for lineno, row in _read_jsonl(path):
-        try:
-            ref = CalibrationReference.model_validate(row)
-        except ValidationError as exc:
-            raise RubricError(f"{path}:{lineno}: {_first_error(exc)}") from None
-        if ref.ref_id in ids:
-            raise RubricError(f"{path}:{lineno}: ref_id {ref.ref_id!r} is used twice")
-        ids.add(ref.ref_id)
+    for lineno, ref in _read_unique(path, CalibrationReference, lambda r: r.ref_id, "ref_id"):
         if set(ref.scores) != slots:
-            missing = sorted(slots - set(ref.scores), key=lambda s: int(s[1:]))
-            extra = sorted(set(ref.scores) - slots)
+            missing, extra = _slot_list(slots - set(ref.scores)), sorted(set(ref.scores) - slots)
             raise RubricError(
                 f"{path}:{lineno}: reference {ref.ref_id!r} must score every slot; "
                 f"missing {missing or 'none'}, unknown {extra or 'none'}"
@@ -216,12 +220,18 @@ def load_rubric(
     calibration_path: str | Path | None = None,
     expected_size: int = 15,
 ) -> Rubric:
-    """Load a scorer group's rubric from its anchors files."""
+    """Load a scorer group's rubric from its anchors files (a missing file names the group and the fix)."""
     if expected_size > MAX_SLOTS:
         raise RubricError(
             f"group {group!r} ({dimensions_path}): {expected_size} slots do not fit the score table, which "
             f"holds {MAX_SLOTS}; a rubric may use at most A1..A{MAX_SLOTS}"
         )
+    for key, path in (("anchors", dimensions_path), ("calibration", calibration_path)):
+        if path is not None and not Path(path).is_file():
+            raise RubricError(
+                f"group {group!r}: {key} file {path} not found; supply the group's file there, point "
+                f"groups.{group}.{key} in conf/scorers.yaml at it, or set groups.{group}.enabled: false"
+            )
     dims = load_dimensions(dimensions_path, expected_size)
     refs = load_calibration(calibration_path, dims) if calibration_path else ()
     return Rubric(group=group, dimensions=dims, calibration=refs)

@@ -27,6 +27,9 @@ ANCHORS_DIR = "anchors"
 CONF_DIR = "conf"
 DEFAULT_GROUP_ANCHORS = "text/group_B_dim_anchors.jsonl"
 DEFAULT_GROUP_CALIBRATION = "text/group_B_calibration.jsonl"
+# The demo's second rubric (not a MIRA scorer): Python code, 6 slots, scored by its own simulated pool.
+CODE_DEMO_ANCHORS = "code/demo_python_dim_anchors.jsonl"
+CODE_DEMO_CALIBRATION = "code/demo_python_calibration.jsonl"
 DEMO_CONFIG = "local.yaml"
 SCORERS_FILE = "scorers.yaml"
 
@@ -51,13 +54,24 @@ def default_calibration() -> Path:
     return _packaged(ANCHORS_DIR, *DEFAULT_GROUP_CALIBRATION.split("/"))
 
 
+def code_demo_anchors() -> Path:
+    """The demo code group's dimension anchors (``anchors/code/demo_python_dim_anchors.jsonl``, 6 slots)."""
+    return _packaged(ANCHORS_DIR, *CODE_DEMO_ANCHORS.split("/"))
+
+
+def code_demo_calibration() -> Path:
+    """The demo code group's calibration references (``anchors/code/demo_python_calibration.jsonl``)."""
+    return _packaged(ANCHORS_DIR, *CODE_DEMO_CALIBRATION.split("/"))
+
+
 def default_scorers_file() -> Path:
-    """The demo routing file (``conf/scorers.yaml``): one group, two simulated endpoints."""
+    """The routing file (``conf/scorers.yaml``): the 12 MIRA scorers, Text-Group1 enabled on 2 simulated endpoints."""
     return _packaged(CONF_DIR, SCORERS_FILE)
 
 
 def default_config() -> Path:
-    """The demo run config (``conf/local.yaml``): Sail + Delta, tables under ``../data`` of the config."""
+    """The demo run config (``conf/local.yaml``): Sail + Delta, tables under ``../data`` of the config, and the
+    demo code group on its own simulated pool."""
     return _packaged(CONF_DIR, DEMO_CONFIG)
 
 

@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from mira_spark.config import PoolConfig, SamplingConfig, ScoringConfig
+from mira_spark.parsing.parse import ParsedAnswer
 from mira_spark.prompting.constrained import OutputLimits, request_fields
 from mira_spark.prompting.prompts import Prompt, PromptBuilder, text_problem
 from mira_spark.prompting.rubric import Rubric
 from mira_spark.serving.plan import task_share
-from mira_spark.serving.types import OutputVerdict, RunStats, ScoreRequest, ScoreResult
-from mira_spark.store.schemas import RAW_OUTPUT_ARROW_SCHEMA
+from mira_spark.serving.types import CheckOutput, OutputVerdict, RunStats, ScoreRequest, ScoreResult
+from mira_spark.store.schemas import ANSWER_ARROW_SCHEMA, RAW_OUTPUT_ARROW_SCHEMA
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -59,22 +60,40 @@ class ScoringPlan:
     concurrent_tasks: int = 1  # scoring tasks running at once; each fills 1/concurrent_tasks of each pool
 
 
-def make_check_output(rubric: Rubric, builder: PromptBuilder, policy: str):
-    """The runner's output hook: retry malformed/truncated answers, re-ask only missing slots."""
-    from mira_spark.parsing.parse import missing_slots, parse_output
+def make_check_output(rubric: Rubric, builder: PromptBuilder, policy: str,
+                      parsed: dict[int, tuple[str, ParsedAnswer]] | None = None) -> CheckOutput:
+    """The runner's output hook: retry malformed/truncated answers, re-ask only missing slots.
+
+    Every answer the runner keeps has been through this check, which has to parse it to decide; with
+    ``parsed``, the check records ``request.index -> (text, parsed answer)`` so the task turns the final
+    answers into score columns without parsing them again.
+    """
+    from mira_spark.parsing.parse import answer_missing_slots, answer_status, parse_answer
 
     def check(request: ScoreRequest, text: str, finish_reason: str | None) -> OutputVerdict:
-        card = parse_output(text, rubric)
+        answer = parse_answer(text, rubric)
+        if parsed is not None:
+            parsed[request.index] = (text, answer)
         if finish_reason == "length":
             return OutputVerdict("retry", reason="truncated_output")
-        if card.parse_status == "failed":
+        if answer_status(answer) == "failed":
             return OutputVerdict("retry", reason="malformed_output")
-        missing = missing_slots(card)
+        missing = answer_missing_slots(answer, rubric)
         if missing and policy == "reask" and len(request.messages) <= 2:
             return OutputVerdict("followup", reason="missing_slots", followup=builder.repair_prompt(missing))
         return OutputVerdict("accept")
 
     return check
+
+
+def _answers_batch(rows: list[dict], answers: list[ParsedAnswer], rubric: Rubric) -> pa.RecordBatch:
+    """One group's output rows and their parsed answers -> a batch in ``RAW_OUTPUT_ARROW_SCHEMA``."""
+    from mira_spark.parsing.parse import answers_batch, table_columns
+
+    request_side = pa.RecordBatch.from_pylist(rows, schema=ANSWER_ARROW_SCHEMA)
+    columns = {name: request_side.column(name) for name in ANSWER_ARROW_SCHEMA.names}
+    columns.update(table_columns(answers_batch(answers, rubric), RAW_OUTPUT_ARROW_SCHEMA))
+    return pa.RecordBatch.from_arrays([columns[f.name] for f in RAW_OUTPUT_ARROW_SCHEMA], schema=RAW_OUTPUT_ARROW_SCHEMA)
 
 
 def group_sampling(sampling: SamplingConfig, rubric: Rubric, scoring: ScoringConfig) -> SamplingConfig:
@@ -118,15 +137,17 @@ def _refit_truncated(builder: PromptBuilder, group: GroupPlan, plan: ScoringPlan
     return out
 
 
-def _score_group(
-    plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: RunStats
-) -> list[dict]:
-    from mira_spark.parsing.parse import merge_followup
+def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: RunStats) -> pa.RecordBatch:
+    """Score one group's rows of a task: one output row per input row, its answer parsed once."""
+    from mira_spark.parsing.parse import merge_followup, parse_answer
     from mira_spark.serving.runner import RowHooks, RunnerOptions, run_requests
 
     builder = PromptBuilder(group.rubric, group.model, plan.max_model_len, plan.sampling.max_tokens)
     cap = plan.scoring.max_text_chars
     out: list[dict] = []
+    answers: list[ParsedAnswer] = []  # aligned with ``out``
+    unanswered = parse_answer(None, group.rubric)  # the parse of "no answer": failed, output empty
+    checked: dict[int, tuple[str, ParsedAnswer]] = {}
     requests: list[ScoreRequest] = []
     pending: list[tuple[dict, dict]] = []  # (input row, output row) awaiting a result
     docs: dict[int, tuple[str, str]] = {}
@@ -141,6 +162,7 @@ def _score_group(
             "attempts": 0,
             "repairs": 0,
             "wasted_requests": 0,
+            "wasted_completion_tokens": 0,
             "truncated": False,
             "shrunk": False,
             "original_chars": len(row["text"]) if isinstance(row["text"], str) else None,
@@ -148,6 +170,7 @@ def _score_group(
         problem = text_problem(row["text"])
         if problem:
             out.append({**base, "status": "failed", "error": problem})
+            answers.append(unanswered)
             continue
         candidates.append((row["source"] or "", row["text"][:cap], row, base))
 
@@ -196,13 +219,15 @@ def _score_group(
             model=group.model,
             in_flight=plan.in_flight_per_task.get(group.name, 64),
             api_key=group.api_key,
-            hooks=RowHooks(check_output=make_check_output(group.rubric, builder, plan.scoring.partial_policy),
+            hooks=RowHooks(check_output=make_check_output(group.rubric, builder, plan.scoring.partial_policy,
+                                                          checked),
                            shrink=shrink, prepare=prepare, merge=merge_followup),
             max_output_repairs=plan.scoring.max_output_repairs,
             share=task_share(plan.concurrent_tasks),
         )
         results: list[ScoreResult] = run_requests(requests, opts, stats)
         for index, ((row, base), result) in enumerate(zip(pending, results, strict=True)):
+            answers.append(_answer_of(result, checked.get(index), unanswered, group.rubric))
             truncated, kept_chars, est_tokens = fitted.get(index, (False, None, None))
             base.update(truncated=truncated or len(row["text"]) > cap, kept_chars=kept_chars,
                         est_prompt_tokens=est_tokens)
@@ -214,17 +239,31 @@ def _score_group(
                     "attempts": result.attempts,
                     "repairs": result.repairs,
                     "wasted_requests": result.wasted_requests,
+                    "wasted_completion_tokens": result.wasted_completion_tokens,
                     "endpoint": result.endpoint,
                     "latency_s": result.latency_s,
                     "prompt_tokens": result.prompt_tokens,
                     "completion_tokens": result.completion_tokens,
                     "finish_reason": result.finish_reason,
+                    "retry_causes": result.retry_causes,
                     "raw_text": result.text,
                     "shrunk": result.shrunk,
                     "truncated": base["truncated"] or result.shrunk,
                 }
             )
-    return out
+    return _answers_batch(out, answers, group.rubric)
+
+
+def _answer_of(result: ScoreResult, checked: tuple[str, ParsedAnswer] | None, unanswered: ParsedAnswer,
+               rubric: Rubric) -> ParsedAnswer:
+    """The parsed answer of a final result: the check's own parse of exactly this text (the normal case)."""
+    from mira_spark.parsing.parse import parse_answer
+
+    if result.status != "ok":
+        return unanswered  # failed and deferred rows carry no scores (their text, if any, was rejected)
+    if checked is not None and checked[0] is result.text:
+        return checked[1]
+    return parse_answer(result.text, rubric)  # only without a check hook: never on the scoring path
 
 
 def score_partition(batches: Iterator[pa.RecordBatch], plan: ScoringPlan) -> Iterator[pa.RecordBatch]:
@@ -249,19 +288,16 @@ def score_partition(batches: Iterator[pa.RecordBatch], plan: ScoringPlan) -> Ite
     # Each scorer group has its own endpoint pool: score the groups side by side (one event loop per
     # thread) so one group's tail never leaves another group's GPUs idle.
     stats = {name: RunStats() for name in by_group}
-    out: list[dict] = []
     with ThreadPoolExecutor(max_workers=len(by_group), thread_name_prefix="mira-group") as pool:
         futures = [pool.submit(_score_group, plan, plan.groups[name], group_rows, stats[name])
                    for name, group_rows in sorted(by_group.items())]
-        for future in futures:
-            out.extend(future.result())
-    if len(out) != len(rows):  # the exactly-once invariant of the stage
-        raise RuntimeError(f"scoring produced {len(out)} rows for {len(rows)} inputs")
+        out = pa.Table.from_batches([future.result() for future in futures], schema=RAW_OUTPUT_ARROW_SCHEMA)
+    if out.num_rows != len(rows):  # the exactly-once invariant of the stage
+        raise RuntimeError(f"scoring produced {out.num_rows} rows for {len(rows)} inputs")
     log.info("scoring task: %d rows, %d requests, %d retries, %d repairs", len(rows),
              sum(s.requests_sent for s in stats.values()), sum(s.retries for s in stats.values()),
              sum(s.repairs for s in stats.values()))
-    for start in range(0, len(out), OUTPUT_CHUNK_ROWS):
-        yield pa.RecordBatch.from_pylist(out[start : start + OUTPUT_CHUNK_ROWS], schema=RAW_OUTPUT_ARROW_SCHEMA)
+    yield from out.to_batches(max_chunksize=OUTPUT_CHUNK_ROWS)
 
 
 def score_documents(routed: DataFrame, plan: ScoringPlan, tasks: int) -> DataFrame:

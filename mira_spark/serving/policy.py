@@ -74,12 +74,19 @@ class RowPolicy:
                 res.latency_s = self.clock() - first_send
 
     @staticmethod
-    def _bill(res: ScoreResult, response: ChatResponse) -> None:
+    def _bill(res: ScoreResult, response: ChatResponse) -> int:
+        """Add the answer's tokens to the row; returns its completion tokens (what wasting it costs)."""
         if response.prompt_tokens is not None:
             res.prompt_tokens = (res.prompt_tokens or 0) + response.prompt_tokens
         if response.completion_tokens is not None:
             res.completion_tokens = (res.completion_tokens or 0) + response.completion_tokens
         res.finish_reason = response.finish_reason
+        return response.completion_tokens or 0
+
+    @staticmethod
+    def _waste(res: ScoreResult, completion_tokens: int) -> None:
+        res.wasted_requests += 1
+        res.wasted_completion_tokens += completion_tokens
 
     def _check(self, request: ScoreRequest, text: str, finish_reason: str | None) -> OutputVerdict:
         if self.hooks.check_output is None:
@@ -110,7 +117,7 @@ class RowPolicy:
         current, out = await self._first_answer(request, res)
         if isinstance(out, SendFailure):
             return self._end(res, out)
-        self._bill(res, out)
+        billed = self._bill(res, out)
         text, finish = out.text, out.finish_reason
 
         while True:
@@ -125,7 +132,7 @@ class RowPolicy:
                     res.status, res.text, res.error = "ok", text, None
                     return res
                 res.text = text
-                res.wasted_requests += 1  # billed, but the row fails: nothing downstream uses it
+                self._waste(res, billed)  # billed, but the row fails: nothing downstream uses it
                 return self._end(res, SendFailure(detail(ERR_OUTPUT_INVALID, verdict.reason)))
             res.repairs += 1
             self.stats.repairs += 1
@@ -140,16 +147,16 @@ class RowPolicy:
                     res.text = text
                     return self._end(res, out)
                 if not isinstance(out, SendFailure):
-                    self._bill(res, out)
+                    billed = self._bill(res, out)
                     merge = self.hooks.merge
                     text = merge(text, out.text) if merge else text + "\n" + out.text
                     finish = out.finish_reason
                     continue
                 # The follow-up turn no longer fits the context: ask again from scratch instead.
-            res.wasted_requests += 1
+            self._waste(res, billed)  # the answer being replaced by a fresh one
             out = await self.transport.send(current.messages, request.key, res, seed_offset=res.repairs)
             if isinstance(out, SendFailure):
                 res.text = text
                 return self._end(res, out)
-            self._bill(res, out)
+            billed = self._bill(res, out)
             text, finish = out.text, out.finish_reason

@@ -220,5 +220,6 @@ class Transport:
                                        deferred=True)
                 return SendFailure(error)
             self.stats.retries += 1
+            res.retry_causes.append(error.split(":", 1)[0])
             delay = retry_delay(attempt, retry_after, self.cfg.backoff_initial_s, self.cfg.backoff_max_s, self.rng)
             await asyncio.sleep(delay)

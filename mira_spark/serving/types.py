@@ -50,6 +50,8 @@ class ScoreResult:
     repairs: int = 0  # follow-up requests sent to fix malformed / partial outputs
     shrunk: bool = False  # the prompt was truncated further after a context-length 400
     wasted_requests: int = 0  # requests whose output was billed but not used
+    wasted_completion_tokens: int = 0  # the completion tokens those answers cost
+    retry_causes: list[str] = field(default_factory=list)  # error code of each send retried (http_429, timeout, ...)
 
 
 @dataclass(frozen=True)

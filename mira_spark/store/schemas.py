@@ -10,7 +10,7 @@ This module imports no Spark at load time (the pure parser uses it): the Spark s
 (``SCORES_SCHEMA``, ``RAW_OUTPUTS_SCHEMA``, ...) are built on first access.
 
 >>> arrow_schema(RUN_STATS).names[:3]
-['run_id', 'stage', 'metric']
+['run_id', 'stage', 'started_at']
 >>> [c.name for c in score_columns((2, 10))][:2]
 ['a2_score', 'a10_score']
 """
@@ -41,6 +41,7 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "bool": pa.bool_(),
     "timestamp": pa.timestamp("us", tz=ARROW_TIMEZONE),
     "strings": pa.list_(pa.string()),
+    "counts": pa.map_(pa.string(), pa.int64()),
 }
 
 
@@ -68,6 +69,7 @@ def _spark_type(kind: str) -> T.DataType:
         "bool": T.BooleanType(),
         "timestamp": T.TimestampType(),
         "strings": T.ArrayType(T.StringType(), True),
+        "counts": T.MapType(T.StringType(), T.LongType(), True),
     }[kind]
 
 
@@ -116,8 +118,8 @@ DOCUMENTS = (
     Column("text", "string"),
 )
 
-# What the scoring stage adds per document (one row per input row of a wave): its mapInArrow batches.
-RAW_OUTPUT = (
+# What the scoring stage learns per document (one row per input row of a wave): the request's outcome ...
+ANSWER = (
     Column("doc_id", "string", False),
     Column("source", "string"),
     Column("scorer", "string", False),
@@ -128,6 +130,8 @@ RAW_OUTPUT = (
     Column("attempts", "int", False),
     Column("repairs", "int", False),
     Column("wasted_requests", "int", False),
+    Column("wasted_completion_tokens", "long"),
+    Column("retry_causes", "strings"),  # error code of each retried send (http_429, timeout, connection_error, ...)
     Column("endpoint", "string"),
     Column("latency_s", "double"),
     Column("prompt_tokens", "long"),
@@ -140,6 +144,10 @@ RAW_OUTPUT = (
     Column("kept_chars", "long"),
     Column("est_prompt_tokens", "long"),
 )
+# ... and the answer parsed once, in the task (the check that decides on repairs parses it anyway): the
+# mapInArrow batches carry both, so nothing downstream parses an answer again (except `parse --all`
+# after a parser change).
+RAW_OUTPUT = (*ANSWER, *score_columns())
 _RUN_COLUMNS = (Column("run_id", "string", False), Column("wave", "int", False), Column("scored_at", "timestamp", False))
 RAW_OUTPUTS = (*RAW_OUTPUT, *_RUN_COLUMNS)
 
@@ -258,14 +266,32 @@ WORK_QUEUE = (
     Column("wave", "int", False),
 )
 
+# One row per (run, stage): what the stage did (mira_spark.runstats.StageStats). Sums over the stage's rows;
+# `counts` holds the breakdowns (status:<s>, failed:<code>, retry:<cause>, rejected:<reason>, kept:<unit>, ...).
 RUN_STATS = (
     Column("run_id", "string", False),
     Column("stage", "string", False),
-    Column("metric", "string", False),
-    Column("value", "double", False),
+    Column("started_at", "timestamp"),
+    Column("seconds", "double", False),
+    Column("rows_in", "long", False),
+    Column("rows_out", "long", False),
+    Column("requests", "long", False),
+    Column("retries", "long", False),
+    Column("repairs", "long", False),
+    Column("wasted_requests", "long", False),
+    Column("wasted_completion_tokens", "long", False),
+    Column("resent_requests", "long", False),
+    Column("resent_completion_tokens", "long", False),
+    Column("prompt_tokens", "long", False),
+    Column("completion_tokens", "long", False),
+    Column("failed", "long", False),
+    Column("latency_p50_s", "double"),
+    Column("latency_p99_s", "double"),
+    Column("counts", "counts"),
     Column("recorded_at", "timestamp", False),
 )
 
+ANSWER_ARROW_SCHEMA = arrow_schema(ANSWER)  # the request side of the scoring stage's batches
 RAW_OUTPUT_ARROW_SCHEMA = arrow_schema(RAW_OUTPUT)  # the scoring stage's mapInArrow batches
 SCORES_ARROW_SCHEMA = arrow_schema(SCORES)  # the parse stage's mapInArrow batches
 

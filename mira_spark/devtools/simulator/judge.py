@@ -7,7 +7,9 @@ domain tag / brief) and renders it in the scorer's exact output format.
 The scores follow what the document contains, so better documents score higher: semantic tags,
 accessibility attributes, responsive CSS, script quality, Chinese prose, code layout, performance
 hints and the number of features. Dimensions are mapped to these facets by keywords in their English
-names, so any rubric works; unknown names get a content-hash-based score. Everything is a pure
+names, so any rubric works (Python code facets — docstrings, tests, type annotations, exception
+handling, naming, dangerous calls — serve the demo's code rubric); unknown names get a
+content-hash-based score. Everything is a pure
 function of the inputs (hashlib, never global random) and a 30 KB document is judged in about a
 millisecond: a handful of ``str.count`` calls and precompiled regexes over one lowered copy.
 """
@@ -44,6 +46,10 @@ SAFE_MARKS = ("textcontent", "noopener")
 UNSAFE_MARKS = ("eval(", "innerhtml", "document.write")
 COMMENT_MARKS = ("<!--", "/*", "// ")
 HEADING_MARKS = ("</h1>", "</h2>", "</h3>", "\n#")
+# Python code (the demo's second rubric, anchors/code/): counted with str.count like the rest.
+PY_UNSAFE_MARKS = ("eval(", "exec(", "os.system(", "shell=true", "pickle.loads(")
+PY_TYPE_MARKS = ("-> ", ": int", ": str", ": float", ": list", ": dict", ": bool")
+PY_DEF = re.compile(r"^\s*def ([A-Za-z_]\w*)", re.MULTILINE)
 DOMAIN_TAGS = (
     (("game", "游戏", "canvas"), "html-game"),
     (("dashboard", "chart", "图表", "数据可视化"), "data-visualization"),
@@ -95,6 +101,16 @@ class _Features:
     list_items: int
     has_html: bool
     open_close_balance: float
+    py_defs: int
+    py_docstrings: int  # triple-quote marks (two per docstring)
+    py_tests: int
+    py_asserts: int
+    py_types: int
+    py_raises: int
+    py_excepts: int
+    py_bare_excepts: int
+    py_unsafe: int
+    py_named: float  # share of function names that are descriptive (>= 5 chars, snake_case words)
 
 
 def _sample(text: str) -> str:
@@ -111,6 +127,7 @@ def _features(text: str, low: str) -> _Features:
     balance = 1.0 if opens == closes else min(opens, closes) / max(opens, closes)
     non_ascii = len(text) - len(text.encode("ascii", "ignore"))
     punct = sum(text.count(p) for p in CJK_SENTENCE_PUNCT)
+    names = PY_DEF.findall(text) if "def " in text else []
     return _Features(
         chars=len(text),
         cjk=max(non_ascii - punct, 0),  # non-ASCII letters: nearly all CJK in this corpus
@@ -138,6 +155,16 @@ def _features(text: str, low: str) -> _Features:
         list_items=count("<li") + count("\n- "),
         has_html="<div" in low or "<body" in low or "<html" in low,
         open_close_balance=balance,
+        py_defs=len(names),
+        py_docstrings=count('"""'),
+        py_tests=count("def test_"),
+        py_asserts=count("assert "),
+        py_types=sum(count(mark) for mark in PY_TYPE_MARKS),
+        py_raises=count("raise "),
+        py_excepts=count("except "),
+        py_bare_excepts=count("except:"),
+        py_unsafe=sum(count(mark) for mark in PY_UNSAFE_MARKS),
+        py_named=sum(len(n) >= 5 and "_" in n.strip("_") for n in names) / len(names) if names else 0.0,
     )
 
 
@@ -170,7 +197,21 @@ def _facets(f: _Features) -> dict[str, tuple[float, str]]:
     correctness = (0.4 * f.open_close_balance * f.has_html + 0.3 * code_org + 0.3 * (1.0 - 0.3 * min(f.unsafe, 3)))
     appropriateness = (semantic + responsive + max(script, 0.0) + security) / 4
     utility = (completeness + prose + max(script, 0.0)) / 3
+    defs = max(f.py_defs, 1)
+    documented = max(f.py_defs - f.py_tests, 1)  # test functions need no docstring
+    py_docs = 0.85 * min(1.0, f.py_docstrings / 2 / documented) + 0.15 * _sat(f.comments, 3)
+    py_tests = 0.6 * _sat(f.py_tests, 0.6) + 0.4 * _sat(f.py_asserts, 0.8)
+    py_types = min(1.0, f.py_types / (2 * defs))
+    py_errors = (0.5 * _sat(f.py_raises, 2) + 0.5 * (1 - f.py_bare_excepts / (f.py_excepts + f.py_bare_excepts))
+                 if f.py_excepts + f.py_bare_excepts else 0.3 * _sat(f.py_raises, 2))
+    py_unsafe = 0.95 - 0.3 * min(f.py_unsafe, 3)
     return {
+        "py_docs": (py_docs, f"docstring 标记 {f.py_docstrings} 个，函数 {f.py_defs} 个"),
+        "py_tests": (py_tests, f"测试函数 {f.py_tests} 个，assert {f.py_asserts} 处"),
+        "py_types": (py_types, f"类型标注 {f.py_types} 处，函数 {f.py_defs} 个"),
+        "py_errors": (py_errors, f"raise {f.py_raises} 处，具体 except {f.py_excepts} 处，裸 except {f.py_bare_excepts} 处"),
+        "py_naming": (f.py_named, f"描述性函数名占比 {f.py_named:.0%}"),
+        "py_unsafe": (py_unsafe, f"危险调用（eval/exec/os.system 等）{f.py_unsafe} 处"),
         "prose": (prose, f"中文占比 {cjk_share:.0%}，句读符号 {f.punct} 个，中文字数 {f.cjk}"),
         "semantic": (semantic, f"语义标签 {f.semantic} 个，div {f.divs} 个"),
         "a11y": (a11y, f"无障碍属性（aria/alt/role/label）{f.a11y} 处"),
@@ -188,11 +229,19 @@ def _facets(f: _Features) -> dict[str, tuple[float, str]]:
 
 
 _FACET_NAMES = ("prose", "semantic", "a11y", "responsive", "script", "security", "performance", "code_org",
-                "visual", "completeness", "correctness", "appropriateness", "utility")
+                "visual", "completeness", "correctness", "appropriateness", "utility",
+                "py_docs", "py_tests", "py_types", "py_errors", "py_naming", "py_unsafe")
 
 # First matching keyword group wins; order matters ("Responsive Design" is responsive, not visual;
 # "Description" contains "script" but is prose).
 _KEYWORDS: tuple[tuple[tuple[str, ...], str], ...] = (
+    # Python code facets first: none of the web-design rubric's names contain these phrases.
+    (("docstring",), "py_docs"),
+    (("unit test", "test coverage"), "py_tests"),
+    (("type annotation", "type hint"), "py_types"),
+    (("exception",), "py_errors"),
+    (("identifier", "naming"), "py_naming"),
+    (("dangerous call",), "py_unsafe"),
     (("accessib", "a11y"), "a11y"),
     (("responsive", "mobile"), "responsive"),
     (("semantic", "html structure", "markup"), "semantic"),
@@ -237,7 +286,7 @@ def _domain_tag(low: str, f: _Features) -> str:
         if any(k in low for k in keys):
             return tag
     if not f.has_html:
-        return "non-html-text"
+        return "python-code" if f.py_defs else "non-html-text"
     return "interactive-web-page" if f.listeners else "html-web-design"
 
 
@@ -259,7 +308,8 @@ def _scaled(f: _Features, full_chars: int) -> _Features:
 
 _COUNT_FIELDS = ("cjk", "punct", "lines", "indented", "comments", "semantic", "divs", "a11y", "media", "layout",
                  "scripts", "listeners", "modern_decl", "var_decl", "functions", "inline_handlers", "unsafe",
-                 "safe", "perf", "visual", "headings", "list_items")
+                 "safe", "perf", "visual", "headings", "list_items", "py_defs", "py_docstrings", "py_tests",
+                 "py_asserts", "py_types", "py_raises", "py_excepts", "py_bare_excepts", "py_unsafe")
 
 
 def judge_document(text: str, source: str, dimensions: list[tuple[str, str]]) -> Judgement:
