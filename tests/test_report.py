@@ -163,53 +163,25 @@ def test_reader_collects_the_two_group_demo_runs_aggregates(spark: Any, two_grou
     assert set(data.histograms["source"]) == {"html_cpt", "html_cpt_web", "py_snippets"}
     code_dims = set(data.histograms.loc[data.histograms["source"] == "py_snippets", "dimension"])
     assert "Docstring Quality" in code_dims and len(code_dims) == 6
-    assert set(data.tokens["variant"]) == {"default"} and "tokens column" in " ".join(data.notes)
+    variants = {"global", "group", "source", "random"}
+    assert set(data.tokens["variant"]) == variants and not any("tokens column" in n for n in data.notes)
     n_docs = spark.read.format("delta").load(str(two_group_run.sample / "documents")).count()
-    assert int(data.tokens["n"].sum()) == n_docs  # every decision row, counted once
+    assert int(data.tokens["n"].sum()) == n_docs * len(variants)  # every decision row, once per variant
     assert (data.tokens.loc[data.tokens["decision"] == "kept", "tokens"] > 0).all()
     assert set(data.reliability["scorer"]) == {"text_group_b", "code_demo"}
 
 
-def _new_layout_tables(spark: Any, run: Any, root: Path) -> None:
-    """The demo run's tables rewritten in the layout selection is moving to: 3 variants, tokens, CIs, canary."""
-    from pyspark.sql import functions as F
-
-    def load(name: str) -> Any:
-        return spark.read.format("delta").load(str(run.root / name))
-
-    def save(df: Any, name: str) -> None:
-        df.write.format("delta").mode("overwrite").save(str(root / name))
-
-    save(load("scores"), "scores")
-    rel = load("reliability")
-    save(rel.withColumn("mae_lo", F.col("mae") - 0.1).withColumn("mae_hi", F.col("mae") + 0.1)
-         .withColumn("spearman_lo", F.col("spearman") - 0.2).withColumn("spearman_hi", F.lit(1.0))
-         .withColumn("mask_version", F.lit("m1")), "reliability")
-    base = load("decisions").withColumn("tokens", (F.pmod(F.xxhash64("doc_id"), F.lit(900)) + 100).cast("long"))
-    competing = F.col("composite").isNotNull() & F.col("reason").isin("selected", "below_threshold")
-    global_kept = competing & (F.col("composite") >= 5.0)
-    random_kept = competing & (F.pmod(F.xxhash64(F.lit("seed"), F.col("doc_id")), F.lit(2)) == 0)
-    variants = [base.withColumn("variant", F.lit("source"))]
-    for name, kept in (("global", global_kept), ("random", random_kept)):
-        variants.append(base.withColumn("variant", F.lit(name))
-                        .withColumn("decision", F.when(kept, "kept").otherwise("excluded"))
-                        .withColumn("reason", F.when(kept, "selected").when(competing, "below_threshold")
-                                    .otherwise(F.col("reason"))))
-    decisions = variants[0].unionByName(variants[1]).unionByName(variants[2])
-    save(decisions.withColumn("mask_version", F.lit("m1")).withColumn("weights_version", F.lit("w1")), "decisions")
-    rows = [("source", "source", r["source"], "score", r["threshold"], r["n_in"], r["n_kept"])
-            for r in load("thresholds").collect()]
-    rows += [("global", "global", "global", "score", 5.0, 0, 0), ("random", "source", "html_cpt", "random", None, 0, 0)]
-    thresholds = spark.createDataFrame(rows, "variant string, unit_kind string, unit string, method string, "
-                                             "threshold double, n_in long, n_kept long")
-    save(thresholds.withColumn("mode", F.lit("fraction")).withColumn("tokens_kept", F.lit(None).cast("long")),
-         "thresholds")
+def _with_canary(spark: Any, run: Any, root: Path) -> None:
+    """The demo run's tables (variants, tokens, CIs) copied to ``root``, plus a canary table with a drifting node."""
+    for name in ("scores", "reliability", "decisions", "thresholds"):
+        spark.read.format("delta").load(str(run.root / name)).write.format("delta").mode("overwrite").save(
+            str(root / name))
     canary = spark.createDataFrame(
         [("r", ep, "text_group_b", f"A{i}", 6.0, 6.0 + dev, dev, dev > 1) for ep, dev in
          (("http://127.0.0.1:1/v1", 0.2), ("http://127.0.0.1:2/v1", 2.5)) for i in (1, 2, 3)],
         "run_id string, endpoint string, scorer string, slot string, reference_score double, score double, "
         "deviation double, quarantined boolean")
-    save(canary, "canary")
+    canary.write.format("delta").mode("overwrite").save(str(root / "canary"))
 
 
 @pytest.mark.spark
@@ -218,12 +190,12 @@ def test_spark_reader_on_the_new_layout_with_variants_and_canary(spark: Any, two
     from mira_spark.config import load_settings
     from mira_spark.selection.report import read_report_data
 
-    _new_layout_tables(spark, two_group_run, tmp_path / "tables")
+    _with_canary(spark, two_group_run, tmp_path / "tables")
     settings = load_settings(two_group_run.config, {"tables": {"root": str(tmp_path / "tables")}})
     data = read_report_data(spark, settings)
     assert data.notes == ()  # tokens, variants and the canary columns all present: no fallback taken
     per_variant = data.tokens.groupby("variant")[["n", "tokens"]].sum()
-    assert set(per_variant.index) == {"global", "random", "source"}
+    assert set(per_variant.index) == {"global", "group", "random", "source"}
     assert per_variant["n"].nunique() == 1 and per_variant["tokens"].nunique() == 1  # every row once per variant
     assert set(zip(data.overlap["variant_a"], data.overlap["variant_b"], strict=True)) >= {
         ("global", "random"), ("global", "source"), ("random", "source"), ("source", "source")}
@@ -243,7 +215,7 @@ def test_cli_report_writes_the_page_and_prints_its_path(two_group_run: Any, tmp_
     page = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert page == tmp_path / "r" / "index.html"
     text, linked = _check_page(page)
-    assert {"reliability_text_group_b.png", "reliability_code_demo.png", "retention_default.png",
+    assert {"reliability_text_group_b.png", "reliability_code_demo.png", "retention_global.png", "retention_source.png",
             "hist_py_snippets.png"} <= set(linked)
     reasons = text[text.index("Decisions by reason"):text.index('<section id="histograms">')]
     assert "<td>no_scorer</td><td>legacy_forum</td><td>3</td>" in reasons  # the unknown source: count + reason

@@ -67,7 +67,7 @@ def two_group_run(tmp_path_factory: pytest.TempPathFactory, sim_pool: list[Any],
     config = write_config(base / "two_groups.yaml", base / "tables", str(sample / "documents"),
                           str(sample / "validation"), [h.url for h in sim_pool],
                           scoring={"wave_size": 1000},
-                          selection={"retain_ratio": {"py_snippets": 0.5}},
+                          reliability={"min_n": 20},  # the demo has 32 code documents; production default 50
                           scorers={"groups": {CODE_GROUP: group}, "pools": {group["pool"]: pool}})
     text_before = sum(h.stats()["requests"] for h in sim_pool)
     code_before = code_sim.stats()["requests"]
