@@ -101,6 +101,7 @@ BENCHES = {
     "table-path": "mira_spark.devtools.bench.table_path",
     "routing": "mira_spark.devtools.bench.routing",
     "select": "mira_spark.devtools.bench.select",
+    "samples": "mira_spark.devtools.bench.samples",
 }
 
 

@@ -242,6 +242,22 @@ class ServingConfig(_Frozen):
     max_model_len: int = Field(default=65536, ge=1024, description="Server context length (vLLM --max-model-len).")
 
 
+class AdaptiveSamplesConfig(_Frozen):
+    """Spend the extra samples only where they can change a decision (README "k samples")."""
+
+    enabled: bool = Field(
+        default=False,
+        description="After a first selection on sample 0, request samples 1..k-1 only for documents whose "
+        "composite lies within `band` of their unit's cut (in any score variant), then select again.",
+    )
+    band: float = Field(
+        default=1.5, gt=0, le=100,
+        description="Half-width of the band around each unit's cut, in composite points (0-100): the scale "
+        "of one sample's spread (decisions.composite_sd), so documents farther from the cut than the band "
+        "rarely flip.",
+    )
+
+
 class ScoringConfig(_Frozen):
     wave_size: int = Field(default=20000, ge=1, description="Documents per committed wave.")
     tasks: int | None = Field(
@@ -274,6 +290,16 @@ class ScoringConfig(_Frozen):
         default=120, ge=8, le=4000,
         description="Longest rationale, brief (and domain_tag, at most 32) that constrained output allows, one "
         "line each: bounds the completion so a model cannot ramble.",
+    )
+
+    samples: int = Field(
+        default=1, ge=1, le=15,
+        description="Samples per document at the card's temperature: the composite is their mean, their spread "
+        "decisions.composite_sd; samples 1..k-1 are stored in the samples table (1 = one request per document).",
+    )
+    adaptive_samples: AdaptiveSamplesConfig = Field(
+        default_factory=AdaptiveSamplesConfig,
+        description="Request samples 1..k-1 only for documents near their unit's cut.",
     )
 
     @model_validator(mode="after")

@@ -28,7 +28,7 @@ from mira_spark.prompting.prompts import Prompt, PromptBuilder, text_problem
 from mira_spark.prompting.rubric import Rubric
 from mira_spark.serving.plan import task_share
 from mira_spark.serving.types import CheckOutput, OutputVerdict, RunStats, ScoreRequest, ScoreResult
-from mira_spark.store.schemas import ANSWER_ARROW_SCHEMA, RAW_OUTPUT_ARROW_SCHEMA
+from mira_spark.store.schemas import ANSWER_ARROW_SCHEMA, RAW_OUTPUT_ARROW_SCHEMA, SAMPLE_OUTPUT_ARROW_SCHEMA
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -86,14 +86,17 @@ def make_check_output(rubric: Rubric, builder: PromptBuilder, policy: str,
     return check
 
 
-def _answers_batch(rows: list[dict], answers: list[ParsedAnswer], rubric: Rubric) -> pa.RecordBatch:
-    """One group's output rows and their parsed answers -> a batch in ``RAW_OUTPUT_ARROW_SCHEMA``."""
+def _answers_batch(rows: list[dict], answers: list[ParsedAnswer], rubric: Rubric,
+                   schema: pa.Schema = RAW_OUTPUT_ARROW_SCHEMA) -> pa.RecordBatch:
+    """One group's output rows and their parsed answers -> a batch in ``schema`` (raw output, or with ``sample``)."""
     from mira_spark.parsing.parse import answers_batch, table_columns
 
     request_side = pa.RecordBatch.from_pylist(rows, schema=ANSWER_ARROW_SCHEMA)
     columns = {name: request_side.column(name) for name in ANSWER_ARROW_SCHEMA.names}
     columns.update(table_columns(answers_batch(answers, rubric), RAW_OUTPUT_ARROW_SCHEMA))
-    return pa.RecordBatch.from_arrays([columns[f.name] for f in RAW_OUTPUT_ARROW_SCHEMA], schema=RAW_OUTPUT_ARROW_SCHEMA)
+    if "sample" in schema.names:
+        columns["sample"] = pa.array([r["sample"] for r in rows], pa.int32())
+    return pa.RecordBatch.from_arrays([columns[f.name] for f in schema], schema=schema)
 
 
 def group_sampling(sampling: SamplingConfig, rubric: Rubric, scoring: ScoringConfig) -> SamplingConfig:
@@ -137,8 +140,12 @@ def _refit_truncated(builder: PromptBuilder, group: GroupPlan, plan: ScoringPlan
     return out
 
 
-def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: RunStats) -> pa.RecordBatch:
-    """Score one group's rows of a task: one output row per input row, its answer parsed once."""
+def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: RunStats,
+                 schema: pa.Schema = RAW_OUTPUT_ARROW_SCHEMA) -> pa.RecordBatch:
+    """Score one group's rows of a task: one output row per input row, its answer parsed once.
+
+    Rows with a ``sample`` index (the sample waves) are sent with that sample's seed and keep the index.
+    """
     from mira_spark.parsing.parse import merge_followup, parse_answer
     from mira_spark.serving.runner import RowHooks, RunnerOptions, run_requests
 
@@ -166,6 +173,7 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
             "truncated": False,
             "shrunk": False,
             "original_chars": len(row["text"]) if isinstance(row["text"], str) else None,
+            "sample": row.get("sample") or 0,
         }
         problem = text_problem(row["text"])
         if problem:
@@ -184,14 +192,15 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
         eager = {i: item[0] for i, item in enumerate(refits)}
     for index, (source, text, row, base) in enumerate(candidates):
         docs[index] = (source, text)
-        key = f"{row['doc_id']}|{group.name}|{group.prompt_version}"
+        sample = base["sample"]
+        key = f"{row['doc_id']}|{group.name}|{group.prompt_version}" + (f"|{sample}" if sample else "")
         prompt = eager.get(index)
         if prompt is not None:
             fitted[index] = (prompt.truncated, prompt.kept_chars, prompt.est_prompt_tokens)
             requests.append(ScoreRequest(index=index, key=key, messages=prompt.messages,
-                                         est_prompt_tokens=prompt.est_prompt_tokens))
+                                         est_prompt_tokens=prompt.est_prompt_tokens, sample=sample))
         else:
-            requests.append(ScoreRequest(index=index, key=key, messages=[]))
+            requests.append(ScoreRequest(index=index, key=key, messages=[], sample=sample))
         pending.append((row, base))
 
     def prepare(request: ScoreRequest) -> ScoreRequest:
@@ -201,7 +210,7 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
         prompt = builder.build(source, text)
         fitted[request.index] = (prompt.truncated, prompt.kept_chars, prompt.est_prompt_tokens)
         return ScoreRequest(index=request.index, key=request.key, messages=prompt.messages,
-                            est_prompt_tokens=prompt.est_prompt_tokens)
+                            est_prompt_tokens=prompt.est_prompt_tokens, sample=request.sample)
 
     def shrink(request: ScoreRequest) -> ScoreRequest | None:
         source, text = docs[request.index]
@@ -210,7 +219,7 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
         if smaller.est_prompt_tokens >= request.est_prompt_tokens:
             return None
         return ScoreRequest(index=request.index, key=request.key, messages=smaller.messages,
-                            est_prompt_tokens=smaller.est_prompt_tokens)
+                            est_prompt_tokens=smaller.est_prompt_tokens, sample=request.sample)
 
     if requests:
         opts = RunnerOptions(
@@ -251,7 +260,7 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
                     "truncated": base["truncated"] or result.shrunk,
                 }
             )
-    return _answers_batch(out, answers, group.rubric)
+    return _answers_batch(out, answers, group.rubric, schema)
 
 
 def _answer_of(result: ScoreResult, checked: tuple[str, ParsedAnswer] | None, unanswered: ParsedAnswer,
@@ -266,15 +275,16 @@ def _answer_of(result: ScoreResult, checked: tuple[str, ParsedAnswer] | None, un
     return parse_answer(result.text, rubric)  # only without a check hook: never on the scoring path
 
 
-def score_partition(batches: Iterator[pa.RecordBatch], plan: ScoringPlan) -> Iterator[pa.RecordBatch]:
-    """Body of the mapInArrow function: every input row yields exactly one output row."""
+def score_partition(batches: Iterator[pa.RecordBatch], plan: ScoringPlan,
+                    schema: pa.Schema = RAW_OUTPUT_ARROW_SCHEMA) -> Iterator[pa.RecordBatch]:
+    """Body of the mapInArrow function: every input row yields exactly one output row (in ``schema``)."""
     rows: list[dict] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, int]] = set()
     for batch in batches:
         for row in batch.to_pylist():
             # Exact copies of a document (same doc_id, source and text) reach the same task (rows are
             # hash-partitioned by doc_id); routing already reported the extra copies as duplicates.
-            key = (row["doc_id"], row["scorer"])
+            key = (row["doc_id"], row["scorer"], row.get("sample") or 0)
             if key not in seen:
                 seen.add(key)
                 rows.append(row)
@@ -289,9 +299,9 @@ def score_partition(batches: Iterator[pa.RecordBatch], plan: ScoringPlan) -> Ite
     # thread) so one group's tail never leaves another group's GPUs idle.
     stats = {name: RunStats() for name in by_group}
     with ThreadPoolExecutor(max_workers=len(by_group), thread_name_prefix="mira-group") as pool:
-        futures = [pool.submit(_score_group, plan, plan.groups[name], group_rows, stats[name])
+        futures = [pool.submit(_score_group, plan, plan.groups[name], group_rows, stats[name], schema)
                    for name, group_rows in sorted(by_group.items())]
-        out = pa.Table.from_batches([future.result() for future in futures], schema=RAW_OUTPUT_ARROW_SCHEMA)
+        out = pa.Table.from_batches([future.result() for future in futures], schema=schema)
     if out.num_rows != len(rows):  # the exactly-once invariant of the stage
         raise RuntimeError(f"scoring produced {out.num_rows} rows for {len(rows)} inputs")
     log.info("scoring task: %d rows, %d requests, %d retries, %d repairs", len(rows),
@@ -301,14 +311,22 @@ def score_partition(batches: Iterator[pa.RecordBatch], plan: ScoringPlan) -> Ite
 
 
 def score_documents(routed: DataFrame, plan: ScoringPlan, tasks: int) -> DataFrame:
-    """Spark stage: ``doc_id, source, scorer, text`` -> raw outputs (``RAW_OUTPUT_STREAM_SCHEMA``)."""
+    """Spark stage: ``doc_id, source, scorer, text`` -> raw outputs (``RAW_OUTPUT_STREAM_SCHEMA``).
+
+    With a ``sample`` column (extra samples, ``scoring.samples``), each row is one sample's request and the
+    output carries the index (``SAMPLE_OUTPUT_STREAM_SCHEMA``).
+    """
     from pyspark.sql import functions as F
 
-    from mira_spark.store.schemas import RAW_OUTPUT_STREAM_SCHEMA
+    from mira_spark.store.schemas import RAW_OUTPUT_STREAM_SCHEMA, SAMPLE_OUTPUT_STREAM_SCHEMA
+
+    sampled = "sample" in routed.columns
+    schema = SAMPLE_OUTPUT_ARROW_SCHEMA if sampled else RAW_OUTPUT_ARROW_SCHEMA
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        return score_partition(batches, plan)
+        return score_partition(batches, plan, schema)
 
     # Hash partitioning by doc_id spreads long documents evenly and is deterministic on task retry.
-    spread = routed.select("doc_id", "source", "scorer", "text").repartition(tasks, F.xxhash64("doc_id"))
-    return spread.mapInArrow(fn, RAW_OUTPUT_STREAM_SCHEMA)
+    columns = ["doc_id", "source", "scorer", "text", *(["sample"] if sampled else [])]
+    spread = routed.select(*columns).repartition(tasks, F.xxhash64("doc_id"))
+    return spread.mapInArrow(fn, SAMPLE_OUTPUT_STREAM_SCHEMA if sampled else RAW_OUTPUT_STREAM_SCHEMA)

@@ -23,6 +23,7 @@ from mira_spark.serving.transport import SendFailure, Transport, detail
 from mira_spark.serving.types import (
     ERR_CONTEXT_OVERFLOW,
     ERR_OUTPUT_INVALID,
+    SAMPLE_SEED_STRIDE,
     CheckOutput,
     MergeOutputs,
     OutputVerdict,
@@ -45,6 +46,11 @@ class RowHooks:
     shrink: ShrinkRequest | None = None
     prepare: PrepareRequest | None = None
     merge: MergeOutputs | None = None
+
+
+def _seed(request: ScoreRequest, res: ScoreResult) -> int:
+    """Seed offset of a send: the sample's block, plus one per re-ask (sample 0, no re-ask: 0, as before)."""
+    return request.sample * SAMPLE_SEED_STRIDE + res.repairs
 
 
 class RowPolicy:
@@ -103,7 +109,7 @@ class RowPolicy:
         """Send; after a context overflow, shrink the prompt once and send again."""
         current = request
         while True:
-            out = await self.transport.send(current.messages, request.key, res)
+            out = await self.transport.send(current.messages, request.key, res, seed_offset=_seed(request, res))
             if not (isinstance(out, SendFailure) and out.overflow):
                 return current, out
             if res.shrunk or self.hooks.shrink is None:
@@ -142,7 +148,8 @@ class RowPolicy:
                     {"role": "assistant", "content": text},
                     {"role": "user", "content": verdict.followup},
                 ]
-                out = await self.transport.send(messages, request.key, res)
+                out = await self.transport.send(messages, request.key, res,
+                                                seed_offset=request.sample * SAMPLE_SEED_STRIDE)
                 if isinstance(out, SendFailure) and not out.overflow:
                     res.text = text
                     return self._end(res, out)
@@ -154,7 +161,7 @@ class RowPolicy:
                     continue
                 # The follow-up turn no longer fits the context: ask again from scratch instead.
             self._waste(res, billed)  # the answer being replaced by a fresh one
-            out = await self.transport.send(current.messages, request.key, res, seed_offset=res.repairs)
+            out = await self.transport.send(current.messages, request.key, res, seed_offset=_seed(request, res))
             if isinstance(out, SendFailure):
                 res.text = text
                 return self._end(res, out)

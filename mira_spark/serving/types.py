@@ -31,6 +31,12 @@ class ScoreRequest:
     key: str
     messages: list[dict[str, str]]
     est_prompt_tokens: int = 0
+    sample: int = 0  # sample index of the document (scoring.samples): its own seed, seed + sample * stride
+
+
+# Seeds of sample i start at seed + i * SAMPLE_SEED_STRIDE: re-asks add 1, 2, ... (< stride), so a re-ask of
+# one sample never reuses another sample's seed.
+SAMPLE_SEED_STRIDE = 1000
 
 
 @dataclass
