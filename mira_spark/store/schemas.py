@@ -245,6 +245,8 @@ DECISIONS = (
     Column("threshold", "double"),
     Column("mask_version", "string"),
     Column("weights_version", "string"),
+    Column("n_samples", "int"),  # samples the composite is the mean of (1 without scoring.samples)
+    Column("composite_sd", "double"),  # spread (sd, 0-100) of the per-sample composites; null for one sample
 )
 
 # Every input row once, narrow (no text): routed rows have a scorer and no reason (appended once per run,

@@ -1,14 +1,15 @@
 """``mira-spark bench samples``: decision flips between two independent runs, for k=1, full k and adaptive k.
 
-Takes ``[--k 3] [--band 1.5] [--seeds 1,2] [--json-only]``; writes the sample corpus (263 documents, 2
+Takes ``[--k 3] [--bands 1.5] [--seeds 1,2,3,4] [--json-only]``; writes the sample corpus (263 documents, 2
 scored sources), starts two simulated endpoints with sampling noise (``SimConfig.sampling_noise``: each
 choice at the card's temperature 0.7 moves every dimension score by seeded noise, sd 0.7 score points),
-and runs the whole pipeline on Sail + Delta twice per mode — same documents, same config, sampling seeds
-``seeds[0]`` and ``seeds[1]`` (fresh tables each time) — for ``k=1``, full ``k`` (samples 1..k-1 of every
-document) and adaptive ``k`` (only documents within ``band`` composite points of their unit's cut).
+and runs the whole pipeline on Sail + Delta twice per mode and pair of seeds — same documents, same
+config, sampling seeds ``(1, 2)``, then ``(3, 4)``, ... (fresh tables each time) — for ``k=1``, full ``k``
+(samples 1..k-1 of every document) and adaptive ``k`` (only documents within ``band`` composite points of
+their unit's cut; one mode per band of ``--bands``).
 
 Prints, per mode and score variant, the flip rate (share of the variant's documents whose kept/excluded
-decision differs between the two runs) and, per mode, requests per routed document (from ``run_stats``:
+decision differs between the two runs of a pair, summed over the pairs) and, per mode, requests per routed document (from ``run_stats``:
 the ``score`` and ``samples`` stages), then a JSON line ``{"bench": "samples", ...}`` with the share of
 k=1's flips that adaptive removes and the extra requests it costs (target: >= 50% for <= 15% more).
 Measured against the simulator only; the noise model is :mod:`mira_spark.devtools.simulator.sampling`.
@@ -46,6 +47,28 @@ class Outcome:
     requests: int
     documents: int  # routed (scored) documents
     sampled_documents: int  # documents that got extra samples
+
+
+@dataclass
+class Tally:
+    """One mode's figures summed over the pairs of runs."""
+
+    flips: dict[str, int]
+    decided: dict[str, int]
+    requests: float = 0.0  # sum over runs
+    documents: int = 0  # sum over runs
+    sampled: int = 0  # sum over runs
+    runs: int = 0
+
+    def add(self, a: Outcome, b: Outcome, variants: list[str]) -> None:
+        for v, (f, n) in flip_rates(a, b, variants).items():
+            self.flips[v] = self.flips.get(v, 0) + f
+            self.decided[v] = self.decided.get(v, 0) + n
+        for o in (a, b):
+            self.requests += o.requests
+            self.documents += o.documents
+            self.sampled += o.sampled_documents
+            self.runs += 1
 
 
 def run_config(root: Path, sample: Path, urls: list[str], seed: int, mode: Mode, band: float,
@@ -98,9 +121,9 @@ def flip_rates(a: Outcome, b: Outcome, variants: list[str]) -> dict[str, tuple[i
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mira-spark bench samples", description=__doc__.splitlines()[0])
     ap.add_argument("--k", type=int, default=3, help="samples per document of the full and adaptive modes")
-    ap.add_argument("--band", type=float, default=None,
-                    help="adaptive band, composite points (default: scoring.adaptive_samples.band)")
-    ap.add_argument("--seeds", default="1,2", help="the two runs' sampling seeds")
+    ap.add_argument("--bands", default=None,
+                    help="adaptive bands, composite points, comma-separated (default: scoring.adaptive_samples.band)")
+    ap.add_argument("--seeds", default="1,2,3,4", help="sampling seeds, taken in pairs of independent runs")
     ap.add_argument("--scorers-file", default=SCORERS_FILE, help="scorer groups and pools (default conf/scorers.yaml)")
     ap.add_argument("--json-only", action="store_true")
     args = ap.parse_args(argv)
@@ -110,66 +133,75 @@ def main(argv: list[str] | None = None) -> int:
     from mira_spark.devtools.simulator.launcher import start_in_thread
     from mira_spark.devtools.simulator.server import SimConfig
 
-    band = AdaptiveSamplesConfig().band if args.band is None else args.band
+    bands = [AdaptiveSamplesConfig().band] if args.bands is None else [float(b) for b in args.bands.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    if len(seeds) != 2 or seeds[0] == seeds[1]:
-        ap.error("--seeds takes two different seeds, e.g. 1,2")
-    modes = [Mode("k=1", 1, False), Mode(f"full k={args.k}", args.k, False), Mode(f"adaptive k={args.k}", args.k, True)]
+    if len(seeds) < 2 or len(seeds) % 2 or len(set(seeds)) != len(seeds):
+        ap.error("--seeds takes an even number of different seeds, e.g. 1,2,3,4")
+    pairs = list(zip(seeds[::2], seeds[1::2], strict=True))
+    modes = [Mode("k=1", 1, False), Mode(f"full k={args.k}", args.k, False)]
+    modes += [Mode(f"adaptive k={args.k} band {b:g}", args.k, True) for b in bands]
+    band_of = {m.name: (bands[i - 2] if m.adaptive else bands[0]) for i, m in enumerate(modes)}
     sims = [start_in_thread(SimConfig(name=f"sim{i}", time_scale=400.0, sampling_noise=True)) for i in range(2)]
-    outcomes: dict[str, list[Outcome]] = {}
+    tallies = {m.name: Tally({}, {}) for m in modes}
+    variants: list[str] = []
     try:
         with tempfile.TemporaryDirectory(prefix="mira-bench-samples-") as tmp, own_sail_session() as spark:
             work = Path(tmp)
             write_sample(work / "sample", fmt="delta")
             for i, mode in enumerate(modes):
-                for seed in seeds:
-                    root = work / f"run-{i}-{seed}"
-                    root.mkdir()
-                    cfg = run_config(root, work / "sample", [h.url for h in sims], seed, mode, band,
-                                     args.scorers_file)
-                    outcomes.setdefault(mode.name, []).append(run_once(spark, cfg))
+                for pair in pairs:
+                    runs = []
+                    for seed in pair:
+                        root = work / f"run-{i}-{seed}"
+                        root.mkdir()
+                        cfg = run_config(root, work / "sample", [h.url for h in sims], seed, mode,
+                                         band_of[mode.name], args.scorers_file)
+                        runs.append(run_once(spark, cfg))
+                    variants = variants or sorted({v for v, _ in runs[0].decisions} - {"random"})
+                    tallies[mode.name].add(runs[0], runs[1], variants)
     finally:
         for h in sims:
             h.stop()
+    print_report(tallies, modes, args.k, bands, seeds, args.json_only)
+    return 0
 
-    variants = sorted({v for v, _ in outcomes[modes[0].name][0].decisions} - {"random"})
-    base_requests = sum(o.requests for o in outcomes[modes[0].name]) / 2
+
+def print_report(tallies: dict[str, Tally], modes: list[Mode], k: int, bands: list[float], seeds: list[int],
+                 json_only: bool) -> None:
+    base = tallies[modes[0].name]
+    base_req = base.requests / base.runs
+    base_flips = sum(base.flips.values())
     rows, result = [], {}
     for mode in modes:
-        a, b = outcomes[mode.name]
-        flips = flip_rates(a, b, variants)
-        requests = (a.requests + b.requests) / 2
-        total_flips = sum(f for f, _ in flips.values())
+        t = tallies[mode.name]
+        req = t.requests / t.runs
+        extra = req / base_req - 1 if base_req else 0.0
+        total = sum(t.flips.values())
+        removed = 1 - total / base_flips if base_flips else None
         result[mode.name] = {
-            "flips": {v: f for v, (f, _) in flips.items()}, "documents": a.documents,
-            "flip_rate": {v: round(f / n, 4) if n else None for v, (f, n) in flips.items()},
-            "total_flips": total_flips, "requests_per_doc": round(requests / max(1, a.documents), 4),
-            "extra_requests": round(requests / base_requests - 1, 4) if base_requests else None,
-            "sampled_documents": [a.sampled_documents, b.sampled_documents],
+            "flips": t.flips, "decided": t.decided, "total_flips": total,
+            "flip_rate": {v: round(t.flips[v] / t.decided[v], 4) if t.decided[v] else None for v in t.flips},
+            "requests_per_doc": round(t.requests / max(1, t.documents), 4), "extra_requests": round(extra, 4),
+            "documents_sampled_per_run": round(t.sampled / t.runs, 1),
+            "removed_flips": None if removed is None else round(removed, 4),
         }
-        for v, (f, n) in flips.items():
-            rows.append({"mode": mode.name, "variant": v, "flips": f, "flip_rate": f / n if n else 0.0,
-                         "req_per_doc": requests / max(1, a.documents),
-                         "extra_req": requests / base_requests - 1 if base_requests else 0.0,
-                         "sampled": (a.sampled_documents + b.sampled_documents) / 2})
-    k1, adaptive, full = (result[m.name] for m in modes)
-    removed = 1 - adaptive["total_flips"] / k1["total_flips"] if k1["total_flips"] else None
-    removed_full = 1 - full["total_flips"] / k1["total_flips"] if k1["total_flips"] else None
-    summary = {"bench": "samples", "k": args.k, "band": band, "seeds": seeds, "modes": result,
-               "adaptive_removed_flips": None if removed is None else round(removed, 4),
-               "full_removed_flips": None if removed_full is None else round(removed_full, 4),
-               "adaptive_extra_requests": adaptive["extra_requests"],
-               "target_met": removed is not None and removed >= TARGET_REMOVED
-               and adaptive["extra_requests"] is not None and adaptive["extra_requests"] <= TARGET_EXTRA}
-    if not args.json_only:
+        for v in sorted(t.flips):
+            rows.append({"mode": mode.name, "variant": v, "flips": t.flips[v],
+                         "flip_rate": t.flips[v] / t.decided[v] if t.decided[v] else 0.0,
+                         "req_per_doc": t.requests / max(1, t.documents), "extra_req": extra,
+                         "sampled": t.sampled / t.runs, "removed": removed})
+    adaptive = [result[m.name] for m in modes if m.adaptive]
+    met = [r for r in adaptive if r["removed_flips"] is not None and r["removed_flips"] >= TARGET_REMOVED
+           and r["extra_requests"] <= TARGET_EXTRA]
+    summary = {"bench": "samples", "k": k, "bands": bands, "seeds": seeds, "modes": result,
+               "target": {"removed_flips_min": TARGET_REMOVED, "extra_requests_max": TARGET_EXTRA},
+               "target_met": bool(met)}
+    if not json_only:
         print_table(rows, [("mode", "mode", "s"), ("variant", "variant", "s"), ("flips", "flips", "d"),
                            ("flip_rate", "flip rate", ".3f"), ("req_per_doc", "req/doc", ".3f"),
-                           ("extra_req", "extra req", "+.3f"), ("sampled", "docs sampled", ".1f")])
-        print(f"adaptive removes {summary['adaptive_removed_flips']} of k=1's flips (full: "
-              f"{summary['full_removed_flips']}) for {adaptive['extra_requests']:+.3f} requests "
-              f"(target >= {TARGET_REMOVED} for <= +{TARGET_EXTRA})")
+                           ("extra_req", "extra req", "+.3f"), ("sampled", "docs sampled/run", ".1f"),
+                           ("removed", "flips removed", ".3f")])
     print(json.dumps(summary))
-    return 0
 
 
 if __name__ == "__main__":
