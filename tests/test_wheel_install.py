@@ -136,11 +136,13 @@ def test_wheel_runs_the_demo_outside_the_checkout(wheel_venv: Path, tmp_path: Pa
             sim.wait(timeout=10)
 
     documents = DeltaTable(str(demo / "data" / "sample" / "documents")).to_pyarrow_table(columns=["doc_id"])
-    decisions = DeltaTable(str(demo / "data" / "run" / "decisions")).to_pyarrow_table(columns=["doc_id", "decision"])
+    decisions = DeltaTable(str(demo / "data" / "run" / "decisions")).to_pyarrow_table(
+        columns=["variant", "doc_id", "decision"])
     doc_ids = documents.column("doc_id").to_pylist()
-    decided = decisions.column("doc_id").to_pylist()
-    assert len(doc_ids) > 0
-    assert sorted(decided) == sorted(doc_ids)  # every input row exactly once
+    variants = decisions.column("variant").to_pylist()
+    decided = [d for d, v in zip(decisions.column("doc_id").to_pylist(), variants, strict=True) if v == "global"]
+    assert len(doc_ids) > 0 and set(variants) == {"global", "group", "source", "random"}
+    assert sorted(decided) == sorted(doc_ids)  # every input row exactly once per variant
     assert "kept" in set(decisions.column("decision").to_pylist())
     scores = DeltaTable(str(demo / "data" / "run" / "scores")).to_pandas(columns=["scorer"])
     assert set(scores["scorer"]) == {"text_group_b", "code_demo"}  # both groups scored from the wheel

@@ -99,9 +99,12 @@ def test_submit_local_runs_the_job_from_the_packed_env(packed_env: Path, sim_poo
     assert (unpacked / "bin" / "python").exists()  # the driver's interpreter (client mode)
 
     documents = pd.read_parquet(sample / "documents")
-    decisions = pd.read_parquet(tmp_path / "run" / "decisions")
+    all_decisions = pd.read_parquet(tmp_path / "run" / "decisions")
+    assert len(all_decisions) == 4 * len(documents), "every input row once per variant (4 default variants)"
+    decisions = all_decisions[all_decisions["variant"] == "global"]
     selected = pd.read_parquet(tmp_path / "run" / "selected")
-    assert len(decisions) == len(documents), "every input row gets exactly one decision"
+    selected = selected[selected["variant"] == "global"]
+    assert len(decisions) == len(documents), "every input row gets exactly one decision per variant"
     assert sorted(decisions["doc_id"].astype(str)) == sorted(documents["doc_id"].astype(str))
     kept = decisions[decisions["decision"] == "kept"]
     assert 0 < len(kept) < len(documents)
