@@ -65,6 +65,12 @@ class PoolConfig(_Frozen):
     )
     api_key_secret: SecretRef | None = Field(default=None, description="Databricks secret scope entry for the key.")
     verify_tls: bool = Field(default=True, description="Verify TLS certificates of https endpoints.")
+    supports_n: bool = Field(
+        default=True,
+        description="The server answers a request's n with n choices (vLLM, OpenAI): a document's extra samples "
+        "(scoring.samples) go in one request, prefilled once; false: one request per sample (distinct seeds). A "
+        "server that returns fewer choices is detected: the missing samples are asked one by one.",
+    )
     slots_per_endpoint: int = Field(
         default=256, ge=1, description="Sequences one endpoint runs at once (vLLM --max-num-seqs)."
     )

@@ -1,7 +1,8 @@
 """k samples per document (issue 9 item 5) on Sail + Delta against simulated endpoints with sampling noise.
 
 One module fixture scores the sample corpus at seeds 1 and 2 with k=1, then adds adaptive k=3 samples on
-the same tables, re-selects with k=1, and finally completes full k=3 at seed 1. Each test checks one promise:
+the same tables (seed 1: a document's two extra samples as the ``n=2`` choices of one request; seed 2:
+``supports_n: false``, one request per sample), re-selects with k=1, and finally completes full k=3 at seed 1. Each test checks one promise:
 adaptive samples go to the band documents only, k=1 ignores stored samples and gives the k=1 decisions,
 full k stores k samples per document and the composite is their mean, and adaptive flips less than k=1.
 """
@@ -69,6 +70,7 @@ def runs(spark: Any, sample_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         cfg = write_config(work / f"run-{seed}-{samples}-{adaptive}.yaml", work / f"tables-{seed}",
                            str(sample_dir / "documents"), str(sample_dir / "validation"), [sims[0].url],
                            sampling={"seed": seed},
+                           scorers={"pools": {"text_group_b_pool": {"supports_n": seed == 1}}},
                            scoring={"wave_size": 1000, "samples": samples,
                                     "adaptive_samples": {"enabled": adaptive, "band": BAND}})
         return load_settings(cfg)
@@ -106,7 +108,8 @@ def test_adaptive_samples_only_band_documents(runs: Runs) -> None:
         assert all(indices == {1, 2} for indices in runs.adaptive[seed].samples.values())
         # sample 0 was committed by the k=1 run: the adaptive run sent only the band's extra samples
         assert runs.adaptive[seed].requests.get("score", 0) == 0
-        assert runs.adaptive[seed].requests["samples"] == (K - 1) * len(band)
+        per_doc = 1 if seed == 1 else K - 1  # n=2 choices in one request, or one request per sample
+        assert runs.adaptive[seed].requests["samples"] == per_doc * len(band)
         sampled = {doc for (v, doc), r in runs.adaptive[seed].decisions.items() if r["n_samples"] == K}
         assert sampled == band
 
@@ -124,8 +127,8 @@ def test_k1_ignores_stored_samples_and_gives_the_k1_decisions(runs: Runs) -> Non
 def test_full_k_stores_k_samples_and_takes_their_mean(spark: Any, runs: Runs) -> None:
     assert len(runs.full.samples) == runs.ok_docs
     assert all(indices == {1, 2} for indices in runs.full.samples.values())
-    # only what adaptive had not stored was requested
-    assert runs.full.requests["samples"] == (K - 1) * (runs.ok_docs - len(runs.adaptive[1].samples))
+    # only what adaptive had not stored was requested: one request (n=2) per document
+    assert runs.full.requests["samples"] == runs.ok_docs - len(runs.adaptive[1].samples)
     tables = Tables(spark, runs.settings)
     masked = {(r["source"], int(r["slot"][1:])) for r in tables.read("reliability").filter("masked").collect()}
     slots = range(1, 16)
@@ -136,6 +139,11 @@ def test_full_k_stores_k_samples_and_takes_their_mean(spark: Any, runs: Runs) ->
             used = [Fraction(str(r[slot_score(i)])) for i in slots
                     if r[slot_score(i)] is not None and (r["source"], i) not in masked]
             per_doc.setdefault(r["doc_id"], []).append(sum(used) / len(used) * 10)
+    extra = {}
+    for r in tables.read("samples").select("doc_id", "sample", *(slot_score(i) for i in slots)).collect():
+        extra[(r["doc_id"], r["sample"])] = tuple(r[slot_score(i)] for i in slots)
+    differ = sum(extra[(doc, 1)] != extra[(doc, 2)] for doc in runs.full.samples)
+    assert differ > 0.9 * len(runs.full.samples)  # the n choices of one request are distinct samples
     checked = 0
     for (variant, doc), r in runs.full.decisions.items():
         if variant != "global" or r["composite"] is None:

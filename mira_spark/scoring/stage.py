@@ -13,10 +13,11 @@ moves Arrow batches between them.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -61,7 +62,7 @@ class ScoringPlan:
 
 
 def make_check_output(rubric: Rubric, builder: PromptBuilder, policy: str,
-                      parsed: dict[int, tuple[str, ParsedAnswer]] | None = None) -> CheckOutput:
+                      parsed: dict[tuple[int, int], tuple[str, ParsedAnswer]] | None = None) -> CheckOutput:
     """The runner's output hook: retry malformed/truncated answers, re-ask only missing slots.
 
     Every answer the runner keeps has been through this check, which has to parse it to decide; with
@@ -73,7 +74,7 @@ def make_check_output(rubric: Rubric, builder: PromptBuilder, policy: str,
     def check(request: ScoreRequest, text: str, finish_reason: str | None) -> OutputVerdict:
         answer = parse_answer(text, rubric)
         if parsed is not None:
-            parsed[request.index] = (text, answer)
+            parsed[(request.index, request.sample)] = (text, answer)
         if finish_reason == "length":
             return OutputVerdict("retry", reason="truncated_output")
         if answer_status(answer) == "failed":
@@ -154,7 +155,7 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
     out: list[dict] = []
     answers: list[ParsedAnswer] = []  # aligned with ``out``
     unanswered = parse_answer(None, group.rubric)  # the parse of "no answer": failed, output empty
-    checked: dict[int, tuple[str, ParsedAnswer]] = {}
+    checked: dict[tuple[int, int], tuple[str, ParsedAnswer]] = {}
     requests: list[ScoreRequest] = []
     pending: list[tuple[dict, dict]] = []  # (input row, output row) awaiting a result
     docs: dict[int, tuple[str, str]] = {}
@@ -190,17 +191,22 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
         refits = _refit_truncated(builder, group, plan,
                                   [(builder.build(s_, t_), s_, t_, r_, b_) for s_, t_, r_, b_ in candidates])
         eager = {i: item[0] for i, item in enumerate(refits)}
+    followers = _choice_groups(candidates) if group.pool.supports_n and "sample" in schema.names else {}
+    skipped = {i for rest in followers.values() for i in rest}
     for index, (source, text, row, base) in enumerate(candidates):
         docs[index] = (source, text)
+        if index in skipped:
+            continue
         sample = base["sample"]
+        n = 1 + len(followers.get(index, ()))
         key = f"{row['doc_id']}|{group.name}|{group.prompt_version}" + (f"|{sample}" if sample else "")
         prompt = eager.get(index)
         if prompt is not None:
             fitted[index] = (prompt.truncated, prompt.kept_chars, prompt.est_prompt_tokens)
             requests.append(ScoreRequest(index=index, key=key, messages=prompt.messages,
-                                         est_prompt_tokens=prompt.est_prompt_tokens, sample=sample))
+                                         est_prompt_tokens=prompt.est_prompt_tokens, sample=sample, n=n))
         else:
-            requests.append(ScoreRequest(index=index, key=key, messages=[], sample=sample))
+            requests.append(ScoreRequest(index=index, key=key, messages=[], sample=sample, n=n))
         pending.append((row, base))
 
     def prepare(request: ScoreRequest) -> ScoreRequest:
@@ -209,8 +215,7 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
         source, text = docs[request.index]
         prompt = builder.build(source, text)
         fitted[request.index] = (prompt.truncated, prompt.kept_chars, prompt.est_prompt_tokens)
-        return ScoreRequest(index=request.index, key=request.key, messages=prompt.messages,
-                            est_prompt_tokens=prompt.est_prompt_tokens, sample=request.sample)
+        return replace(request, messages=prompt.messages, est_prompt_tokens=prompt.est_prompt_tokens)
 
     def shrink(request: ScoreRequest) -> ScoreRequest | None:
         source, text = docs[request.index]
@@ -218,8 +223,7 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
         smaller = builder.build(source, text, token_budget=int(doc_tokens * SHRINK_FACTOR))
         if smaller.est_prompt_tokens >= request.est_prompt_tokens:
             return None
-        return ScoreRequest(index=request.index, key=request.key, messages=smaller.messages,
-                            est_prompt_tokens=smaller.est_prompt_tokens, sample=request.sample)
+        return replace(request, messages=smaller.messages, est_prompt_tokens=smaller.est_prompt_tokens)
 
     if requests:
         opts = RunnerOptions(
@@ -235,8 +239,13 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
             share=task_share(plan.concurrent_tasks),
         )
         results: list[ScoreResult] = run_requests(requests, opts, stats)
-        for index, ((row, base), result) in enumerate(zip(pending, results, strict=True)):
-            answers.append(_answer_of(result, checked.get(index), unanswered, group.rubric))
+        rows_of = [(req.index, row, base, result) for req, (row, base), result in zip(requests, pending, results,
+                                                                                       strict=True)]
+        rows_of += [(index, candidates[j][2], candidates[j][3], extra) for (index, _, _, result) in list(rows_of)
+                    for j, extra in zip(followers.get(index, ()), _choice_results(result, len(followers.get(index, ()))),
+                                        strict=True)]
+        for index, row, base, result in rows_of:
+            answers.append(_answer_of(result, checked.get((index, base["sample"])), unanswered, group.rubric))
             truncated, kept_chars, est_tokens = fitted.get(index, (False, None, None))
             base.update(truncated=truncated or len(row["text"]) > cap, kept_chars=kept_chars,
                         est_prompt_tokens=est_tokens)
@@ -261,6 +270,32 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
                 }
             )
     return _answers_batch(out, answers, group.rubric, schema)
+
+
+def _choice_groups(candidates: list[tuple[str, str, dict, dict]]) -> dict[int, list[int]]:
+    """Extra samples of one document with consecutive indices, to be asked as the ``n`` choices of one request:
+    ``{first candidate: [the candidates of the samples after it]}`` (only groups of two or more)."""
+    by_doc: dict[str, list[int]] = {}
+    for i, (_, _, row, _) in enumerate(candidates):
+        by_doc.setdefault(row["doc_id"], []).append(i)
+    groups: dict[int, list[int]] = {}
+    for members in by_doc.values():
+        members.sort(key=lambda i: candidates[i][3]["sample"])
+        head = members[0]
+        for prev, i in itertools.pairwise(members):
+            if candidates[i][3]["sample"] == candidates[prev][3]["sample"] + 1:
+                groups.setdefault(head, []).append(i)
+            else:
+                head = i
+    return groups
+
+
+def _choice_results(result: ScoreResult, n: int) -> list[ScoreResult]:
+    """The results of a request's other ``n`` samples; when the request never got to its choices (deferred
+    before it was sent, an internal error), each sample gets the request's status and error."""
+    if len(result.more) == n:
+        return result.more
+    return [ScoreResult(index=result.index, status=result.status, error=result.error) for _ in range(n)]
 
 
 def _answer_of(result: ScoreResult, checked: tuple[str, ParsedAnswer] | None, unanswered: ParsedAnswer,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mira_spark.serving.client import ChatResponse
 from mira_spark.serving.secrets import install_redaction
@@ -69,6 +69,8 @@ class RowPolicy:
         try:
             if self.hooks.prepare is not None:  # build the prompt only when a worker takes the request
                 request = self.hooks.prepare(request)
+            if request.n > 1:
+                return await self._score_choices(request, res)
             return await self._score(request, res)
         except Exception as exc:  # a bug in a hook must cost one row, not the partition
             logger.exception("request %s: unexpected error", request.key)
@@ -118,6 +120,40 @@ class RowPolicy:
             if smaller is None:
                 return current, SendFailure(detail(ERR_CONTEXT_OVERFLOW, "prompt cannot shrink further"))
             current, res.shrunk = smaller, True
+
+    async def _score_choices(self, request: ScoreRequest, res: ScoreResult) -> ScoreResult:
+        """Samples ``sample .. sample + n - 1`` from one request with ``n`` choices (the prompt prefilled once).
+
+        Each choice is checked on its own; a rejected choice, a choice the server did not return (a server
+        that ignores ``n``) and every sample after a context overflow go the single-sample path as a re-ask
+        with their own seed. The request's tokens are billed on the first sample's row; its attempts too, so
+        the rows' attempts still sum to the requests sent. Any other failure fails every sample of it.
+        """
+        singles = [replace(request, n=1, sample=request.sample + j) for j in range(request.n)]
+        results = [res] + [ScoreResult(index=request.index, status="failed") for _ in range(1, request.n)]
+        out = await self.transport.send(request.messages, request.key, res, seed_offset=_seed(request, res),
+                                        n=request.n)
+        if isinstance(out, SendFailure) and not out.overflow:
+            for r in results:
+                self._end(r, out)
+        else:
+            answers: list[tuple[str, str | None] | None] = [None] * request.n
+            if not isinstance(out, SendFailure):
+                self._bill(res, out)
+                for j, choice in enumerate([(out.text, out.finish_reason), *out.more][:request.n]):
+                    answers[j] = choice
+            for j, (single, r) in enumerate(zip(singles, results, strict=True)):
+                answer = answers[j]
+                if answer is not None and self._check(single, answer[0], answer[1]).action == "accept":
+                    r.status, r.text, r.error, r.finish_reason = "ok", answer[0], None, answer[1]
+                    r.endpoint = res.endpoint
+                    continue
+                if answer is not None:  # rejected: ask this sample again from scratch, its own seed
+                    r.repairs += 1
+                    self.stats.repairs += 1
+                await self._score(single, r)
+        res.more = results[1:]
+        return res
 
     async def _score(self, request: ScoreRequest, res: ScoreResult) -> ScoreResult:
         current, out = await self._first_answer(request, res)
