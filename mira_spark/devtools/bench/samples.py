@@ -9,8 +9,9 @@ config, sampling seeds ``(1, 2)``, then ``(3, 4)``, ... (fresh tables each time)
 their unit's cut; one mode per band of ``--bands``).
 
 Prints, per mode and score variant, the flip rate (share of the variant's documents whose kept/excluded
-decision differs between the two runs of a pair, summed over the pairs) and, per mode, requests per routed document (from ``run_stats``:
-the ``score`` and ``samples`` stages), then a JSON line ``{"bench": "samples", ...}`` with the share of
+decision differs between the two runs of a pair, summed over the pairs) and, per mode, requests per
+routed document (from ``run_stats``: the ``score`` and ``samples`` stages; a document's extra samples are
+the ``n`` choices of one request, so the extra decode tokens are shown too), then a JSON line ``{"bench": "samples", ...}`` with the share of
 k=1's flips that adaptive removes and the extra requests it costs (target: >= 50% for <= 15% more).
 Measured against the simulator only; the noise model is :mod:`mira_spark.devtools.simulator.sampling`.
 """
@@ -47,6 +48,8 @@ class Outcome:
     requests: int
     documents: int  # routed (scored) documents
     sampled_documents: int  # documents that got extra samples
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @dataclass
@@ -56,6 +59,8 @@ class Tally:
     flips: dict[str, int]
     decided: dict[str, int]
     requests: float = 0.0  # sum over runs
+    prompt_tokens: int = 0  # sum over runs
+    completion_tokens: int = 0  # sum over runs
     documents: int = 0  # sum over runs
     sampled: int = 0  # sum over runs
     runs: int = 0
@@ -66,6 +71,8 @@ class Tally:
             self.decided[v] = self.decided.get(v, 0) + n
         for o in (a, b):
             self.requests += o.requests
+            self.prompt_tokens += o.prompt_tokens
+            self.completion_tokens += o.completion_tokens
             self.documents += o.documents
             self.sampled += o.sampled_documents
             self.runs += 1
@@ -105,8 +112,9 @@ def run_once(spark: Any, config: Path) -> Outcome:
     decisions = {(r["variant"], r["doc_id"]): r["decision"] for r in rows.collect()}
     stages = summary.stages
     sampled = stages["samples"].counts.get("documents", 0) if "samples" in stages else 0
-    requests = sum(st.requests for name, st in stages.items() if name in ("score", "samples"))
-    return Outcome(decisions, requests, summary.rows_scored, sampled)
+    scoring = [st for name, st in stages.items() if name in ("score", "samples")]
+    return Outcome(decisions, sum(st.requests for st in scoring), summary.rows_scored, sampled,
+                   sum(st.prompt_tokens for st in scoring), sum(st.completion_tokens for st in scoring))
 
 
 def flip_rates(a: Outcome, b: Outcome, variants: list[str]) -> dict[str, tuple[int, int]]:
@@ -170,18 +178,22 @@ def print_report(tallies: dict[str, Tally], modes: list[Mode], k: int, bands: li
                  json_only: bool) -> None:
     base = tallies[modes[0].name]
     base_req = base.requests / base.runs
+    base_prompt, base_completion = base.prompt_tokens / base.runs, base.completion_tokens / base.runs
     base_flips = sum(base.flips.values())
     rows, result = [], {}
     for mode in modes:
         t = tallies[mode.name]
         req = t.requests / t.runs
         extra = req / base_req - 1 if base_req else 0.0
+        extra_prompt = t.prompt_tokens / t.runs / base_prompt - 1 if base_prompt else 0.0
+        extra_completion = t.completion_tokens / t.runs / base_completion - 1 if base_completion else 0.0
         total = sum(t.flips.values())
         removed = 1 - total / base_flips if base_flips else None
         result[mode.name] = {
             "flips": t.flips, "decided": t.decided, "total_flips": total,
             "flip_rate": {v: round(t.flips[v] / t.decided[v], 4) if t.decided[v] else None for v in t.flips},
             "requests_per_doc": round(t.requests / max(1, t.documents), 4), "extra_requests": round(extra, 4),
+            "extra_prompt_tokens": round(extra_prompt, 4), "extra_completion_tokens": round(extra_completion, 4),
             "documents_sampled_per_run": round(t.sampled / t.runs, 1),
             "removed_flips": None if removed is None else round(removed, 4),
         }
@@ -189,6 +201,7 @@ def print_report(tallies: dict[str, Tally], modes: list[Mode], k: int, bands: li
             rows.append({"mode": mode.name, "variant": v, "flips": t.flips[v],
                          "flip_rate": t.flips[v] / t.decided[v] if t.decided[v] else 0.0,
                          "req_per_doc": t.requests / max(1, t.documents), "extra_req": extra,
+                         "extra_completion": extra_completion,
                          "sampled": t.sampled / t.runs, "removed": removed})
     adaptive = [result[m.name] for m in modes if m.adaptive]
     met = [r for r in adaptive if r["removed_flips"] is not None and r["removed_flips"] >= TARGET_REMOVED
@@ -199,7 +212,8 @@ def print_report(tallies: dict[str, Tally], modes: list[Mode], k: int, bands: li
     if not json_only:
         print_table(rows, [("mode", "mode", "s"), ("variant", "variant", "s"), ("flips", "flips", "d"),
                            ("flip_rate", "flip rate", ".3f"), ("req_per_doc", "req/doc", ".3f"),
-                           ("extra_req", "extra req", "+.3f"), ("sampled", "docs sampled/run", ".1f"),
+                           ("extra_req", "extra req", "+.3f"), ("extra_completion", "extra decode tok", "+.3f"),
+                           ("sampled", "docs sampled/run", ".1f"),
                            ("removed", "flips removed", ".3f")])
     print(json.dumps(summary))
 
