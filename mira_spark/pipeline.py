@@ -649,6 +649,11 @@ class Stage:
     name: str
     run: Callable[[RunContext], object]
     needs_routing: bool = False
+    enabled: Callable[[Settings], bool] = lambda _settings: True  # false: skipped, no run_stats row
+
+
+def _samples_enabled(settings: Settings) -> bool:
+    return settings.scoring.samples > 1
 
 
 STAGES: tuple[Stage, ...] = (
@@ -656,7 +661,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("score", score_stage, needs_routing=True),
     Stage("parse", parse_stage),
     Stage("reliability", reliability_stage),
-    Stage("samples", samples_stage, needs_routing=True),
+    Stage("samples", samples_stage, needs_routing=True, enabled=_samples_enabled),
     Stage("select", select_stage, needs_routing=True),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
@@ -678,6 +683,7 @@ def run_stages(ctx: RunContext, names: Sequence[str] | None = None, around: Stag
     unknown = wanted - set(STAGE_NAMES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; the stages are {list(STAGE_NAMES)}")
+    wanted = {name for name in wanted if next(s for s in STAGES if s.name == name).enabled(ctx.settings)}
     if any(s.needs_routing for s in STAGES if s.name in wanted):
         wanted.add("route")
     for stage in STAGES:
