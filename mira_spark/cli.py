@@ -104,6 +104,7 @@ BENCHES = {
     "routing": "mira_spark.devtools.bench.routing",
     "select": "mira_spark.devtools.bench.select",
     "soak": "mira_spark.devtools.bench.soak",
+    "samples": "mira_spark.devtools.bench.samples",
 }
 
 

@@ -65,6 +65,12 @@ class PoolConfig(_Frozen):
     )
     api_key_secret: SecretRef | None = Field(default=None, description="Databricks secret scope entry for the key.")
     verify_tls: bool = Field(default=True, description="Verify TLS certificates of https endpoints.")
+    supports_n: bool = Field(
+        default=True,
+        description="The server answers a request's n with n choices (vLLM, OpenAI): a document's extra samples "
+        "(scoring.samples) go in one request, prefilled once; false: one request per sample (distinct seeds). A "
+        "server that returns fewer choices is detected: the missing samples are asked one by one.",
+    )
     slots_per_endpoint: int = Field(
         default=256, ge=1, description="Sequences one endpoint runs at once (vLLM --max-num-seqs)."
     )
@@ -267,6 +273,22 @@ class CanaryConfig(_Frozen):
     )
 
 
+class AdaptiveSamplesConfig(_Frozen):
+    """Spend the extra samples only where they can change a decision (README "k samples")."""
+
+    enabled: bool = Field(
+        default=False,
+        description="After a first selection on sample 0, request samples 1..k-1 only for documents whose "
+        "composite lies within `band` of their unit's cut (in any score variant), then select again.",
+    )
+    band: float = Field(
+        default=1.5, gt=0, le=100,
+        description="Half-width of the band around each unit's cut, in composite points (0-100): the scale "
+        "of one sample's spread (decisions.composite_sd), so documents farther from the cut than the band "
+        "rarely flip.",
+    )
+
+
 class ScoringConfig(_Frozen):
     wave_size: int = Field(default=20000, ge=1, description="Documents per committed wave.")
     tasks: int | None = Field(
@@ -303,6 +325,16 @@ class ScoringConfig(_Frozen):
     canary: CanaryConfig = Field(
         default_factory=CanaryConfig,
         description="Canary drift guard: scoring.canary.enabled, max_deviation, every_waves, references.",
+    )
+
+    samples: int = Field(
+        default=1, ge=1, le=15,
+        description="Samples per document at the card's temperature: the composite is their mean, their spread "
+        "decisions.composite_sd; samples 1..k-1 are stored in the samples table (1 = one request per document).",
+    )
+    adaptive_samples: AdaptiveSamplesConfig = Field(
+        default_factory=AdaptiveSamplesConfig,
+        description="Request samples 1..k-1 only for documents near their unit's cut.",
     )
 
     @model_validator(mode="after")

@@ -43,8 +43,9 @@ from mira_spark.prompting.rubric import Rubric, load_rubric
 from mira_spark.runstats import StageStats
 from mira_spark.scoring.accounting import wave_stats
 from mira_spark.scoring.stage import GroupPlan, ScoringPlan, score_documents
-from mira_spark.selection.aggregation import add_composite, cell_weights, composite_plan
+from mira_spark.selection.aggregation import CompositePlan, add_composite, cell_weights, composite_plan
 from mira_spark.selection.reliability import compute_reliability
+from mira_spark.selection.samples import band_documents, combine_samples
 from mira_spark.selection.select import Selection, select_documents
 from mira_spark.serving.canary import CanaryGuard
 from mira_spark.serving.health import check_pool_reachable
@@ -61,6 +62,10 @@ from mira_spark.store.schemas import (
     RELIABILITY_SCHEMA,
     ROUTING_SCHEMA,
     RUN_STATS_SCHEMA,
+    SAMPLE_KEYS,
+    SAMPLE_OUTPUTS_SCHEMA,
+    SAMPLE_QUEUE_SCHEMA,
+    SAMPLES_SCHEMA,
     SCORE_KEYS,
     SCORES_SCHEMA,
     THRESHOLDS_SCHEMA,
@@ -71,6 +76,7 @@ from mira_spark.store.views import register_views
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
 
 log = logging.getLogger(__name__)
 
@@ -310,11 +316,36 @@ def wave_tail_idle(wave_docs: int, in_flight: int) -> float:
     return min(1.0, in_flight / (2 * wave_docs))
 
 
+@dataclass(frozen=True)
+class WaveTarget:
+    """Where a scoring pass goes: sample 0 (``work_queue`` -> ``raw_outputs`` -> ``scores``) or the extra
+    samples (``sample_queue`` -> ``sample_outputs`` -> ``samples``, keyed with ``sample``)."""
+
+    stage: str  # the run_stats row its counts go to
+    queue: str
+    raw: str
+    table: str
+    keys: tuple[str, ...]
+    extra: tuple[str, ...] = ()  # work columns beyond doc_id, source, scorer, text
+
+    def schemas(self) -> tuple[StructType, StructType, StructType]:
+        """(queue, raw, table) Spark schemas."""
+        if self.extra:
+            return SAMPLE_QUEUE_SCHEMA, SAMPLE_OUTPUTS_SCHEMA, SAMPLES_SCHEMA
+        return WORK_QUEUE_SCHEMA, RAW_OUTPUTS_SCHEMA, SCORES_SCHEMA
+
+
+SCORE_TARGET = WaveTarget("score", "work_queue", "raw_outputs", "scores", SCORE_KEYS)
+SAMPLE_TARGET = WaveTarget("samples", "sample_queue", "sample_outputs", "samples", SAMPLE_KEYS, ("sample",))
+
+
 def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: DataFrame, docs: DataFrame,
                 run_id: str, summary: RunSummary, progress: ProgressSink = log_progress,
-                lease: Lease | None = None, on_wave: WaveHook | None = None) -> None:
+                lease: Lease | None = None, on_wave: WaveHook | None = None,
+                target: WaveTarget = SCORE_TARGET, n_pending: int | None = None) -> None:
+    """Score ``pending`` (routed keys, no text) wave by wave into ``target`` (default: sample 0 into scores)."""
     spark = tables.spark
-    n_pending = summary.pending_before
+    n_pending = summary.pending_before if n_pending is None else n_pending
     if n_pending == 0:
         return
     check_duplicate_attempts(spark, journal.journal_root(settings) is not None)
@@ -334,7 +365,10 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
         name: replace(g, pool=g.pool.model_copy(update={"startup_check": False})) for name, g in plan.groups.items()
     })
     n_waves = math.ceil(n_pending / settings.scoring.wave_size)
-    canary = _canary_hook(tables, settings, plan, run_id, n_waves, summary, set(checked))
+    # The drift guard checks the pool before the corpus (sample 0); the extra-sample pass of the same run
+    # reuses that verdict through the plan it was given.
+    canary = _canary_hook(tables, settings, plan, run_id, n_waves, summary, set(checked)) \
+        if target is SCORE_TARGET else None
     if canary is not None:  # before the first wave, before anything of the corpus is sent
         plan = canary(0, plan)
     for name in plan.groups:
@@ -351,17 +385,17 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
     # corpus, and never re-derives "not yet in scores" from a table the previous wave just changed.
     # Keyed by run_id so concurrent runs on one table root never read each other's lists.
     with_text = attach_text(pending, docs, broadcast_keys=n_pending <= BROADCAST_KEYS_MAX)
-    work = with_text.select("doc_id", "source", "scorer", "prompt_version", "text",
+    work = with_text.select("doc_id", "source", "scorer", "prompt_version", "text", *target.extra,
                             F.lit(run_id).alias("run_id")).withColumn(
         "wave", F.pmod(F.xxhash64(F.col("doc_id"), F.lit("wave")), F.lit(n_waves)).cast("int")
     )
-    tables.append(work, "work_queue", WORK_QUEUE_SCHEMA, partition_by=("run_id", "wave"))
-    queue = tables.read("work_queue").filter(F.col("run_id") == run_id)
+    tables.append(work, target.queue, target.schemas()[0], partition_by=("run_id", "wave"))
+    queue = tables.read(target.queue).filter(F.col("run_id") == run_id)
     try:
-        _run_waves(tables, settings, groups, queue, plan, tasks, checked, n_waves, run_id, summary, progress,
-                   canary, lease, on_wave)
+        _run_waves(tables, settings, queue, plan, tasks, checked, n_waves, run_id, summary, progress, target,
+                   n_pending, canary, lease, on_wave)
     finally:
-        tables.delete_run("work_queue", run_id)
+        tables.delete_run(target.queue, run_id)
 
 
 CanaryHook = Callable[[int, ScoringPlan], ScoringPlan]
@@ -389,13 +423,14 @@ def _wave_journal(settings: Settings, run_id: str, wave: int) -> journal.Journal
                                claim_stale_s=cfg.claim_stale_s, claim_heartbeat_s=cfg.claim_heartbeat_s)
 
 
-def _run_waves(tables: Tables, settings: Settings, groups: Groups, queue: DataFrame, plan: ScoringPlan,
-               tasks: int, checked: dict, n_waves: int, run_id: str, summary: RunSummary,
-               progress: ProgressSink, canary: CanaryHook | None = None, lease: Lease | None = None,
+def _run_waves(tables: Tables, settings: Settings, queue: DataFrame, plan: ScoringPlan, tasks: int, checked: dict,
+               n_waves: int, run_id: str, summary: RunSummary, progress: ProgressSink, target: WaveTarget,
+               n_pending: int, canary: CanaryHook | None = None, lease: Lease | None = None,
                on_wave: WaveHook | None = None) -> None:
     started = time.perf_counter()
-    totals = summary.stage("score")
-    meter = WaveMeter(total_docs=summary.pending_before, n_waves=n_waves, started=started,
+    totals = summary.stage(target.stage)
+    _, raw_schema, table_schema = target.schemas()
+    meter = WaveMeter(total_docs=n_pending, n_waves=n_waves, started=started,
                       gpus=sum(e.gpus for g in plan.groups.values() for e in g.pool.endpoints))
     for wave in range(n_waves):
         if canary is not None and wave > 0:  # every scoring.canary.every_waves waves: a replaced node too
@@ -411,24 +446,26 @@ def _run_waves(tables: Tables, settings: Settings, groups: Groups, queue: DataFr
                 )
                 break
         with job_tag(tables.spark, f"mira score wave {wave + 1}/{n_waves}"):
-            wave_docs = queue.filter(F.col("wave") == wave).select("doc_id", "source", "scorer", "text")
-            spec = _wave_journal(settings, run_id, wave)
+            wave_docs = queue.filter(F.col("wave") == wave).select("doc_id", "source", "scorer", "text",
+                                                                    *target.extra)
+            # The journal keys sample 0's answers (doc_id, scorer, prompt_version); extra-sample waves go without.
+            spec = _wave_journal(settings, run_id, wave) if target is SCORE_TARGET else None
             raw = score_documents(wave_docs, replace(plan, journal=spec), tasks).select(
                 "*", F.lit(run_id).alias("run_id"), F.lit(wave).alias("wave"),
                 F.current_timestamp().alias("scored_at"),
             )
-            staging = tables.staging_path(run_id, wave)
+            staging = tables.staging_path(run_id, wave) if target is SCORE_TARGET else None
             if lease is not None:
                 lease.check()  # taken over while this wave was planned: stop before scoring and committing it
             if staging:
-                staged = tables.write_staging(raw, staging, RAW_OUTPUTS_SCHEMA)  # the wave's one scoring action
+                staged = tables.write_staging(raw, staging, raw_schema)  # the wave's one scoring action
                 if lease is not None:
                     lease.check()
-                tables.append(staged, "raw_outputs", RAW_OUTPUTS_SCHEMA)  # retry-safe: re-reads the files
+                tables.append(staged, target.raw, raw_schema)  # retry-safe: re-reads the files
             else:
-                tables.append(raw, "raw_outputs", RAW_OUTPUTS_SCHEMA)  # the wave's one scoring action
-            wave_raw = tables.read("raw_outputs").filter((F.col("run_id") == run_id) & (F.col("wave") == wave))
-            tables.merge(score_rows(wave_raw), "scores", SCORES_SCHEMA, SCORE_KEYS)
+                tables.append(raw, target.raw, raw_schema)  # the wave's one scoring action
+            wave_raw = tables.read(target.raw).filter((F.col("run_id") == run_id) & (F.col("wave") == wave))
+            tables.merge(score_rows(wave_raw, table_schema, target.keys), target.table, table_schema, target.keys)
             summary.waves += 1
             if staging:
                 tables.drop_staging(staging)
@@ -450,7 +487,7 @@ def _run_waves(tables: Tables, settings: Settings, groups: Groups, queue: DataFr
                 "deferred. Committed waves are kept; restart the endpoints and rerun to score the rest."
             )
             break
-    summary.scoring_s = time.perf_counter() - started
+    summary.scoring_s += time.perf_counter() - started
 
 
 def _write_run_stats(tables: Tables, summary: RunSummary) -> None:
@@ -648,32 +685,87 @@ def _mask_version(reliability: DataFrame) -> str | None:
     return versions[0] if len(versions) == 1 else None
 
 
+def _current_samples(ctx: RunContext) -> DataFrame | None:
+    """Extra samples 1..k-1 of the current prompt versions (None with ``scoring.samples: 1`` or none stored)."""
+    k = ctx.settings.scoring.samples
+    if k <= 1 or not ctx.tables.exists("samples"):
+        return None
+    return ctx.tables.read("samples").filter(F.col("sample") < k).join(
+        F.broadcast(ctx.versions), ["scorer", "prompt_version"])
+
+
+def _composite_plan(ctx: RunContext) -> CompositePlan:
+    return composite_plan(ctx.groups.rubrics, ctx.settings.selection, ctx.settings.scoring.samples)
+
+
 def composite_scores(ctx: RunContext) -> DataFrame:
     """This run's routed score rows with ``score_key, composite (0-100), dims_used, weights_version,
-    mask_version, tokens, tokens_estimated`` (reads ``reliability`` and ``routing``)."""
+    mask_version, tokens, tokens_estimated, n_samples, composite_sd`` (reads ``reliability``, ``routing``
+    and, with ``scoring.samples`` > 1, ``samples``: the composite is the mean over a document's samples)."""
     tables = ctx.tables
     if tables.exists("reliability") and "mask_version" not in tables.read("reliability").columns:
         reliability_stage(ctx)  # a reliability table of the layout before masks were versioned
-    plan = composite_plan(ctx.groups.rubrics, ctx.settings.selection)
+    plan = _composite_plan(ctx)
     weights = cell_weights(ctx.spark, tables.read("reliability"), plan)
     tokens = ctx._routing().filter(F.col("reason").isNull()).select("doc_id", "scorer", "tokens", "tokens_estimated")
     scores = _current_scores(ctx).join(tokens, on=["doc_id", "scorer"], how="inner")
-    return add_composite(scores, weights, plan, ctx.settings.selection)
+    first = add_composite(scores, weights, plan, ctx.settings.selection)
+    extra = _current_samples(ctx)
+    if extra is not None:
+        extra = add_composite(extra, weights, plan, ctx.settings.selection)
+    return combine_samples(first, extra, plan)
+
+
+def _selection(ctx: RunContext) -> Selection:
+    tables = ctx.tables
+    if not tables.exists("reliability"):
+        reliability_stage(ctx)
+    still_pending = pending_documents(ctx.routed, tables.read("scores"), ctx.versions)
+    return select_documents(ctx.spark, composite_scores(ctx), ctx.rejected, still_pending, ctx.settings.selection,
+                            _composite_plan(ctx), _mask_version(tables.read("reliability")))
 
 
 def decide_stage(ctx: RunContext) -> Selection:
     """Write ``thresholds`` and ``decisions`` for every variant; return the selection ``selected`` gets."""
-    tables = ctx.tables
-    if not tables.exists("reliability"):
-        reliability_stage(ctx)
-    scored = composite_scores(ctx)
-    plan = composite_plan(ctx.groups.rubrics, ctx.settings.selection)
-    still_pending = pending_documents(ctx.routed, tables.read("scores"), ctx.versions)
-    selection = select_documents(ctx.spark, scored, ctx.rejected, still_pending, ctx.settings.selection, plan,
-                                 _mask_version(tables.read("reliability")))
-    tables.overwrite(selection.thresholds, "thresholds", THRESHOLDS_SCHEMA)
-    tables.overwrite(selection.decisions, "decisions", DECISIONS_SCHEMA)
+    selection = _selection(ctx)
+    ctx.tables.overwrite(selection.thresholds, "thresholds", THRESHOLDS_SCHEMA)
+    ctx.tables.overwrite(selection.decisions, "decisions", DECISIONS_SCHEMA)
     return selection
+
+
+def samples_stage(ctx: RunContext) -> None:
+    """Extra samples (``scoring.samples: k`` > 1): request samples 1..k-1 of every scored document, or, with
+    ``scoring.adaptive_samples.enabled``, only of the documents within ``band`` of their unit's cut.
+
+    Adaptive: a first selection (the composite of what is stored: sample 0, plus any samples an earlier
+    run added) finds each unit's cut; the ``select`` stage then recomputes composites and cuts with the new
+    samples. The reliability mask stays the one computed from sample 0 (it is a property of the scorer on a
+    source, and the teacher pairs are sample-0 rows). Reads ``routing``, ``scores``, ``reliability``,
+    ``samples``; writes ``sample_queue`` (this run, deleted at the end), appends ``sample_outputs`` and
+    MERGEs ``samples`` (one row per doc_id, scorer, prompt_version, sample).
+    """
+    cfg = ctx.settings.scoring
+    if cfg.samples <= 1:
+        return
+    tables = ctx.tables
+    tables.ensure("samples", SAMPLES_SCHEMA)
+    scored = _current_scores(ctx).filter(F.col("status") == "ok").select(*SCORE_KEYS)
+    if cfg.adaptive_samples.enabled:
+        near = band_documents(_selection(ctx).decisions, cfg.adaptive_samples.band)
+        scored = scored.join(near, on=["doc_id", "scorer"], how="inner")
+    indices = ctx.spark.createDataFrame([(i,) for i in range(1, cfg.samples)], "sample int")
+    wanted = (ctx.routed.join(scored, on=["doc_id", "scorer"], how="inner").crossJoin(F.broadcast(indices))
+              .join(tables.read("samples").select(*SAMPLE_KEYS), on=list(SAMPLE_KEYS), how="left_anti"))
+    st = ctx.summary.stage("samples")
+    counts = wanted.groupBy().agg(F.count(F.lit(1)).alias("n"), F.countDistinct("doc_id", "scorer").alias("d")
+                                  ).collect()[0]
+    n, docs = int(counts["n"]), int(counts["d"] or 0)
+    st.rows_in = n
+    st.count("documents", docs)
+    log.info("samples: %d extra samples for %d documents (k=%d, %s)", n, docs, cfg.samples,
+             "adaptive" if cfg.adaptive_samples.enabled else "every document")
+    score_waves(tables, ctx.settings, ctx.groups, wanted, ctx.docs, ctx.summary.run_id, ctx.summary,
+                ctx.progress, ctx.lease, ctx.on_wave, target=SAMPLE_TARGET, n_pending=n)
 
 
 def selected_stage(ctx: RunContext, selection: Selection) -> dict[str, dict[str, tuple[int, int]]]:
@@ -717,6 +809,11 @@ class Stage:
     name: str
     run: Callable[[RunContext], object]
     needs_routing: bool = False
+    enabled: Callable[[Settings], bool] = lambda _settings: True  # false: skipped, no run_stats row
+
+
+def _samples_enabled(settings: Settings) -> bool:
+    return settings.scoring.samples > 1
 
 
 STAGES: tuple[Stage, ...] = (
@@ -724,6 +821,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("score", score_stage, needs_routing=True),
     Stage("parse", parse_stage),
     Stage("reliability", reliability_stage),
+    Stage("samples", samples_stage, needs_routing=True, enabled=_samples_enabled),
     Stage("select", select_stage, needs_routing=True),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
@@ -745,6 +843,7 @@ def run_stages(ctx: RunContext, names: Sequence[str] | None = None, around: Stag
     unknown = wanted - set(STAGE_NAMES)
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)}; the stages are {list(STAGE_NAMES)}")
+    wanted = {name for name in wanted if next(s for s in STAGES if s.name == name).enabled(ctx.settings)}
     if any(s.needs_routing for s in STAGES if s.name in wanted):
         wanted.add("route")
     for stage in STAGES:

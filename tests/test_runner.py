@@ -3,7 +3,7 @@
 The fake is this file's own (the real simulator lives elsewhere): each chat request takes the next
 action of ``plan`` (or ``default``), after a random latency. Actions: ``"ok"``, ``("text", content,
 finish_reason)``, ``("status", code, headers, body)``, ``"overflow"``, ``"reset"``, ``"hang"``,
-``"garbage"``, or a callable ``(body) -> action``.
+``"garbage"``, ``("choices", [texts])`` (one choice per text), or a callable ``(body) -> action``.
 """
 
 from __future__ import annotations
@@ -82,6 +82,8 @@ class FakeServer:
                 return completion(f"ok {request.headers.get('X-Request-Id')}")
             if kind == "text":
                 return completion(action[1], action[2] if len(action) > 2 else "stop")
+            if kind == "choices":
+                return choices(action[1])
             if kind == "status":
                 _, code, headers, text = action
                 return web.Response(status=code, headers=headers, text=text)
@@ -731,3 +733,45 @@ def test_callable_inside_running_loop(servers) -> None:
 def test_json_body_shape() -> None:
     body = json.loads(completion("hi").body)  # type: ignore[arg-type]
     assert body["choices"][0]["message"]["content"] == "hi"
+
+
+def choices(texts: list[str]) -> web.Response:
+    return web.json_response({
+        "id": "cmpl-n", "object": "chat.completion",
+        "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+                    for i, t in enumerate(texts)],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5 * len(texts), "total_tokens": 10 + 5 * len(texts)},
+    })
+
+
+def _accept_good(req: ScoreRequest, text: str, finish_reason: str | None) -> OutputVerdict:
+    return OutputVerdict("accept") if text.startswith("good") else OutputVerdict("retry", reason="malformed_output")
+
+
+def test_n_choices_are_samples_and_a_rejected_choice_is_asked_alone(servers) -> None:
+    """Extra samples 1..3 of a document in one request (n=3): each choice is checked on its own."""
+    a = servers()
+
+    a.default = lambda body: ("choices", ["good-a", "bad", "good-c"] if body.get("n") == 3 else ["good-again"])
+    req = ScoreRequest(index=5, key="doc|g|v|1", messages=[{"role": "user", "content": "x"}], sample=1, n=3)
+    stats = RunStats()
+    (res,) = run([req], pool_for(a.url), stats=stats, check_output=_accept_good, sampling=SamplingConfig(seed=1))
+    first, second, third = res, *res.more
+    assert [r.status for r in (first, second, third)] == ["ok", "ok", "ok"]
+    assert [r.text for r in (first, second, third)] == ["good-a", "good-again", "good-c"]
+    bodies = [b for _, _, b in a.requests]
+    assert len(bodies) == 2 and bodies[0]["n"] == 3 and bodies[0]["seed"] == 1 + 1000  # one prefill for 3 samples
+    assert "n" not in bodies[1] and bodies[1]["seed"] == 1 + 2 * 1000 + 1  # sample 2 re-asked, its own seed
+    assert [r.attempts for r in (first, second, third)] == [1, 1, 0]  # the rows' attempts sum to the requests
+    assert second.repairs == 1 and stats.repairs == 1
+    assert first.completion_tokens == 15 and first.prompt_tokens == 10  # the n-request billed once
+
+
+def test_a_server_that_ignores_n_gets_the_missing_samples_one_by_one(servers) -> None:
+    a = servers()
+    a.default = ("text", "good-one")  # one choice whatever n says (llama.cpp)
+    req = ScoreRequest(index=0, key="doc|g|v|1", messages=[{"role": "user", "content": "x"}], sample=1, n=3)
+    (res,) = run([req], pool_for(a.url), check_output=_accept_good, sampling=SamplingConfig(seed=1))
+    assert [r.status for r in (res, *res.more)] == ["ok", "ok", "ok"]
+    assert [b["seed"] for _, _, b in a.requests] == [1001, 2001, 3001]
+    assert a.requests[0][2]["n"] == 3 and all("n" not in b for _, _, b in a.requests[1:])

@@ -12,7 +12,7 @@ The scoring task already parsed every answer (its raw output rows carry the scor
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -24,10 +24,11 @@ from mira_spark.store.schemas import SCORE_KEYS, SCORE_PASSTHROUGH, SCORES_ARROW
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
+    from pyspark.sql.types import StructType
 
-def latest_terminal(raw: DataFrame) -> DataFrame:
+def latest_terminal(raw: DataFrame, keys: Sequence[str] = SCORE_KEYS) -> DataFrame:
     """One raw row per key: an ok row over a failed one, then the latest; deferred rows excluded."""
-    order = Window.partitionBy(*SCORE_KEYS).orderBy(
+    order = Window.partitionBy(*keys).orderBy(
         F.when(F.col("status") == "ok", 0).otherwise(1), F.col("scored_at").desc(), F.col("run_id").desc()
     )
     return (
@@ -60,9 +61,10 @@ def _parse_partition(batches: Iterator[pa.RecordBatch], rubrics: dict[str, Rubri
             yield from out.to_batches()
 
 
-def score_rows(raw: DataFrame) -> DataFrame:
-    """Raw outputs -> score rows (``SCORES_SCHEMA``), one per key, from the columns the task parsed."""
-    return latest_terminal(raw).select(*SCORES_SCHEMA.names)
+def score_rows(raw: DataFrame, schema: StructType | None = None, keys: Sequence[str] = SCORE_KEYS) -> DataFrame:
+    """Raw outputs -> score rows (``SCORES_SCHEMA``, or ``schema``: the samples table), one per key, from the
+    columns the task parsed."""
+    return latest_terminal(raw, keys).select(*(schema or SCORES_SCHEMA).names)
 
 
 def reparse_raw_outputs(raw: DataFrame, rubrics: dict[str, Rubric]) -> DataFrame:

@@ -13,10 +13,11 @@ moves Arrow batches between them.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -29,7 +30,7 @@ from mira_spark.prompting.rubric import Rubric
 from mira_spark.serving.plan import task_share
 from mira_spark.serving.types import CheckOutput, OutputVerdict, RunStats, ScoreRequest, ScoreResult
 from mira_spark.store.journal import JournalSpec, JournalWriter, run_journaled
-from mira_spark.store.schemas import ANSWER_ARROW_SCHEMA, RAW_OUTPUT_ARROW_SCHEMA
+from mira_spark.store.schemas import ANSWER_ARROW_SCHEMA, RAW_OUTPUT_ARROW_SCHEMA, SAMPLE_OUTPUT_ARROW_SCHEMA
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -63,7 +64,7 @@ class ScoringPlan:
 
 
 def make_check_output(rubric: Rubric, builder: PromptBuilder, policy: str,
-                      parsed: dict[int, tuple[str, ParsedAnswer]] | None = None) -> CheckOutput:
+                      parsed: dict[tuple[int, int], tuple[str, ParsedAnswer]] | None = None) -> CheckOutput:
     """The runner's output hook: retry malformed/truncated answers, re-ask only missing slots.
 
     Every answer the runner keeps has been through this check, which has to parse it to decide; with
@@ -75,7 +76,7 @@ def make_check_output(rubric: Rubric, builder: PromptBuilder, policy: str,
     def check(request: ScoreRequest, text: str, finish_reason: str | None) -> OutputVerdict:
         answer = parse_answer(text, rubric)
         if parsed is not None:
-            parsed[request.index] = (text, answer)
+            parsed[(request.index, request.sample)] = (text, answer)
         if finish_reason == "length":
             return OutputVerdict("retry", reason="truncated_output")
         if answer_status(answer) == "failed":
@@ -88,14 +89,17 @@ def make_check_output(rubric: Rubric, builder: PromptBuilder, policy: str,
     return check
 
 
-def _answers_batch(rows: list[dict], answers: list[ParsedAnswer], rubric: Rubric) -> pa.RecordBatch:
-    """One group's output rows and their parsed answers -> a batch in ``RAW_OUTPUT_ARROW_SCHEMA``."""
+def _answers_batch(rows: list[dict], answers: list[ParsedAnswer], rubric: Rubric,
+                   schema: pa.Schema = RAW_OUTPUT_ARROW_SCHEMA) -> pa.RecordBatch:
+    """One group's output rows and their parsed answers -> a batch in ``schema`` (raw output, or with ``sample``)."""
     from mira_spark.parsing.parse import answers_batch, table_columns
 
     request_side = pa.RecordBatch.from_pylist(rows, schema=ANSWER_ARROW_SCHEMA)
     columns = {name: request_side.column(name) for name in ANSWER_ARROW_SCHEMA.names}
     columns.update(table_columns(answers_batch(answers, rubric), RAW_OUTPUT_ARROW_SCHEMA))
-    return pa.RecordBatch.from_arrays([columns[f.name] for f in RAW_OUTPUT_ARROW_SCHEMA], schema=RAW_OUTPUT_ARROW_SCHEMA)
+    if "sample" in schema.names:
+        columns["sample"] = pa.array([r["sample"] for r in rows], pa.int32())
+    return pa.RecordBatch.from_arrays([columns[f.name] for f in schema], schema=schema)
 
 
 def group_sampling(sampling: SamplingConfig, rubric: Rubric, scoring: ScoringConfig) -> SamplingConfig:
@@ -167,9 +171,10 @@ def _result_row(base: dict, result: ScoreResult, text: str, cap: int,
 
 
 def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: RunStats,
-                 journal: JournalWriter | None = None) -> pa.RecordBatch:
+                 schema: pa.Schema = RAW_OUTPUT_ARROW_SCHEMA, journal: JournalWriter | None = None) -> pa.RecordBatch:
     """Score one group's rows of a task: one output row per input row, its answer parsed once.
 
+    Rows with a ``sample`` index (the sample waves) are sent with that sample's seed and keep the index.
     With ``journal``, each request is marked sent when a worker takes it and each final row is journaled
     as it completes (with its parsed answer), so a fault re-sends only what was in flight.
     """
@@ -181,9 +186,10 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
     out: list[dict] = []
     answers: list[ParsedAnswer] = []  # aligned with ``out``
     unanswered = parse_answer(None, group.rubric)  # the parse of "no answer": failed, output empty
-    checked: dict[int, tuple[str, ParsedAnswer]] = {}
+    checked: dict[tuple[int, int], tuple[str, ParsedAnswer]] = {}
     requests: list[ScoreRequest] = []
-    pending: list[tuple[dict, dict]] = []  # (input row, output row) awaiting a result
+    pending: list[tuple[dict, dict]] = []  # (input row, output row) awaiting a result, in request order
+    by_index: dict[int, tuple[dict, dict]] = {}  # request index -> (input row, output row)
     docs: dict[int, tuple[str, str]] = {}
     candidates: list[tuple[str, str, dict, dict]] = []  # (source, capped text, input row, output row)
     for row in rows:
@@ -200,6 +206,7 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
             "truncated": False,
             "shrunk": False,
             "original_chars": len(row["text"]) if isinstance(row["text"], str) else None,
+            "sample": row.get("sample") or 0,
         }
         problem = text_problem(row["text"])
         if problem:
@@ -216,17 +223,24 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
         refits = _refit_truncated(builder, group, plan,
                                   [(builder.build(s_, t_), s_, t_, r_, b_) for s_, t_, r_, b_ in candidates])
         eager = {i: item[0] for i, item in enumerate(refits)}
+    followers = _choice_groups(candidates) if group.pool.supports_n and "sample" in schema.names else {}
+    skipped = {i for rest in followers.values() for i in rest}
     for index, (source, text, row, base) in enumerate(candidates):
         docs[index] = (source, text)
-        key = f"{row['doc_id']}|{group.name}|{group.prompt_version}"
+        if index in skipped:
+            continue
+        sample = base["sample"]
+        n = 1 + len(followers.get(index, ()))
+        key = f"{row['doc_id']}|{group.name}|{group.prompt_version}" + (f"|{sample}" if sample else "")
         prompt = eager.get(index)
         if prompt is not None:
             fitted[index] = (prompt.truncated, prompt.kept_chars, prompt.est_prompt_tokens)
             requests.append(ScoreRequest(index=index, key=key, messages=prompt.messages,
-                                         est_prompt_tokens=prompt.est_prompt_tokens))
+                                         est_prompt_tokens=prompt.est_prompt_tokens, sample=sample, n=n))
         else:
-            requests.append(ScoreRequest(index=index, key=key, messages=[]))
+            requests.append(ScoreRequest(index=index, key=key, messages=[], sample=sample, n=n))
         pending.append((row, base))
+        by_index[index] = (row, base)
 
     def prepare(request: ScoreRequest) -> ScoreRequest:
         if request.messages:
@@ -234,8 +248,7 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
         source, text = docs[request.index]
         prompt = builder.build(source, text)
         fitted[request.index] = (prompt.truncated, prompt.kept_chars, prompt.est_prompt_tokens)
-        return ScoreRequest(index=request.index, key=request.key, messages=prompt.messages,
-                            est_prompt_tokens=prompt.est_prompt_tokens)
+        return replace(request, messages=prompt.messages, est_prompt_tokens=prompt.est_prompt_tokens)
 
     def shrink(request: ScoreRequest) -> ScoreRequest | None:
         source, text = docs[request.index]
@@ -243,19 +256,18 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
         smaller = builder.build(source, text, token_budget=int(doc_tokens * SHRINK_FACTOR))
         if smaller.est_prompt_tokens >= request.est_prompt_tokens:
             return None
-        return ScoreRequest(index=request.index, key=request.key, messages=smaller.messages,
-                            est_prompt_tokens=smaller.est_prompt_tokens)
+        return replace(request, messages=smaller.messages, est_prompt_tokens=smaller.est_prompt_tokens)
 
     def sent(index: int) -> None:
         if journal is not None:
-            journal.sent((pending[index][1]["doc_id"], group.name, group.prompt_version))
+            journal.sent((by_index[index][1]["doc_id"], group.name, group.prompt_version))
 
     def record(result: ScoreResult) -> None:
         if journal is None:
             return
-        row, base = pending[result.index]
+        row, base = by_index[result.index]
         journal.add(_result_row(base, result, row["text"], cap, fitted.get(result.index, (False, None, None))),
-                    _answer_of(result, checked.get(result.index), unanswered, group.rubric))
+                    _answer_of(result, checked.get((result.index, base["sample"])), unanswered, group.rubric))
 
     if requests:
         opts = RunnerOptions(
@@ -272,10 +284,41 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
             share=task_share(plan.concurrent_tasks),
         )
         results: list[ScoreResult] = run_requests(requests, opts, stats)
-        for index, ((row, base), result) in enumerate(zip(pending, results, strict=True)):
-            answers.append(_answer_of(result, checked.get(index), unanswered, group.rubric))
+        rows_of = [(req.index, row, base, result) for req, (row, base), result in zip(requests, pending, results,
+                                                                                       strict=True)]
+        rows_of += [(index, candidates[j][2], candidates[j][3], extra) for (index, _, _, result) in list(rows_of)
+                    for j, extra in zip(followers.get(index, ()), _choice_results(result, len(followers.get(index, ()))),
+                                        strict=True)]
+        for index, row, base, result in rows_of:
+            answers.append(_answer_of(result, checked.get((index, base["sample"])), unanswered, group.rubric))
             out.append(_result_row(base, result, row["text"], cap, fitted.get(index, (False, None, None))))
-    return _answers_batch(out, answers, group.rubric)
+    return _answers_batch(out, answers, group.rubric, schema)
+
+
+def _choice_groups(candidates: list[tuple[str, str, dict, dict]]) -> dict[int, list[int]]:
+    """Extra samples of one document with consecutive indices, to be asked as the ``n`` choices of one request:
+    ``{first candidate: [the candidates of the samples after it]}`` (only groups of two or more)."""
+    by_doc: dict[str, list[int]] = {}
+    for i, (_, _, row, _) in enumerate(candidates):
+        by_doc.setdefault(row["doc_id"], []).append(i)
+    groups: dict[int, list[int]] = {}
+    for members in by_doc.values():
+        members.sort(key=lambda i: candidates[i][3]["sample"])
+        head = members[0]
+        for prev, i in itertools.pairwise(members):
+            if candidates[i][3]["sample"] == candidates[prev][3]["sample"] + 1:
+                groups.setdefault(head, []).append(i)
+            else:
+                head = i
+    return groups
+
+
+def _choice_results(result: ScoreResult, n: int) -> list[ScoreResult]:
+    """The results of a request's other ``n`` samples; when the request never got to its choices (deferred
+    before it was sent, an internal error), each sample gets the request's status and error."""
+    if len(result.more) == n:
+        return result.more
+    return [ScoreResult(index=result.index, status=result.status, error=result.error) for _ in range(n)]
 
 
 def _answer_of(result: ScoreResult, checked: tuple[str, ParsedAnswer] | None, unanswered: ParsedAnswer,
@@ -290,15 +333,16 @@ def _answer_of(result: ScoreResult, checked: tuple[str, ParsedAnswer] | None, un
     return parse_answer(result.text, rubric)  # only without a check hook: never on the scoring path
 
 
-def score_partition(batches: Iterator[pa.RecordBatch], plan: ScoringPlan) -> Iterator[pa.RecordBatch]:
-    """Body of the mapInArrow function: every input row yields exactly one output row."""
+def score_partition(batches: Iterator[pa.RecordBatch], plan: ScoringPlan,
+                    schema: pa.Schema = RAW_OUTPUT_ARROW_SCHEMA) -> Iterator[pa.RecordBatch]:
+    """Body of the mapInArrow function: every input row yields exactly one output row (in ``schema``)."""
     rows: list[dict] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, int]] = set()
     for batch in batches:
         for row in batch.to_pylist():
             # Exact copies of a document (same doc_id, source and text) reach the same task (rows are
             # hash-partitioned by doc_id); routing already reported the extra copies as duplicates.
-            key = (row["doc_id"], row["scorer"])
+            key = (row["doc_id"], row["scorer"], row.get("sample") or 0)
             if key not in seen:
                 seen.add(key)
                 rows.append(row)
@@ -306,8 +350,8 @@ def score_partition(batches: Iterator[pa.RecordBatch], plan: ScoringPlan) -> Ite
         return
     # Longest documents first: they finish last, so starting them first shortens the task's tail.
     rows.sort(key=lambda r: -(len(r["text"]) if isinstance(r["text"], str) else 0))
-    if plan.journal is None:
-        out, stats = _score_rows(plan, rows)
+    if plan.journal is None or "sample" in schema.names:  # the journal keys sample 0's answers only
+        out, stats = _score_rows(plan, rows, schema)
         reused = 0
     else:
         out, stats, reused = _score_journaled(plan, plan.journal, rows)
@@ -319,7 +363,7 @@ def score_partition(batches: Iterator[pa.RecordBatch], plan: ScoringPlan) -> Ite
     yield from out.to_batches(max_chunksize=OUTPUT_CHUNK_ROWS)
 
 
-def _score_rows(plan: ScoringPlan, rows: list[dict],
+def _score_rows(plan: ScoringPlan, rows: list[dict], schema: pa.Schema = RAW_OUTPUT_ARROW_SCHEMA,
                 journal: JournalWriter | None = None) -> tuple[pa.Table, dict[str, RunStats]]:
     by_group: dict[str, list[dict]] = {}
     for row in rows:
@@ -328,9 +372,9 @@ def _score_rows(plan: ScoringPlan, rows: list[dict],
     # thread) so one group's tail never leaves another group's GPUs idle.
     stats = {name: RunStats() for name in by_group}
     with ThreadPoolExecutor(max_workers=max(1, len(by_group)), thread_name_prefix="mira-group") as pool:
-        futures = [pool.submit(_score_group, plan, plan.groups[name], group_rows, stats[name], journal)
+        futures = [pool.submit(_score_group, plan, plan.groups[name], group_rows, stats[name], schema, journal)
                    for name, group_rows in sorted(by_group.items())]
-        out = pa.Table.from_batches([future.result() for future in futures], schema=RAW_OUTPUT_ARROW_SCHEMA)
+        out = pa.Table.from_batches([future.result() for future in futures], schema=schema)
     return out, stats
 
 
@@ -349,7 +393,7 @@ def _score_journaled(plan: ScoringPlan, spec: JournalSpec,
                                      schema=RAW_OUTPUT_ARROW_SCHEMA)
 
     def score(positions: list[int], writer: JournalWriter) -> tuple[pa.Table, dict[str, RunStats]]:
-        return _score_rows(plan, [rows[i] for i in positions], writer)
+        return _score_rows(plan, [rows[i] for i in positions], RAW_OUTPUT_ARROW_SCHEMA, writer)
 
     outcome = run_journaled(spec, keys, score, encode=encode)
     if outcome.scored is None:
@@ -359,14 +403,22 @@ def _score_journaled(plan: ScoringPlan, spec: JournalSpec,
 
 
 def score_documents(routed: DataFrame, plan: ScoringPlan, tasks: int) -> DataFrame:
-    """Spark stage: ``doc_id, source, scorer, text`` -> raw outputs (``RAW_OUTPUT_STREAM_SCHEMA``)."""
+    """Spark stage: ``doc_id, source, scorer, text`` -> raw outputs (``RAW_OUTPUT_STREAM_SCHEMA``).
+
+    With a ``sample`` column (extra samples, ``scoring.samples``), each row is one sample's request and the
+    output carries the index (``SAMPLE_OUTPUT_STREAM_SCHEMA``).
+    """
     from pyspark.sql import functions as F
 
-    from mira_spark.store.schemas import RAW_OUTPUT_STREAM_SCHEMA
+    from mira_spark.store.schemas import RAW_OUTPUT_STREAM_SCHEMA, SAMPLE_OUTPUT_STREAM_SCHEMA
+
+    sampled = "sample" in routed.columns
+    schema = SAMPLE_OUTPUT_ARROW_SCHEMA if sampled else RAW_OUTPUT_ARROW_SCHEMA
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        return score_partition(batches, plan)
+        return score_partition(batches, plan, schema)
 
     # Hash partitioning by doc_id spreads long documents evenly and is deterministic on task retry.
-    spread = routed.select("doc_id", "source", "scorer", "text").repartition(tasks, F.xxhash64("doc_id"))
-    return spread.mapInArrow(fn, RAW_OUTPUT_STREAM_SCHEMA)
+    columns = ["doc_id", "source", "scorer", "text", *(["sample"] if sampled else [])]
+    spread = routed.select(*columns).repartition(tasks, F.xxhash64("doc_id"))
+    return spread.mapInArrow(fn, SAMPLE_OUTPUT_STREAM_SCHEMA if sampled else RAW_OUTPUT_STREAM_SCHEMA)

@@ -70,10 +70,11 @@ class CompositePlan:
     exact: bool
     blend: tuple[int, int]
     version: str
+    sample_scale: int = 1  # lcm(1..k) with scoring.samples = k: the mean of n <= k sample keys stays integer
 
     @property
     def key_per_point(self) -> int:
-        return 10 * self.blend[1] * self.resolution * self.multiplier
+        return 10 * self.blend[1] * self.resolution * self.multiplier * self.sample_scale
 
     def composite(self, key: int) -> float:
         """The 0-100 composite of a key."""
@@ -106,8 +107,12 @@ def _group_weights(rubric: Rubric, cfg: SelectionConfig) -> list[float]:
     return out
 
 
-def composite_plan(rubrics: dict[str, Rubric], cfg: SelectionConfig) -> CompositePlan:
-    """The key scale for every scorer group under ``cfg``; raises CompositeError when one has no weight."""
+def composite_plan(rubrics: dict[str, Rubric], cfg: SelectionConfig, samples: int = 1) -> CompositePlan:
+    """The key scale for every scorer group under ``cfg``; raises CompositeError when one has no weight.
+
+    ``samples`` (``scoring.samples``, k): keys are scaled by ``lcm(1..k)`` so that the mean of any n <= k
+    sample keys, ``sum // n``, is exact (k = 1: scale 1, the keys and version of one sample).
+    """
     scales = {name: score_key_scale([str(w) for w in _group_weights(r, cfg)], cfg.score_resolution)
               for name, r in sorted(rubrics.items())}
     blend = Fraction(repr(cfg.overall_blend)).limit_denominator(BLEND_DENOMINATOR_MAX)
@@ -115,14 +120,18 @@ def composite_plan(rubrics: dict[str, Rubric], cfg: SelectionConfig) -> Composit
     multiplier = math.lcm(*(s.multiplier for s in scales.values()))
     exact = all(s.exact for s in scales.values())
     max_total = max(sum(s.weights) for s in scales.values())
-    bound = INT64_LIMIT // (max_total * SCORE_MAX * cfg.score_resolution * 10 * r)
+    sample_scale = math.lcm(*range(1, samples + 1))
+    # The sum of k sample keys must fit too.
+    bound = INT64_LIMIT // (max_total * SCORE_MAX * cfg.score_resolution * 10 * r * sample_scale * samples)
     if multiplier >= bound:
         multiplier, exact = 1 << max(1, bound.bit_length() - 2), False
     weights = {name: s.weights for name, s in scales.items()}
     body = {"weights": cfg.weights, "per_group": weights, "blend": [p, r], "resolution": cfg.score_resolution,
             "multiplier": multiplier}
+    if sample_scale > 1:
+        body["sample_scale"] = sample_scale
     version = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
-    return CompositePlan(weights, cfg.score_resolution, multiplier, exact, (p, r), version)
+    return CompositePlan(weights, cfg.score_resolution, multiplier, exact, (p, r), version, sample_scale)
 
 
 def hash_bucket(h: Column, bits: int) -> Column:
@@ -168,6 +177,8 @@ def add_composite(scores: DataFrame, weights: DataFrame, plan: CompositePlan, cf
             F.lit(10 * r) * mean_key)
     else:
         key = F.lit(10 * r) * mean_key
+    if plan.sample_scale > 1:
+        key = key * F.lit(plan.sample_scale)
     keep_bound = int(cfg.downsample_keep * (1 << DOWNSAMPLE_BITS))
     sample = hash_bucket(F.xxhash64(F.col("doc_id"), F.lit(f"{DOWNSAMPLE_SALT}{cfg.seed}")), DOWNSAMPLE_BITS)
     rec = F.lower(F.coalesce(F.col("training_recommendation"), F.lit("")))

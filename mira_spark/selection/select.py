@@ -36,6 +36,7 @@ from pyspark.sql import functions as F
 
 from mira_spark.config import SelectionConfig, VariantConfig
 from mira_spark.selection.aggregation import CompositePlan, hash_bucket
+from mira_spark.selection.samples import combine_samples
 from mira_spark.selection.thresholds import (
     GLOBAL_UNIT,
     GUMBEL_KEY_SCALE,
@@ -205,12 +206,19 @@ def _other_rows(df: DataFrame, variant: str, kind: str, reason: Column, mask_ver
         F.lit(None).cast("int").alias("dims_used"), F.lit(None).cast("long").alias("tokens"),
         F.lit(None).cast("boolean").alias("tokens_estimated"), F.lit(None).cast("double").alias("threshold"),
         F.lit(mask_version).cast("string").alias("mask_version"), F.lit(weights_version).alias("weights_version"),
+        F.lit(None).cast("int").alias("n_samples"), F.lit(None).cast("double").alias("composite_sd"),
     )
 
 
 def select_documents(spark: SparkSession, scored: DataFrame, rejected: DataFrame, pending: DataFrame,
                      cfg: SelectionConfig, plan: CompositePlan, mask_version: str | None) -> Selection:
-    """Every variant's thresholds, decisions and kept rows (see the module docstring)."""
+    """Every variant's thresholds, decisions and kept rows (see the module docstring).
+
+    ``scored`` may carry ``n_samples, composite_sd`` (:func:`~mira_spark.selection.samples.combine_samples`);
+    without them every row is one sample.
+    """
+    if "n_samples" not in scored.columns:
+        scored = combine_samples(scored, None, plan)
     scored = scored.withColumn("_fail", failure_reason()).withColumn("_not_score", score_reason())
     base = scored.filter(F.col("_fail").isNull()).agg(F.sum("tokens").alias("t")).collect()[0]["t"] or 0
     threshold_rows: list[tuple] = []
@@ -236,7 +244,7 @@ def select_documents(spark: SparkSession, scored: DataFrame, rejected: DataFrame
             F.when(F.col("_kept"), F.lit("selected")).otherwise(F.coalesce(F.col("_reason"), F.lit("below_threshold")))
             .alias("reason"),
             "composite", "dims_used", "tokens", "tokens_estimated", F.col("_threshold").alias("threshold"),
-            "mask_version", "weights_version",
+            "mask_version", "weights_version", "n_samples", "composite_sd",
         ))
         decisions.append(_other_rows(rejected, v.name, v.unit, F.col("reason"), mask_version, plan.version))
         decisions.append(_other_rows(pending, v.name, v.unit, F.lit("pending"), mask_version, plan.version))

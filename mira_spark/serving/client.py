@@ -40,6 +40,7 @@ class ChatResponse:
     prompt_tokens: int | None
     completion_tokens: int | None
     request_id: str | None = None
+    more: tuple[tuple[str, str | None], ...] = ()  # (text, finish_reason) of choices 1..n-1 (a request's ``n``)
 
 
 class APIError(Exception):
@@ -105,6 +106,8 @@ def _parse_completion(raw: bytes, request_id: str | None) -> ChatResponse:
         choice = data["choices"][0]
         message = choice.get("message") or {}
         usage = data.get("usage") or {}
+        more = tuple(((c.get("message") or {}).get("content") or "", c.get("finish_reason"))
+                     for c in sorted(data["choices"][1:], key=lambda c: c.get("index", 0)))
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         raise APIResponseError(f"not a chat completion: {excerpt(raw.decode('utf-8', 'replace'))}") from None
     return ChatResponse(
@@ -113,6 +116,7 @@ def _parse_completion(raw: bytes, request_id: str | None) -> ChatResponse:
         prompt_tokens=usage.get("prompt_tokens"),
         completion_tokens=usage.get("completion_tokens"),
         request_id=request_id,
+        more=more,
     )
 
 

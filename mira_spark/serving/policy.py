@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mira_spark.serving.client import ChatResponse
 from mira_spark.serving.secrets import install_redaction
@@ -23,6 +23,7 @@ from mira_spark.serving.transport import SendFailure, Transport, detail
 from mira_spark.serving.types import (
     ERR_CONTEXT_OVERFLOW,
     ERR_OUTPUT_INVALID,
+    SAMPLE_SEED_STRIDE,
     CheckOutput,
     MergeOutputs,
     OutputVerdict,
@@ -49,6 +50,11 @@ class RowHooks:
     on_send: Callable[[int], None] | None = None  # a request's index, just before its first POST (the journal)
 
 
+def _seed(request: ScoreRequest, res: ScoreResult) -> int:
+    """Seed offset of a send: the sample's block, plus one per re-ask (sample 0, no re-ask: 0, as before)."""
+    return request.sample * SAMPLE_SEED_STRIDE + res.repairs
+
+
 class RowPolicy:
     """Scores one request at a time through ``transport``; the repair/shrink state machine."""
 
@@ -65,6 +71,8 @@ class RowPolicy:
         try:
             if self.hooks.prepare is not None:  # build the prompt only when a worker takes the request
                 request = self.hooks.prepare(request)
+            if request.n > 1:
+                return await self._score_choices(request, res)
             return await self._score(request, res)
         except Exception as exc:  # a bug in a hook must cost one row, not the partition
             logger.exception("request %s: unexpected error", request.key)
@@ -105,7 +113,7 @@ class RowPolicy:
         """Send; after a context overflow, shrink the prompt once and send again."""
         current = request
         while True:
-            out = await self.transport.send(current.messages, request.key, res)
+            out = await self.transport.send(current.messages, request.key, res, seed_offset=_seed(request, res))
             if not (isinstance(out, SendFailure) and out.overflow):
                 return current, out
             if res.shrunk or self.hooks.shrink is None:
@@ -114,6 +122,40 @@ class RowPolicy:
             if smaller is None:
                 return current, SendFailure(detail(ERR_CONTEXT_OVERFLOW, "prompt cannot shrink further"))
             current, res.shrunk = smaller, True
+
+    async def _score_choices(self, request: ScoreRequest, res: ScoreResult) -> ScoreResult:
+        """Samples ``sample .. sample + n - 1`` from one request with ``n`` choices (the prompt prefilled once).
+
+        Each choice is checked on its own; a rejected choice, a choice the server did not return (a server
+        that ignores ``n``) and every sample after a context overflow go the single-sample path as a re-ask
+        with their own seed. The request's tokens are billed on the first sample's row; its attempts too, so
+        the rows' attempts still sum to the requests sent. Any other failure fails every sample of it.
+        """
+        singles = [replace(request, n=1, sample=request.sample + j) for j in range(request.n)]
+        results = [res] + [ScoreResult(index=request.index, status="failed") for _ in range(1, request.n)]
+        out = await self.transport.send(request.messages, request.key, res, seed_offset=_seed(request, res),
+                                        n=request.n)
+        if isinstance(out, SendFailure) and not out.overflow:
+            for r in results:
+                self._end(r, out)
+        else:
+            answers: list[tuple[str, str | None] | None] = [None] * request.n
+            if not isinstance(out, SendFailure):
+                self._bill(res, out)
+                for j, choice in enumerate([(out.text, out.finish_reason), *out.more][:request.n]):
+                    answers[j] = choice
+            for j, (single, r) in enumerate(zip(singles, results, strict=True)):
+                answer = answers[j]
+                if answer is not None and self._check(single, answer[0], answer[1]).action == "accept":
+                    r.status, r.text, r.error, r.finish_reason = "ok", answer[0], None, answer[1]
+                    r.endpoint = res.endpoint
+                    continue
+                if answer is not None:  # rejected: ask this sample again from scratch, its own seed
+                    r.repairs += 1
+                    self.stats.repairs += 1
+                await self._score(single, r)
+        res.more = results[1:]
+        return res
 
     async def _score(self, request: ScoreRequest, res: ScoreResult) -> ScoreResult:
         current, out = await self._first_answer(request, res)
@@ -144,7 +186,8 @@ class RowPolicy:
                     {"role": "assistant", "content": text},
                     {"role": "user", "content": verdict.followup},
                 ]
-                out = await self.transport.send(messages, request.key, res)
+                out = await self.transport.send(messages, request.key, res,
+                                                seed_offset=request.sample * SAMPLE_SEED_STRIDE)
                 if isinstance(out, SendFailure) and not out.overflow:
                     res.text = text
                     return self._end(res, out)
@@ -156,7 +199,7 @@ class RowPolicy:
                     continue
                 # The follow-up turn no longer fits the context: ask again from scratch instead.
             self._waste(res, billed)  # the answer being replaced by a fresh one
-            out = await self.transport.send(current.messages, request.key, res, seed_offset=res.repairs)
+            out = await self.transport.send(current.messages, request.key, res, seed_offset=_seed(request, res))
             if isinstance(out, SendFailure):
                 res.text = text
                 return self._end(res, out)

@@ -150,7 +150,7 @@ class Transport:
             logger.log(level, "endpoint %s: circuit %s -> %s (%d consecutive failures)", ep.url,
                        before.value, ep.state.value, ep.consecutive_failures)
 
-    def payload(self, messages: list[dict[str, str]], seed_offset: int) -> dict[str, Any]:
+    def payload(self, messages: list[dict[str, str]], seed_offset: int, n: int = 1) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
@@ -161,16 +161,18 @@ class Transport:
         if self.sampling.seed is not None:
             # A re-ask with the same seed would reproduce the rejected answer token for token.
             payload["seed"] = self.sampling.seed + seed_offset
+        if n > 1:
+            payload["n"] = n  # several samples of one prompt: prefilled once
         # Server-specific fields, e.g. the constrained-output grammar (mira_spark.prompting.constrained); the
         # config forbids them to override the keys above.
         payload.update(self.sampling.extra_body)
         return payload
 
     async def send(
-        self, messages: list[dict[str, str]], key: str, res: ScoreResult, seed_offset: int = 0
+        self, messages: list[dict[str, str]], key: str, res: ScoreResult, seed_offset: int = 0, n: int = 1
     ) -> ChatResponse | SendFailure:
         """POST until an answer, a non-retryable error, exhausted attempts or a stopped pool."""
-        payload = self.payload(messages, seed_offset)
+        payload = self.payload(messages, seed_offset, n)
         headers = build_headers(self.api_key, key if self.cfg.request_id_header else None)
         attempt = 0
         while True:

@@ -31,6 +31,13 @@ class ScoreRequest:
     key: str
     messages: list[dict[str, str]]
     est_prompt_tokens: int = 0
+    sample: int = 0  # sample index of the document (scoring.samples): its own seed, seed + sample * stride
+    n: int = 1  # choices asked in one request (one prefill): samples ``sample .. sample + n - 1``
+
+
+# Seeds of sample i start at seed + i * SAMPLE_SEED_STRIDE: re-asks add 1, 2, ... (< stride), so a re-ask of
+# one sample never reuses another sample's seed.
+SAMPLE_SEED_STRIDE = 1000
 
 
 @dataclass
@@ -52,6 +59,7 @@ class ScoreResult:
     wasted_requests: int = 0  # requests whose output was billed but not used
     wasted_completion_tokens: int = 0  # the completion tokens those answers cost
     retry_causes: list[str] = field(default_factory=list)  # error code of each send retried (http_429, timeout, ...)
+    more: list[ScoreResult] = field(default_factory=list)  # a request with n > 1: samples sample+1 .. sample+n-1
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,14 @@ SCORES = (
     *score_columns(),
     *_raw("truncated", "original_chars", "prompt_tokens", "completion_tokens", "attempts", "run_id", "scored_at"),
 )
+# Extra samples of a document (``scoring.samples: k`` > 1): sample 1..k-1 of the same key. Sample 0 stays
+# the ``scores`` row (pending, recovery and MERGE keyed as without samples); every extra sample is its
+# own request (another seed) with its own status, parsed once in the task like sample 0.
+SAMPLE = Column("sample", "int", False)
+SAMPLE_KEYS = (*SCORE_KEYS, "sample")
+SAMPLE_OUTPUT = (*RAW_OUTPUT, SAMPLE)  # the sample waves' mapInArrow batches
+SAMPLE_OUTPUTS = (*SAMPLE_OUTPUT, *_RUN_COLUMNS)  # raw table of extra samples (appended per wave)
+SAMPLES = (*SCORES, SAMPLE)  # parsed extra samples, MERGEd on SAMPLE_KEYS
 _PARSED = {c.name for c in score_columns()}
 SCORE_PASSTHROUGH = tuple(c.name for c in SCORES if c.name not in _PARSED)  # copied from the raw row unchanged
 
@@ -237,6 +245,8 @@ DECISIONS = (
     Column("threshold", "double"),
     Column("mask_version", "string"),
     Column("weights_version", "string"),
+    Column("n_samples", "int"),  # samples the composite is the mean of (1 without scoring.samples)
+    Column("composite_sd", "double"),  # spread (sd, 0-100) of the per-sample composites; null for one sample
 )
 
 # Every input row once, narrow (no text): routed rows have a scorer and no reason (appended once per run,
@@ -265,6 +275,7 @@ WORK_QUEUE = (
     Column("text", "string"),
     Column("wave", "int", False),
 )
+SAMPLE_QUEUE = (*WORK_QUEUE, SAMPLE)  # extra samples a run will request (doc, sample index, wave)
 
 # One row per (run, stage): what the stage did (mira_spark.runstats.StageStats). Sums over the stage's rows;
 # `counts` holds the breakdowns (status:<s>, failed:<code>, retry:<cause>, rejected:<reason>, kept:<unit>, ...).
@@ -313,6 +324,7 @@ CANARY = (
 ANSWER_ARROW_SCHEMA = arrow_schema(ANSWER)  # the request side of the scoring stage's batches
 RAW_OUTPUT_ARROW_SCHEMA = arrow_schema(RAW_OUTPUT)  # the scoring stage's mapInArrow batches
 SCORES_ARROW_SCHEMA = arrow_schema(SCORES)  # the parse stage's mapInArrow batches
+SAMPLE_OUTPUT_ARROW_SCHEMA = arrow_schema(SAMPLE_OUTPUT)  # the sample waves' mapInArrow batches
 
 # Spark schemas, built on first access so that importing this module needs no pyspark.
 _SPARK_SCHEMAS = {
@@ -327,6 +339,10 @@ _SPARK_SCHEMAS = {
     "WORK_QUEUE_SCHEMA": WORK_QUEUE,
     "RUN_STATS_SCHEMA": RUN_STATS,
     "CANARY_SCHEMA": CANARY,
+    "SAMPLE_OUTPUT_STREAM_SCHEMA": SAMPLE_OUTPUT,
+    "SAMPLE_OUTPUTS_SCHEMA": SAMPLE_OUTPUTS,
+    "SAMPLES_SCHEMA": SAMPLES,
+    "SAMPLE_QUEUE_SCHEMA": SAMPLE_QUEUE,
 }
 _built: dict[str, Any] = {}
 
@@ -351,6 +367,10 @@ if TYPE_CHECKING:
     WORK_QUEUE_SCHEMA: T.StructType
     RUN_STATS_SCHEMA: T.StructType
     CANARY_SCHEMA: T.StructType
+    SAMPLE_OUTPUT_STREAM_SCHEMA: T.StructType
+    SAMPLE_OUTPUTS_SCHEMA: T.StructType
+    SAMPLES_SCHEMA: T.StructType
+    SAMPLE_QUEUE_SCHEMA: T.StructType
 
 
 def conform(df: DataFrame, schema: T.StructType) -> DataFrame:

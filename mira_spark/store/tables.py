@@ -47,7 +47,7 @@ _CONFLICT_MARKERS = (
 )
 
 TABLES = ("routing", "raw_outputs", "scores", "reliability", "thresholds", "decisions", "selected", "run_stats",
-          "work_queue", "canary")
+          "work_queue", "canary", "sample_outputs", "samples", "sample_queue")
 
 @dataclass(frozen=True)
 class TableRef:

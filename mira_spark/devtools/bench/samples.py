@@ -1,0 +1,222 @@
+"""``mira-spark bench samples``: decision flips between two independent runs, for k=1, full k and adaptive k.
+
+Takes ``[--k 3] [--bands 1.5] [--seeds 1,2,3,4] [--json-only]``; writes the sample corpus (263 documents, 2
+scored sources), starts two simulated endpoints with sampling noise (``SimConfig.sampling_noise``: each
+choice at the card's temperature 0.7 moves every dimension score by seeded noise, sd 0.7 score points),
+and runs the whole pipeline on Sail + Delta twice per mode and pair of seeds — same documents, same
+config, sampling seeds ``(1, 2)``, then ``(3, 4)``, ... (fresh tables each time) — for ``k=1``, full ``k``
+(samples 1..k-1 of every document) and adaptive ``k`` (only documents within ``band`` composite points of
+their unit's cut; one mode per band of ``--bands``).
+
+Prints, per mode and score variant, the flip rate (share of the variant's documents whose kept/excluded
+decision differs between the two runs of a pair, summed over the pairs) and, per mode, requests per
+routed document (from ``run_stats``: the ``score`` and ``samples`` stages; a document's extra samples are
+the ``n`` choices of one request, so the extra decode tokens are shown too), then a JSON line ``{"bench": "samples", ...}`` with the share of
+k=1's flips that adaptive removes and the extra requests it costs (target: >= 50% for <= 15% more).
+Measured against the simulator only; the noise model is :mod:`mira_spark.devtools.simulator.sampling`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mira_spark.devtools.bench.common import own_sail_session, print_table
+
+TARGET_REMOVED = 0.5
+TARGET_EXTRA = 0.15
+SCORERS_FILE = "conf/scorers.yaml"
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    samples: int
+    adaptive: bool
+
+
+@dataclass
+class Outcome:
+    decisions: dict[tuple[str, str], str]  # (variant, doc_id) -> kept | excluded
+    requests: int
+    documents: int  # routed (scored) documents
+    sampled_documents: int  # documents that got extra samples
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Tally:
+    """One mode's figures summed over the pairs of runs."""
+
+    flips: dict[str, int]
+    decided: dict[str, int]
+    requests: float = 0.0  # sum over runs
+    prompt_tokens: int = 0  # sum over runs
+    completion_tokens: int = 0  # sum over runs
+    documents: int = 0  # sum over runs
+    sampled: int = 0  # sum over runs
+    runs: int = 0
+
+    def add(self, a: Outcome, b: Outcome, variants: list[str]) -> None:
+        for v, (f, n) in flip_rates(a, b, variants).items():
+            self.flips[v] = self.flips.get(v, 0) + f
+            self.decided[v] = self.decided.get(v, 0) + n
+        for o in (a, b):
+            self.requests += o.requests
+            self.prompt_tokens += o.prompt_tokens
+            self.completion_tokens += o.completion_tokens
+            self.documents += o.documents
+            self.sampled += o.sampled_documents
+            self.runs += 1
+
+
+def run_config(root: Path, sample: Path, urls: list[str], seed: int, mode: Mode, band: float,
+               scorers_file: str) -> Path:
+    """A run config: fresh tables under ``root``, the corpus at ``sample``, sampling seed ``seed``."""
+    config = {
+        "engine": "sail",
+        "table_format": "delta",
+        "scorers_file": str(Path(scorers_file).resolve()),
+        "tables": {"root": str(root / "tables"), "documents": str(sample / "documents"),
+                   "validation": str(sample / "validation")},
+        "sampling": {"seed": seed},
+        "scoring": {"wave_size": 1000, "samples": mode.samples,
+                    "adaptive_samples": {"enabled": mode.adaptive, "band": band}},
+        "scorers": {"pools": {"text_group_b_pool": {"endpoints": [{"url": u} for u in urls],
+                                                    "slots_per_endpoint": 64}}},
+    }
+    path = root / "run.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run_once(spark: Any, config: Path) -> Outcome:
+    from pyspark.sql import functions as F
+
+    from mira_spark.config import load_settings
+    from mira_spark.pipeline import run_pipeline
+    from mira_spark.store.tables import Tables
+
+    settings = load_settings(config)
+    summary = run_pipeline(spark, settings)
+    tables = Tables(spark, settings)
+    rows = tables.read("decisions").filter(F.col("doc_id").isNotNull()).select("variant", "doc_id", "decision")
+    decisions = {(r["variant"], r["doc_id"]): r["decision"] for r in rows.collect()}
+    stages = summary.stages
+    sampled = stages["samples"].counts.get("documents", 0) if "samples" in stages else 0
+    scoring = [st for name, st in stages.items() if name in ("score", "samples")]
+    return Outcome(decisions, sum(st.requests for st in scoring), summary.rows_scored, sampled,
+                   sum(st.prompt_tokens for st in scoring), sum(st.completion_tokens for st in scoring))
+
+
+def flip_rates(a: Outcome, b: Outcome, variants: list[str]) -> dict[str, tuple[int, int]]:
+    """Per variant: (documents whose decision differs, documents decided in both runs)."""
+    out = {}
+    for v in variants:
+        keys = [k for k in a.decisions if k[0] == v and k in b.decisions]
+        out[v] = (sum(a.decisions[k] != b.decisions[k] for k in keys), len(keys))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="mira-spark bench samples", description=__doc__.splitlines()[0])
+    ap.add_argument("--k", type=int, default=3, help="samples per document of the full and adaptive modes")
+    ap.add_argument("--bands", default=None,
+                    help="adaptive bands, composite points, comma-separated (default: scoring.adaptive_samples.band)")
+    ap.add_argument("--seeds", default="1,2,3,4", help="sampling seeds, taken in pairs of independent runs")
+    ap.add_argument("--scorers-file", default=SCORERS_FILE, help="scorer groups and pools (default conf/scorers.yaml)")
+    ap.add_argument("--json-only", action="store_true")
+    args = ap.parse_args(argv)
+
+    from mira_spark.config import AdaptiveSamplesConfig
+    from mira_spark.devtools.samples import write_sample
+    from mira_spark.devtools.simulator.launcher import start_in_thread
+    from mira_spark.devtools.simulator.server import SimConfig
+
+    bands = [AdaptiveSamplesConfig().band] if args.bands is None else [float(b) for b in args.bands.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if len(seeds) < 2 or len(seeds) % 2 or len(set(seeds)) != len(seeds):
+        ap.error("--seeds takes an even number of different seeds, e.g. 1,2,3,4")
+    pairs = list(zip(seeds[::2], seeds[1::2], strict=True))
+    modes = [Mode("k=1", 1, False), Mode(f"full k={args.k}", args.k, False)]
+    modes += [Mode(f"adaptive k={args.k} band {b:g}", args.k, True) for b in bands]
+    band_of = {m.name: (bands[i - 2] if m.adaptive else bands[0]) for i, m in enumerate(modes)}
+    sims = [start_in_thread(SimConfig(name=f"sim{i}", time_scale=400.0, sampling_noise=True)) for i in range(2)]
+    tallies = {m.name: Tally({}, {}) for m in modes}
+    variants: list[str] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="mira-bench-samples-") as tmp, own_sail_session() as spark:
+            work = Path(tmp)
+            write_sample(work / "sample", fmt="delta")
+            for i, mode in enumerate(modes):
+                for pair in pairs:
+                    runs = []
+                    for seed in pair:
+                        root = work / f"run-{i}-{seed}"
+                        root.mkdir()
+                        cfg = run_config(root, work / "sample", [h.url for h in sims], seed, mode,
+                                         band_of[mode.name], args.scorers_file)
+                        runs.append(run_once(spark, cfg))
+                    variants = variants or sorted({v for v, _ in runs[0].decisions} - {"random"})
+                    tallies[mode.name].add(runs[0], runs[1], variants)
+    finally:
+        for h in sims:
+            h.stop()
+    print_report(tallies, modes, args.k, bands, seeds, args.json_only)
+    return 0
+
+
+def print_report(tallies: dict[str, Tally], modes: list[Mode], k: int, bands: list[float], seeds: list[int],
+                 json_only: bool) -> None:
+    base = tallies[modes[0].name]
+    base_req = base.requests / base.runs
+    base_prompt, base_completion = base.prompt_tokens / base.runs, base.completion_tokens / base.runs
+    base_flips = sum(base.flips.values())
+    rows, result = [], {}
+    for mode in modes:
+        t = tallies[mode.name]
+        req = t.requests / t.runs
+        extra = req / base_req - 1 if base_req else 0.0
+        extra_prompt = t.prompt_tokens / t.runs / base_prompt - 1 if base_prompt else 0.0
+        extra_completion = t.completion_tokens / t.runs / base_completion - 1 if base_completion else 0.0
+        total = sum(t.flips.values())
+        removed = 1 - total / base_flips if base_flips else None
+        result[mode.name] = {
+            "flips": t.flips, "decided": t.decided, "total_flips": total,
+            "flip_rate": {v: round(t.flips[v] / t.decided[v], 4) if t.decided[v] else None for v in t.flips},
+            "requests_per_doc": round(t.requests / max(1, t.documents), 4), "extra_requests": round(extra, 4),
+            "extra_prompt_tokens": round(extra_prompt, 4), "extra_completion_tokens": round(extra_completion, 4),
+            "documents_sampled_per_run": round(t.sampled / t.runs, 1),
+            "removed_flips": None if removed is None else round(removed, 4),
+        }
+        for v in sorted(t.flips):
+            rows.append({"mode": mode.name, "variant": v, "flips": t.flips[v],
+                         "flip_rate": t.flips[v] / t.decided[v] if t.decided[v] else 0.0,
+                         "req_per_doc": t.requests / max(1, t.documents), "extra_req": extra,
+                         "extra_completion": extra_completion,
+                         "sampled": t.sampled / t.runs, "removed": removed})
+    adaptive = [result[m.name] for m in modes if m.adaptive]
+    met = [r for r in adaptive if r["removed_flips"] is not None and r["removed_flips"] >= TARGET_REMOVED
+           and r["extra_requests"] <= TARGET_EXTRA]
+    summary = {"bench": "samples", "k": k, "bands": bands, "seeds": seeds, "modes": result,
+               "target": {"removed_flips_min": TARGET_REMOVED, "extra_requests_max": TARGET_EXTRA},
+               "target_met": bool(met)}
+    if not json_only:
+        print_table(rows, [("mode", "mode", "s"), ("variant", "variant", "s"), ("flips", "flips", "d"),
+                           ("flip_rate", "flip rate", ".3f"), ("req_per_doc", "req/doc", ".3f"),
+                           ("extra_req", "extra req", "+.3f"), ("extra_completion", "extra decode tok", "+.3f"),
+                           ("sampled", "docs sampled/run", ".1f"),
+                           ("removed", "flips removed", ".3f")])
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
