@@ -1,10 +1,10 @@
 """spark-submit / Databricks entry point: the session the platform provides, then the pipeline. Argument parsing only.
 
-    mira_job.py [run|score|parse|reliability|select] --config conf/yarn.yaml [--run-id ID] [--table-format parquet]
+    mira_job.py [run|<stage of mira_spark.pipeline.STAGES>] --config conf/yarn.yaml [--run-id ID] [--table-format parquet]
 
 * YARN / Kubernetes (``jobs/yarn/submit.sh``): ``spark-submit ... jobs/mira_job.py --config conf/yarn.yaml``.
 * Databricks (``jobs/databricks.yml``): one ``spark_python_task`` per stage, ``score`` -> ``parse`` ->
-  ``reliability`` -> ``select``, all with the job's run id.
+  ``reliability`` -> ``samples`` -> ``select``, all with the job's run id.
 
 The session is the one spark-submit or Databricks creates (``getOrCreate``; engine: active). ``run`` (the
 default) is ``pipeline.run_pipeline``; a single stage is handed to the ``mira-spark`` CLI
@@ -18,13 +18,14 @@ import argparse
 import json
 import sys
 
-STAGES = ("run", "score", "parse", "reliability", "select")
-
 
 def build_parser() -> argparse.ArgumentParser:
+    from mira_spark.pipeline import STAGE_NAMES  # the one stage list
+
+
     parser = argparse.ArgumentParser(prog="mira_job.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", nargs="?", default="run", choices=STAGES, help="stage to run (default: run)")
+    parser.add_argument("stage", nargs="?", default="run", choices=["run", *STAGE_NAMES], help="stage to run (default: run)")
     parser.add_argument("--config", required=True, help="conf/<name>.yaml")
     parser.add_argument("--run-id", default=None, help="id recorded in raw_outputs and run_stats")
     parser.add_argument("--table-format", choices=["delta", "parquet"], default=None,

@@ -15,7 +15,11 @@ if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import SparkSession
 
-STAGES = ("run", "score", "parse", "reliability", "select")
+def stage_choices() -> list[str]:
+    """``run`` and every stage of :data:`mira_spark.pipeline.STAGES` (the notebook's stage widget)."""
+    from mira_spark.pipeline import STAGE_NAMES
+
+    return ["run", *STAGE_NAMES]
 
 
 def run_from_widgets(spark: SparkSession, config: str, stage: str = "run", run_id: str = "") -> dict[str, Any]:
@@ -23,8 +27,9 @@ def run_from_widgets(spark: SparkSession, config: str, stage: str = "run", run_i
 
     Returns the run summary (``run``) or ``{"stage", "exit_code"}`` for a single stage.
     """
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    stages = stage_choices()
+    if stage not in stages:
+        raise ValueError(f"stage must be one of {', '.join(stages)}, got {stage!r}")
     if stage == "run":
         from mira_spark.config import load_settings
         from mira_spark.pipeline import run_pipeline

@@ -8,14 +8,17 @@
 # MAGIC
 # MAGIC * **config**: the run config (Unity Catalog names, endpoints, secret scope), e.g. the bundle's synced
 # MAGIC   `conf/databricks.yaml`.
-# MAGIC * **stage**: `run` (the whole job) or one of `score`, `parse`, `reliability`, `select`.
+# MAGIC * **stage**: `run` (the whole job) or one stage of `mira_spark.pipeline.STAGES` (route, score, parse,
+# MAGIC   reliability, samples, select).
 # MAGIC * **run_id**: optional; recorded in `raw_outputs` and `run_stats`.
 
 # COMMAND ----------
 
 # ruff: noqa: F821, E402, B018  (Databricks globals; imports after the widgets; a cell shows its last value)
+from mira_spark.explore import stage_choices
+
 dbutils.widgets.text("config", "conf/databricks.yaml", "Config file")
-dbutils.widgets.dropdown("stage", "run", ["run", "score", "parse", "reliability", "select"], "Stage")
+dbutils.widgets.dropdown("stage", "run", stage_choices(), "Stage")
 dbutils.widgets.text("run_id", "", "Run id (optional)")
 
 # COMMAND ----------

@@ -27,6 +27,8 @@ from typing import Any
 import pytest
 import yaml
 
+from mira_spark.pipeline import STAGE_NAMES
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "jobs"
 
@@ -41,7 +43,7 @@ SYNC_KEYS = {"include", "exclude", "paths"}
 MODES = {"development", "production"}
 TASK_TYPES = {"python_wheel_task", "spark_python_task", "notebook_task", "spark_jar_task", "spark_submit_task",
               "sql_task", "pipeline_task", "run_job_task", "condition_task", "for_each_task", "dbt_task"}
-STAGE_ORDER = ["score", "parse", "reliability", "select"]
+STAGE_ORDER = [s for s in STAGE_NAMES if s != "route"]  # route runs inside each stage that needs it
 
 
 def _load() -> tuple[dict[str, Any], dict[str, tuple[Path, dict[str, Any]]]]:
