@@ -93,7 +93,7 @@ class RunSummary:
     parsed: int = 0  # rows the parse stage merged into scores
     exact_copies: int = 0  # duplicate rows identical to the routed copy (same doc_id, source, text)
     waves: int = 0
-    kept: dict[str, tuple[int, int]] = field(default_factory=dict)  # source -> (kept, n_in)
+    kept: dict[str, tuple[int, int]] = field(default_factory=dict)  # "<variant>:<unit>" -> (kept, n_in)
     scoring_s: float = 0.0
     wall_s: float = 0.0
     stopped: str | None = None
@@ -785,8 +785,7 @@ def selected_stage(ctx: RunContext, selection: Selection) -> dict[str, dict[str,
         selected = selected.dropDuplicates(["variant", "doc_id", "scorer"])
     selected = selected.drop("text_hash")
     tables.overwrite(selected, "selected", selected.schema)
-    # TODO(summary owner): RunSummary.kept was source -> (kept, n_in) of the one selection; with variants it
-    # is "<variant>:<unit>" -> (kept, n_in) until RunSummary gets a per-variant field.
+    # RunSummary.kept: "<variant>:<unit>" -> (kept, n_in); the select row of run_stats adds tokens per variant.
     for variant, units in selection.counts.items():
         for unit, counts in units.items():
             ctx.summary.kept[f"{variant}:{unit}"] = counts
