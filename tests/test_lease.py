@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
 import pytest
@@ -161,6 +162,26 @@ def test_claim_then_list_ignores_a_dead_claimants_stale_claim(tmp_path: Path) ->
     assert not files.create_exclusive(fs, "d/lock", b"x", stale_after_s=STALE, clock=clock)  # live rival
     clock.now += STALE + 1
     assert files.create_exclusive(fs, "d/lock", b"x", stale_after_s=STALE, clock=clock)
+
+
+def test_claim_then_list_withdraws_when_a_listed_rival_claim_vanishes(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interleaving CI once hit (two winners): B lists while A's claim exists, A then creates the file
+    and deletes its claim, B reads the vanished claim. A vanished claim is not a dead claimant's: B withdraws."""
+    fs = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    files.write_bytes(fs, f"d/lock{files.CLAIM_MARK}rival", b'{"at": 1000.0}')
+    real_read = files.read_bytes
+
+    def rival_finishes(fs_: Any, path: str) -> bytes | None:
+        if files.CLAIM_MARK + "rival" in path:
+            files.write_bytes(fs, "d/lock", b"A")  # the rival created the file after our listing ...
+            files.delete(fs, path)  # ... and removed its claim
+            return None
+        return real_read(fs_, path)
+
+    monkeypatch.setattr(files, "read_bytes", rival_finishes)
+    assert not files.create_exclusive(fs, "d/lock", b"B", stale_after_s=STALE, clock=FakeClock())
+    assert real_read(fs, "d/lock") == b"A"  # the winner's file stands
 
 
 def test_two_leases_race_on_object_store_path_one_holds(tmp_path: Path) -> None:

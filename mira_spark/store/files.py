@@ -153,7 +153,9 @@ def _claim_then_list(fs: pafs.FileSystem, parent: str, name: str, data: bytes, s
 def _stale_claim(fs: pafs.FileSystem, path: str, stale_after_s: float, clock: Callable[[], float]) -> bool:
     raw = read_bytes(fs, path)
     if raw is None:
-        return True
+        # Gone since the listing: its claimant finished — it either withdrew or created the file after our
+        # listing. Only a claim that is still there and old is a dead claimant's; withdrawing here is safe.
+        return False
     try:
         return clock() - float(json.loads(raw)["at"]) > stale_after_s
     except (ValueError, KeyError, TypeError):
