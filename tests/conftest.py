@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,16 @@ def spark() -> Iterator[Any]:
 
     with sail_session("mira-spark-tests") as session:
         yield session
+
+
+def score_keys(rows: Iterable[Any]) -> set[str]:
+    """``doc_id|scorer|prompt_version`` of table rows: the request id the simulators log."""
+    return {f"{r['doc_id']}|{r['scorer']}|{r['prompt_version']}" for r in rows}
+
+
+def requests_by_key(sims: Iterable[Any]) -> Counter[str]:
+    """Requests the simulators received, per request id, summed over endpoints."""
+    total: Counter[str] = Counter()
+    for h in sims:
+        total.update(h.stats()["requests_by_id"])
+    return total

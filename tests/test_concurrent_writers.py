@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_config
+from conftest import score_keys, write_config
 
 from mira_spark.config import load_settings
 from mira_spark.store.schemas import SCORE_KEYS
@@ -105,15 +105,11 @@ def test_two_runs_on_one_table_root_do_not_corrupt_scores(spark: Any, sample_dir
     requests = sum(sum(h.stats()["requests_by_id"].values()) for h in sim_pool)
     raw = tables.read("raw_outputs").filter("attempts > 0")
     recorded = raw.agg({"attempts": "sum"}).collect()[0][0]
-    sent_by = {f"writer{i}": _keys(raw.filter(f"run_id = 'writer{i}'").collect()) for i in range(WRITERS)}
+    sent_by = {f"writer{i}": score_keys(raw.filter(f"run_id = 'writer{i}'").collect()) for i in range(WRITERS)}
     if codes == [0] * WRITERS:
         assert recorded == requests
         # ... and, as documented, both runs paid for every document (both planned the same pending list)
         assert sent_by["writer0"] == sent_by["writer1"] and sent_by["writer0"]
     else:  # a run that lost its commit races stopped early; what it sent is still recorded
         assert 0 < recorded <= requests
-        assert set().union(*sent_by.values()) <= _keys(scores.collect())
-
-
-def _keys(rows: list[Any]) -> set[str]:
-    return {f"{r['doc_id']}|{r['scorer']}|{r['prompt_version']}" for r in rows}
+        assert set().union(*sent_by.values()) <= score_keys(scores.collect())

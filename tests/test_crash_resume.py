@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, write_config
+from conftest import REPO, requests_by_key, score_keys, write_config
 
 from mira_spark.config import load_settings
 from mira_spark.devtools.bench.faults import write_documents
@@ -78,17 +78,6 @@ def _version(table: Path) -> int:
     return max(versions, default=-1)
 
 
-def _keys(rows: list[Any]) -> set[str]:
-    return {f"{r['doc_id']}|{r['scorer']}|{r['prompt_version']}" for r in rows}
-
-
-def _requests(sims: list[SimHandle]) -> Counter[str]:
-    total: Counter[str] = Counter()
-    for h in sims:
-        total.update(h.stats()["requests_by_id"])
-    return total
-
-
 def _driver(config: Path, out: Path, run_id: str, kill_marker: Path | None = None) -> subprocess.Popen[bytes]:
     """The CLI in a child process; with ``kill_marker``, it SIGKILLs itself between append and MERGE."""
     env = {**os.environ, "RUST_LOG": "error", "PYTHONUNBUFFERED": "1"}
@@ -128,12 +117,12 @@ def test_sigkill_mid_run_then_resume(spark: Any, sample_dir: Path, tmp_path: Pat
         assert first.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
         # the kill landed where it was meant to: wave CRASH_AT_WAVE appended, only the waves before it merged
         assert json.loads(marker.read_text()) == {"raw_appends": CRASH_AT_WAVE, "score_merges": CRASH_AT_WAVE - 1}
-        at_kill = _requests(sims)
+        at_kill = requests_by_key(sims)
 
         tables = Tables(spark, load_settings(cfg))
-        committed = _keys(tables.read("scores").collect())
+        committed = score_keys(tables.read("scores").collect())
         raw_rows = tables.read("raw_outputs").filter("status IN ('ok', 'failed')").collect()
-        orphans = _keys(raw_rows) - committed  # appended by the killed run, never merged
+        orphans = score_keys(raw_rows) - committed  # appended by the killed run, never merged
         wave_rows = Counter(r["wave"] for r in raw_rows)
         assert sorted(wave_rows) == list(range(CRASH_AT_WAVE))  # raw outputs of the merged wave and the killed one
         assert len(committed) == wave_rows[0] > 0  # scores hold exactly the first wave
@@ -143,7 +132,7 @@ def test_sigkill_mid_run_then_resume(spark: Any, sample_dir: Path, tmp_path: Pat
         second = _driver(cfg, tmp_path / "second.log", "resumed")
         assert second.wait(RUN_TIMEOUT_S) == 0, (tmp_path / "second.log").read_text()[-3000:]
         summary = _summary(tmp_path / "second.log")
-        after = _requests(sims)
+        after = requests_by_key(sims)
     finally:
         for h in sims:
             h.stop()
@@ -166,7 +155,7 @@ def test_sigkill_mid_run_then_resume(spark: Any, sample_dir: Path, tmp_path: Pat
     assert not resent & (committed | orphans)
     # the kill fell between waves, so nothing was in flight: the rerun sent exactly what it recorded sending
     sent_by_rerun = tables.read("raw_outputs").filter("run_id = 'resumed' AND attempts > 0").collect()
-    assert resent == _keys(sent_by_rerun) and resent
+    assert resent == score_keys(sent_by_rerun) and resent
 
 
 # ---- the pool dies mid-run ------------------------------------------------------------------------
@@ -216,9 +205,9 @@ def test_pool_dies_mid_run_stops_cleanly_and_resumes(spark: Any, sample_dir: Pat
 
     assert first.stopped and "rerun" in first.stopped
     tables = Tables(spark, settings)
-    committed = _keys(tables.read("scores").collect())
+    committed = score_keys(tables.read("scores").collect())
     assert committed, "the wave committed before the pool died was lost"
-    deferred = _keys(tables.read("raw_outputs").filter("status = 'deferred'").collect())
+    deferred = score_keys(tables.read("raw_outputs").filter("status = 'deferred'").collect())
     assert not deferred & committed
     decisions = tables.read("decisions").filter("variant = 'global'")  # every input row once per variant
     assert decisions.count() == decisions.select("doc_id").distinct().count() == first.documents_in
@@ -230,7 +219,7 @@ def test_pool_dies_mid_run_stops_cleanly_and_resumes(spark: Any, sample_dir: Pat
     sims = [start_in_thread(c, port=p) for c, p in zip(configs, ports, strict=True)]
     try:
         second = run_pipeline(spark, settings, run_id="after-restart")
-        sent = _requests(sims)
+        sent = requests_by_key(sims)
     finally:
         for h in sims:
             h.stop()

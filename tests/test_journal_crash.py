@@ -22,15 +22,14 @@ import os
 import signal
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, write_config
+from conftest import REPO, requests_by_key, score_keys, write_config
 
 from mira_spark.config import load_settings
-from mira_spark.devtools.simulator.launcher import SimHandle, start_processes
+from mira_spark.devtools.simulator.launcher import start_processes
 from mira_spark.devtools.simulator.server import SimConfig
 from mira_spark.store import journal
 from mira_spark.store.tables import Tables
@@ -77,17 +76,6 @@ sys.exit(cli.main(sys.argv[5:]))
 """
 
 
-def _keys(rows: list[Any]) -> set[str]:
-    return {f"{r['doc_id']}|{r['scorer']}|{r['prompt_version']}" for r in rows}
-
-
-def _requests(sims: list[SimHandle]) -> Counter[str]:
-    total: Counter[str] = Counter()
-    for h in sims:
-        total.update(h.stats()["requests_by_id"])
-    return total
-
-
 def _cli(args: list[str], out: Path, fault: tuple[Path, str] | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "RUST_LOG": "error", "PYTHONUNBUFFERED": "1"}
     prefix = [sys.executable, "-m", "mira_spark.cli"]
@@ -123,12 +111,12 @@ def test_fault_mid_wave_resends_at_most_what_was_in_flight(kind: str, spark: Any
         log_text = (tmp_path / "first.log").read_text(errors="replace")
         assert marker.exists(), log_text[-3000:]  # the fault landed where meant: inside wave 1
         assert code == (-signal.SIGKILL if kind == "driver" else 1), log_text[-3000:]
-        at_fault = _requests(sims)
+        at_fault = requests_by_key(sims)
         settings = load_settings(cfg)
         root = journal.journal_root(settings)
         assert root is not None
         tables = Tables(spark, settings)
-        committed = _keys(tables.read("scores").collect()) | _keys(
+        committed = score_keys(tables.read("scores").collect()) | score_keys(
             tables.read("raw_outputs").filter("status IN ('ok', 'failed')").collect())
         journaled = _journaled_keys(root) - committed
         in_flight = {k for k, n in at_fault.items() if n} - committed - journaled
@@ -136,7 +124,7 @@ def test_fault_mid_wave_resends_at_most_what_was_in_flight(kind: str, spark: Any
         second = _cli(["run", "--config", str(cfg), "--run-id", "rerun"], tmp_path / "second.log")
         assert second.wait(RUN_TIMEOUT_S) == 0, (tmp_path / "second.log").read_text()[-3000:]
         summary = summary_of(tmp_path / "second.log")
-        after = _requests(sims)
+        after = requests_by_key(sims)
     finally:
         for h in sims:
             h.stop()
