@@ -467,9 +467,11 @@ def _run_waves(tables: Tables, settings: Settings, queue: DataFrame, plan: Scori
             wave_raw = tables.read(target.raw).filter((F.col("run_id") == run_id) & (F.col("wave") == wave))
             tables.merge(score_rows(wave_raw, table_schema, target.keys), target.table, table_schema, target.keys)
             summary.waves += 1
+            # The wave's counts: one aggregation over its own rows — the staged files when there are any
+            # (just this wave), rather than a filter over the whole, growing raw table.
+            counts = wave_stats(staged if staging else wave_raw)
             if staging:
                 tables.drop_staging(staging)
-            counts = wave_stats(wave_raw)  # the wave's counts: one aggregation over its own rows
             if spec is not None:  # the wave is committed: what its attempts re-sent, then its journal goes
                 waste = journal.wave_waste(spec)
                 counts.resent_requests += waste.resent_requests
