@@ -33,6 +33,9 @@ pytestmark = pytest.mark.spark
 SUITE_DOCS = 80  # evenly spread over the sample: includes empty, garbled, oversize and unrouted documents
 SUITE_WAVE = 30  # three committed waves per run
 REPAIR_DOCS = 16
+# A row repaired exactly once needs a damaged first answer and a clean follow-up (0.25 at p=0.5): with 48
+# documents the chance that no row gets there is 0.75**48 < 1e-5 (16 documents left it at 1%, and CI hit it).
+FOLLOWUP_DOCS = 48
 UNSENDABLE = ("empty_text", "invalid_text")  # rows failed before any request (bad input, not faults)
 EXPECTED_FAULTS = {
     "http_5xx": {"http_error"}, "rate_limit": {"rate_limit"}, "hang": {"hang"}, "reset": {"reset"},
@@ -47,7 +50,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     base = tmp_path_factory.mktemp("fault-corpus")
     write_documents(base / "suite", SUITE_DOCS)
     write_documents(base / "repair", REPAIR_DOCS)
-    return {"suite": str(base / "suite"), "repair": str(base / "repair")}
+    write_documents(base / "followup", FOLLOWUP_DOCS)
+    return {"suite": str(base / "suite"), "repair": str(base / "repair"), "followup": str(base / "followup")}
 
 
 def _tables(spark: Any, work: Path) -> Tables:
@@ -117,9 +121,9 @@ def _score_stats(tables: Tables) -> dict[str, Any]:
 
 
 def _repair_run(spark: Any, corpus: dict[str, str], sample_dir: Path, work: Path, rule: FaultRule,
-                **scoring: Any) -> tuple[ScenarioResult, SimTotals, list[Any]]:
+                documents: str = "repair", **scoring: Any) -> tuple[ScenarioResult, SimTotals, list[Any]]:
     sc = Scenario("repair", rule.kind, (FaultProfile(rules=(rule,)),) * 2, scoring=scoring)
-    res, sims = run_scenario(spark, sc, work, corpus["repair"], str(sample_dir / "validation"), wave_size=8)
+    res, sims = run_scenario(spark, sc, work, corpus[documents], str(sample_dir / "validation"), wave_size=8)
     assert_accounted(spark, work, res)
     rows = _tables(spark, work).read("raw_outputs").collect()
     return res, sims, [r for r in rows if r["attempts"] > 0]
@@ -165,8 +169,8 @@ def test_missing_slots_are_reasked_only(spark: Any, corpus: dict[str, str], samp
 def test_followup_answers_hold_only_the_missing_lines(spark: Any, corpus: dict[str, str], sample_dir: Path,
                                                       tmp_path: Path) -> None:
     """The billed follow-up tokens match the appended slot lines, so nothing else was asked for."""
-    _, _, sent = _repair_run(spark, corpus, sample_dir, tmp_path,
-                                  FaultRule(kind="missing_dims", probability=0.5), partial_policy="reask")
+    _, _, sent = _repair_run(spark, corpus, sample_dir, tmp_path, FaultRule(kind="missing_dims", probability=0.5),
+                             documents="followup", partial_policy="reask")
     once = [r for r in sent if r["repairs"] == 1 and r["status"] == "ok"]
     assert once, "no row needed exactly one follow-up"
     scores = {r["doc_id"]: r for r in _tables(spark, tmp_path).read("scores").collect()}
