@@ -223,31 +223,56 @@ def recover_unmerged(tables: Tables, groups: Groups) -> int:
     return n
 
 
+def recover_unmerged_samples(tables: Tables) -> int:
+    """MERGE into ``samples`` the extra samples in ``sample_outputs`` (ok/failed) it lacks: answers a killed
+    run appended but never merged, or that :func:`fold_journal` took from a dead run's journal."""
+    _, raw_schema, table_schema = SAMPLE_TARGET.schemas()
+    tables.ensure(SAMPLE_TARGET.raw, raw_schema)
+    keys = list(SAMPLE_TARGET.keys)
+    raw = tables.read(SAMPLE_TARGET.raw).filter(F.col("status").isin("ok", "failed"))
+    orphans = raw.join(tables.read(SAMPLE_TARGET.table).select(*keys), on=keys, how="left_anti")
+    n = orphans.select(*keys).distinct().count()
+    if n:
+        log.info("recovering %d extra samples committed by an earlier run but not merged", n)
+        tables.merge(score_rows(orphans, table_schema, SAMPLE_TARGET.keys), SAMPLE_TARGET.table, table_schema,
+                     SAMPLE_TARGET.keys)
+    return n
+
+
 def fold_journal(tables: Tables, root: str, run_id: str) -> int:
     """Commit what dead runs journaled but never committed, so none of it is requested again.
 
     Every journaled row whose key is in neither ``scores`` nor ``raw_outputs`` (ok/failed) is appended to
-    ``raw_outputs`` under the run and wave that paid for it (then :func:`recover_unmerged` MERGEs it); the
+    ``raw_outputs`` under the run and wave that paid for it (then :func:`recover_unmerged` MERGEs it), and
+    every journaled extra sample not in ``samples`` to ``sample_outputs`` (the samples stage MERGEs it); the
     dead runs' in-flight lists are kept for this run's waste accounting and their files removed. Runs only
     under the table root's lease, so every other run's journal is a dead run's.
     """
     dead = [r for r in journal.journal_runs(root) if r != run_id]
     if not dead:
         return 0
-    rows = journal.read_journal(root, origin=True)
     n = 0
-    if rows.num_rows:
+    for target in (SCORE_TARGET, SAMPLE_TARGET):  # sample 0's waves, then the extra-sample waves
+        rows = journal.read_journal(root, origin=True, samples=target is SAMPLE_TARGET)
+        if not rows.num_rows:
+            continue
+        _, raw_schema, table_schema = target.schemas()
+        tables.ensure(target.raw, raw_schema)
+        tables.ensure(target.table, table_schema)
         run_col, wave_col = journal.ORIGIN_COLUMNS
         df = tables.spark.createDataFrame(rows).withColumnRenamed(run_col, "run_id").withColumnRenamed(
             wave_col, "wave").withColumn("scored_at", F.current_timestamp())
         final = F.col("status").isin("ok", "failed")
-        known = tables.read("raw_outputs").filter(final).select(*SCORE_KEYS).unionByName(
-            tables.read("scores").select(*SCORE_KEYS))
-        fresh = df.join(known, on=list(SCORE_KEYS), how="left_anti")
-        n = fresh.count()
-        if n:
-            log.info("committing %d answers journaled by dead runs %s (not requested again)", n, dead)
-            tables.append(fresh, "raw_outputs", RAW_OUTPUTS_SCHEMA)
+        keys = list(target.keys)
+        known = tables.read(target.raw).filter(final).select(*keys).unionByName(
+            tables.read(target.table).select(*keys))
+        fresh = df.join(known, on=keys, how="left_anti")
+        folded = fresh.count()
+        if folded:
+            log.info("committing %d %s answers journaled by dead runs %s (not requested again)", folded,
+                     target.stage, dead)
+            tables.append(fresh, target.raw, raw_schema)
+        n += folded
     kept = journal.retire_runs(root, run_id, dead)
     if kept:
         log.info("%d requests were in flight when runs %s died; this run counts what it sends again", kept, dead)
@@ -414,13 +439,14 @@ def _canary_hook(tables: Tables, settings: Settings, plan: ScoringPlan, run_id: 
     return lambda wave, current: guard.before_wave(wave, current, write)
 
 
-def _wave_journal(settings: Settings, run_id: str, wave: int) -> journal.JournalSpec | None:
+def _wave_journal(settings: Settings, run_id: str, wave: int, samples: bool = False) -> journal.JournalSpec | None:
     root = journal.journal_root(settings)
     if root is None:
         return None
     cfg = settings.journal
     return journal.JournalSpec(root=root, run_id=run_id, wave=wave, flush_rows=cfg.flush_rows, flush_s=cfg.flush_s,
-                               claim_stale_s=cfg.claim_stale_s, claim_heartbeat_s=cfg.claim_heartbeat_s)
+                               claim_stale_s=cfg.claim_stale_s, claim_heartbeat_s=cfg.claim_heartbeat_s,
+                               samples=samples)
 
 
 def _run_waves(tables: Tables, settings: Settings, queue: DataFrame, plan: ScoringPlan, tasks: int, checked: dict,
@@ -448,8 +474,7 @@ def _run_waves(tables: Tables, settings: Settings, queue: DataFrame, plan: Scori
         with job_tag(tables.spark, f"mira score wave {wave + 1}/{n_waves}"):
             wave_docs = queue.filter(F.col("wave") == wave).select("doc_id", "source", "scorer", "text",
                                                                     *target.extra)
-            # The journal keys sample 0's answers (doc_id, scorer, prompt_version); extra-sample waves go without.
-            spec = _wave_journal(settings, run_id, wave) if target is SCORE_TARGET else None
+            spec = _wave_journal(settings, run_id, wave, samples=target is SAMPLE_TARGET)
             raw = score_documents(wave_docs, replace(plan, journal=spec), tasks).select(
                 "*", F.lit(run_id).alias("run_id"), F.lit(wave).alias("wave"),
                 F.current_timestamp().alias("scored_at"),
@@ -751,6 +776,7 @@ def samples_stage(ctx: RunContext) -> None:
         return
     tables = ctx.tables
     tables.ensure("samples", SAMPLES_SCHEMA)
+    recover_unmerged_samples(tables)
     scored = _current_scores(ctx).filter(F.col("status") == "ok").select(*SCORE_KEYS)
     if cfg.adaptive_samples.enabled:
         near = band_documents(_selection(ctx).decisions, cfg.adaptive_samples.band)

@@ -19,7 +19,7 @@ import pytest
 from mira_spark.store import journal
 from mira_spark.store.journal import JournalSpec, JournalWriter, key_of, read_journal, run_journaled
 from mira_spark.store.lease import Lease
-from mira_spark.store.schemas import RAW_OUTPUT_ARROW_SCHEMA
+from mira_spark.store.schemas import RAW_OUTPUT_ARROW_SCHEMA, SAMPLE_OUTPUT_ARROW_SCHEMA
 
 
 class FakeClock:
@@ -113,9 +113,57 @@ def test_clear_wave_and_run(tmp_path: Path) -> None:
     assert read_journal(root).num_rows == 0 and journal.journal_runs(root) == []
 
 
-def test_key_columns_come_from_the_schema() -> None:
-    assert journal.KEY_COLUMNS[:3] == ("doc_id", "scorer", "prompt_version")
-    assert set(journal.KEY_COLUMNS) <= set(RAW_OUTPUT_ARROW_SCHEMA.names)
+def test_key_columns_come_from_the_schemas() -> None:
+    assert journal.KEY_COLUMNS == ("doc_id", "scorer", "prompt_version", "sample")
+    assert set(journal.KEY_COLUMNS) <= set(SAMPLE_OUTPUT_ARROW_SCHEMA.names)
+    assert set(journal.KEY_COLUMNS) - set(RAW_OUTPUT_ARROW_SCHEMA.names) == {"sample"}  # sample 0 has no index
+    assert key_of(row("d1")) == ("d1", "g1", "v1", 0)
+
+
+def sample_row(doc_id: str, sample: int, status: str = "ok") -> dict:
+    """An extra-sample output row (SAMPLE_OUTPUT_ARROW_SCHEMA)."""
+    out: dict = dict.fromkeys(SAMPLE_OUTPUT_ARROW_SCHEMA.names)
+    out.update({k: v for k, v in row(doc_id, status).items() if k in out}, sample=sample)
+    return out
+
+
+def test_extra_samples_journal_apart_keyed_by_sample(tmp_path: Path) -> None:
+    """Sample 0's answer and samples 1 and 2 of one document: three keys, two journals that never mix."""
+    root = str(tmp_path / "_journal")
+    with JournalWriter(spec(tmp_path), "a0", background=False) as writer:
+        writer.add(row("d1"))
+    sample_spec = JournalSpec(root=root, run_id="r1", wave=0, samples=True)
+    assert sample_spec.wave_dir != spec(tmp_path).wave_dir
+    with JournalWriter(sample_spec, "a1", background=False) as writer:
+        writer.sent(("d1", "g1", "v1", 1))
+        writer.sent(("d1", "g1", "v1", 2))
+        writer.add(sample_row("d1", 1))
+        writer.add(sample_row("d1", 2, status="failed"))
+    first = read_journal(root)
+    assert first.schema == RAW_OUTPUT_ARROW_SCHEMA and first["doc_id"].to_pylist() == ["d1"]
+    extra = read_journal(root, samples=True)
+    assert extra.schema == SAMPLE_OUTPUT_ARROW_SCHEMA
+    assert sorted(zip(extra["sample"].to_pylist(), extra["status"].to_pylist(), strict=True)) == [
+        (1, "ok"), (2, "failed")]
+    assert read_journal(root, [("d1", "g1", "v1", 2)], samples=True)["sample"].to_pylist() == [2]
+    assert journal.in_flight_keys(root) == set()  # both samples durable: nothing left in flight
+
+
+def test_a_retried_sample_task_sends_only_unjournaled_samples(tmp_path: Path) -> None:
+    root = str(tmp_path / "_journal")
+    sample_spec = JournalSpec(root=root, run_id="r1", wave=3, samples=True)
+    keys = [("d1", "g1", "v1", s) for s in (1, 2, 3)]
+    with JournalWriter(sample_spec, "dead", background=False) as writer:
+        writer.add(sample_row("d1", 2))
+    asked: list[list[int]] = []
+
+    def score(positions: Sequence[int], writer: JournalWriter) -> list[int]:
+        asked.append(list(positions))
+        return list(positions)
+
+    outcome = run_journaled(sample_spec, keys, score)
+    assert asked == [[0, 2]]  # samples 1 and 3; sample 2 came from the journal
+    assert outcome.reused["sample"].to_pylist() == [2]
 
 
 class FakeScorer:

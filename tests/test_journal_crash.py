@@ -48,13 +48,13 @@ import json, os, signal, sys
 from mira_spark import cli
 from mira_spark.store.journal import JournalWriter
 
-marker, kind, at, wave = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+marker, kind, at, wave, samples = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
 real_flush, real_add = JournalWriter.flush, JournalWriter.add
 seen = {"flushes": 0, "adds": 0}
 
 def flush(self):
     n = real_flush(self)
-    if kind == "driver" and self.spec.wave == wave and n:
+    if kind == "driver" and self.spec.wave == wave and self.spec.samples == samples and n:
         seen["flushes"] += 1
         if seen["flushes"] == at:
             with open(marker, "w") as fh:
@@ -64,7 +64,7 @@ def flush(self):
 
 def add(self, row, answer=None):
     real_add(self, row, answer)
-    if kind == "task" and self.spec.wave == wave and row["status"] in ("ok", "failed"):
+    if kind == "task" and self.spec.wave == wave and self.spec.samples == samples and row["status"] in ("ok", "failed"):
         seen["adds"] += 1
         if seen["adds"] == at:
             with open(marker, "w") as fh:
@@ -72,15 +72,18 @@ def add(self, row, answer=None):
             raise RuntimeError("injected task failure mid-wave")
 
 JournalWriter.flush, JournalWriter.add = flush, add
-sys.exit(cli.main(sys.argv[5:]))
+sys.exit(cli.main(sys.argv[6:]))
 """
 
 
-def _cli(args: list[str], out: Path, fault: tuple[Path, str] | None = None) -> subprocess.Popen[bytes]:
+def _cli(args: list[str], out: Path, fault: tuple[Path, str] | None = None,
+         sample_wave: bool = False) -> subprocess.Popen[bytes]:
+    """The CLI; with ``fault``, (marker, kind) lands in wave 1 of sample 0 (or of the extra samples)."""
     env = {**os.environ, "RUST_LOG": "error", "PYTHONUNBUFFERED": "1"}
     prefix = [sys.executable, "-m", "mira_spark.cli"]
     if fault is not None:
-        prefix = [sys.executable, "-c", FAULT_IN_WAVE, str(fault[0]), fault[1], str(FAULT_AT), "1"]
+        prefix = [sys.executable, "-c", FAULT_IN_WAVE, str(fault[0]), fault[1], str(FAULT_AT), "1",
+                  "1" if sample_wave else "0"]
     return subprocess.Popen([*prefix, *args], cwd=str(REPO), env=env, stdout=out.open("wb"),
                             stderr=subprocess.STDOUT)
 
@@ -93,7 +96,7 @@ def summary_of(out: Path) -> dict[str, Any]:
 
 
 def _journaled_keys(root: str) -> set[str]:
-    return {"|".join(k) for k in (journal.key_of(r) for r in journal.read_journal(root).to_pylist())}
+    return {journal.request_id(k) for k in (journal.key_of(r) for r in journal.read_journal(root).to_pylist())}
 
 
 @pytest.mark.parametrize("kind", ["driver", "task"])
@@ -149,3 +152,59 @@ def test_fault_mid_wave_resends_at_most_what_was_in_flight(kind: str, spark: Any
     assert journal.read_journal(root).num_rows == 0 and journal.journal_runs(root) == []
     print(f"\n{kind} fault: in flight {len(in_flight)}, journaled {len(journaled)}, re-sent {len(resent)}, "
           f"ratio {ratio:.2f}, resent_requests {summary['resent_requests']}")
+
+
+def _sample_keys(rows: Any) -> set[str]:
+    return {journal.request_id(journal.key_of(r if isinstance(r, dict) else r.asDict())) for r in rows}
+
+
+def test_driver_kill_in_an_extra_sample_wave_resends_at_most_what_was_in_flight(spark: Any, sample_dir: Path,
+                                                                                tmp_path: Path) -> None:
+    """scoring.samples = 3: samples 1 and 2 of a document are one request (n = 2 choices); the kill lands in
+    the second extra-sample wave. The rerun folds the journaled samples in and asks only for the rest."""
+    sims = start_processes([SimConfig(name=f"s{i}", slots=SLOTS, time_scale=TIME_SCALE, seed=i, sampling_noise=True)
+                            for i in range(2)])
+    try:
+        cfg = write_config(tmp_path / "run.yaml", tmp_path / "tables", str(sample_dir / "documents"),
+                           str(sample_dir / "validation"), [h.url for h in sims],
+                           scoring={"wave_size": 2 * WAVE, "samples": 3},
+                           journal={"flush_s": 0.2, "flush_rows": 2},
+                           scorers={"pools": {"text_group_b_pool": {"slots_per_endpoint": SLOTS}}})
+        marker = tmp_path / "fault.json"
+        first = _cli(["run", "--config", str(cfg), "--run-id", "faulted"], tmp_path / "first.log", (marker, "driver"),
+                     sample_wave=True)
+        code = first.wait(RUN_TIMEOUT_S)
+        log_text = (tmp_path / "first.log").read_text(errors="replace")
+        assert marker.exists() and code == -signal.SIGKILL, log_text[-3000:]
+        at_fault = requests_by_key(sims)
+        settings = load_settings(cfg)
+        root = journal.journal_root(settings)
+        assert root is not None
+        tables = Tables(spark, settings)
+        committed = _sample_keys(tables.read("samples").collect()) | _sample_keys(
+            tables.read("sample_outputs").filter("status IN ('ok', 'failed')").collect())
+        journaled = _sample_keys(journal.read_journal(root, samples=True).to_pylist()) - committed
+        sample_requests = {k for k, n in at_fault.items() if n and k.count("|") == 3}
+        in_flight = sample_requests - committed - journaled
+
+        second = _cli(["run", "--config", str(cfg), "--run-id", "rerun"], tmp_path / "second.log")
+        assert second.wait(RUN_TIMEOUT_S) == 0, (tmp_path / "second.log").read_text()[-3000:]
+        summary = summary_of(tmp_path / "second.log")
+        after = requests_by_key(sims)
+    finally:
+        for h in sims:
+            h.stop()
+
+    assert committed and journaled and in_flight  # the kill found all three kinds of extra sample
+    assert all(k.endswith("|1") for k in sample_requests)  # one request per document: samples 1 and 2 as n = 2
+    resent = {k for k in sample_requests if after[k] > at_fault[k]}
+    assert not resent & journaled and not resent & committed  # 0 journaled or committed samples asked again
+    assert len(resent) / len(in_flight) <= 1.0, (len(resent), len(in_flight))
+    assert summary["journal_folded"] == len(journaled)  # both samples of each journaled request, unasked
+    # every scored document has both extra samples, once each, and the journal is empty after the run
+    samples = tables.read("samples")
+    ok_docs = tables.read("scores").filter("status = 'ok'").count()
+    assert samples.count() == samples.select("doc_id", "sample").distinct().count() == 2 * ok_docs
+    assert journal.read_journal(root, samples=True).num_rows == 0 and journal.journal_runs(root) == []
+    print(f"\nsample-wave driver kill: in flight {len(in_flight)}, journaled {len(journaled)}, "
+          f"re-sent {len(resent)}, ratio {len(resent) / len(in_flight):.2f}")

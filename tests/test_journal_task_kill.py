@@ -52,10 +52,10 @@ if marker:
                 # Holding the writer's lock stops the task's event loop at its next send or answer, so the
                 # snapshot below is exactly the state the kill leaves behind.
                 self._lock.acquire()
-                journaled = sorted("|".join(_journal.key_of(r))
+                journaled = sorted(_journal.request_id(_journal.key_of(r))
                                    for r in _journal.read_journal(self.spec.root).to_pylist())
-                in_flight = sorted("|".join(k) for k in self._in_flight)
-                unflushed = sorted("|".join(_journal.key_of(r)) for r, _ in self._rows)  # also in in_flight
+                in_flight = sorted(_journal.request_id(k) for k in self._in_flight)
+                unflushed = sorted(_journal.request_id(_journal.key_of(r)) for r, _ in self._rows)  # also in in_flight
                 os.write(fd, json.dumps({"in_flight": in_flight, "unflushed": unflushed, "journaled": journaled,
                                          "pid": os.getpid()}).encode())
                 os.close(fd)

@@ -29,7 +29,7 @@ from mira_spark.prompting.prompts import Prompt, PromptBuilder, text_problem
 from mira_spark.prompting.rubric import Rubric
 from mira_spark.serving.plan import task_share
 from mira_spark.serving.types import CheckOutput, OutputVerdict, RunStats, ScoreRequest, ScoreResult
-from mira_spark.store.journal import JournalSpec, JournalWriter, run_journaled
+from mira_spark.store.journal import JournalSpec, JournalWriter, key_of, request_id, run_journaled
 from mira_spark.store.schemas import ANSWER_ARROW_SCHEMA, RAW_OUTPUT_ARROW_SCHEMA, SAMPLE_OUTPUT_ARROW_SCHEMA
 
 if TYPE_CHECKING:
@@ -231,7 +231,7 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
             continue
         sample = base["sample"]
         n = 1 + len(followers.get(index, ()))
-        key = f"{row['doc_id']}|{group.name}|{group.prompt_version}" + (f"|{sample}" if sample else "")
+        key = request_id(key_of(base))
         prompt = eager.get(index)
         if prompt is not None:
             fitted[index] = (prompt.truncated, prompt.kept_chars, prompt.est_prompt_tokens)
@@ -258,16 +258,23 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
             return None
         return replace(request, messages=smaller.messages, est_prompt_tokens=smaller.est_prompt_tokens)
 
+    def choices(index: int) -> list[tuple[dict, dict]]:
+        """(input row, output row) of each sample a request asks for: its own, then its ``n`` followers'."""
+        return [by_index[index], *((candidates[j][2], candidates[j][3]) for j in followers.get(index, ()))]
+
     def sent(index: int) -> None:
         if journal is not None:
-            journal.sent((by_index[index][1]["doc_id"], group.name, group.prompt_version))
+            for _, base in choices(index):
+                journal.sent(key_of(base))
 
     def record(result: ScoreResult) -> None:
         if journal is None:
             return
-        row, base = by_index[result.index]
-        journal.add(_result_row(base, result, row["text"], cap, fitted.get(result.index, (False, None, None))),
-                    _answer_of(result, checked.get((result.index, base["sample"])), unanswered, group.rubric))
+        members = choices(result.index)
+        results = [result, *_choice_results(result, len(members) - 1)] if len(members) > 1 else [result]
+        for (row, base), one in zip(members, results, strict=True):
+            journal.add(_result_row(base, one, row["text"], cap, fitted.get(result.index, (False, None, None))),
+                        _answer_of(one, checked.get((result.index, base["sample"])), unanswered, group.rubric))
 
     if requests:
         opts = RunnerOptions(
@@ -350,11 +357,11 @@ def score_partition(batches: Iterator[pa.RecordBatch], plan: ScoringPlan,
         return
     # Longest documents first: they finish last, so starting them first shortens the task's tail.
     rows.sort(key=lambda r: -(len(r["text"]) if isinstance(r["text"], str) else 0))
-    if plan.journal is None or "sample" in schema.names:  # the journal keys sample 0's answers only
+    if plan.journal is None:
         out, stats = _score_rows(plan, rows, schema)
         reused = 0
     else:
-        out, stats, reused = _score_journaled(plan, plan.journal, rows)
+        out, stats, reused = _score_journaled(plan, plan.journal, rows, schema)
     if out.num_rows != len(rows):  # the exactly-once invariant of the stage
         raise RuntimeError(f"scoring produced {out.num_rows} rows for {len(rows)} inputs")
     log.info("scoring task: %d rows (%d from the journal), %d requests, %d retries, %d repairs", len(rows), reused,
@@ -378,10 +385,11 @@ def _score_rows(plan: ScoringPlan, rows: list[dict], schema: pa.Schema = RAW_OUT
     return out, stats
 
 
-def _score_journaled(plan: ScoringPlan, spec: JournalSpec,
-                     rows: list[dict]) -> tuple[pa.Table, dict[str, RunStats], int]:
+def _score_journaled(plan: ScoringPlan, spec: JournalSpec, rows: list[dict],
+                     schema: pa.Schema = RAW_OUTPUT_ARROW_SCHEMA) -> tuple[pa.Table, dict[str, RunStats], int]:
     """Score a partition through the journal: journaled rows are reused, the rest sent and journaled."""
-    keys = [(r["doc_id"], r["scorer"], plan.groups[r["scorer"]].prompt_version) for r in rows]
+    keys = [(r["doc_id"], r["scorer"], plan.groups[r["scorer"]].prompt_version, int(r.get("sample") or 0))
+            for r in rows]
 
     def encode(out_rows: list[dict], answers: list) -> pa.Table:
         by_group: dict[str, tuple[list[dict], list]] = {}
@@ -389,11 +397,11 @@ def _score_journaled(plan: ScoringPlan, spec: JournalSpec,
             group_rows, group_answers = by_group.setdefault(row["scorer"], ([], []))
             group_rows.append(row)
             group_answers.append(answer)
-        return pa.Table.from_batches([_answers_batch(r, a, plan.groups[g].rubric) for g, (r, a) in by_group.items()],
-                                     schema=RAW_OUTPUT_ARROW_SCHEMA)
+        return pa.Table.from_batches([_answers_batch(r, a, plan.groups[g].rubric, schema)
+                                      for g, (r, a) in by_group.items()], schema=schema)
 
     def score(positions: list[int], writer: JournalWriter) -> tuple[pa.Table, dict[str, RunStats]]:
-        return _score_rows(plan, [rows[i] for i in positions], RAW_OUTPUT_ARROW_SCHEMA, writer)
+        return _score_rows(plan, [rows[i] for i in positions], schema, writer)
 
     outcome = run_journaled(spec, keys, score, encode=encode)
     if outcome.scored is None:

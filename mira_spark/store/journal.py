@@ -2,10 +2,11 @@
 
 A scoring task records each answer as it completes (:class:`JournalWriter`: rows buffered and flushed by a
 background thread every ``flush_s`` seconds or ``flush_rows`` rows, one Parquet file per flush, under
-``<journal root>/run-<run_id>/wave-<w>/``; a file appears only complete, see :mod:`mira_spark.store.files`
-for what each filesystem guarantees). Rows are the scoring task's output rows, in
-``store.schemas.RAW_OUTPUT_ARROW_SCHEMA``, keyed by :data:`KEY_COLUMNS` (doc_id, scorer, prompt_version
-and the sample index when the schema has one).
+``<journal root>/run-<run_id>/wave-<w>/``, or ``.../samples-wave-<w>/`` for the extra-sample waves of
+``scoring.samples``; a file appears only complete, see :mod:`mira_spark.store.files` for what each
+filesystem guarantees). Rows are the scoring task's output rows, in ``store.schemas.RAW_OUTPUT_ARROW_SCHEMA``
+(``SAMPLE_OUTPUT_ARROW_SCHEMA`` for sample waves), keyed by :data:`KEY_COLUMNS` (doc_id, scorer,
+prompt_version, sample index; 0 for sample 0, whose rows carry no index).
 
 Who reads it:
 
@@ -43,7 +44,7 @@ import pyarrow.parquet as pq
 
 from mira_spark.store import files
 from mira_spark.store.lease import Lease
-from mira_spark.store.schemas import RAW_OUTPUT_ARROW_SCHEMA
+from mira_spark.store.schemas import RAW_OUTPUT_ARROW_SCHEMA, SAMPLE_OUTPUT_ARROW_SCHEMA
 
 if TYPE_CHECKING:
     from mira_spark.config import Settings
@@ -52,10 +53,9 @@ log = logging.getLogger(__name__)
 
 JOURNAL_DIR = "_journal"
 CLAIMS_DIR = "_claims"
-SAMPLE_COLUMN = "sample"  # the sample index, when RAW_OUTPUT has one (n > 1 samples per document)
-KEY_COLUMNS: tuple[str, ...] = tuple(
-    c for c in ("doc_id", "scorer", "prompt_version", SAMPLE_COLUMN) if c in RAW_OUTPUT_ARROW_SCHEMA.names
-)
+SAMPLE_COLUMN = "sample"  # the sample index of the extra-sample waves (sample 0's rows have no column)
+KEY_COLUMNS: tuple[str, ...] = ("doc_id", "scorer", "prompt_version", SAMPLE_COLUMN)
+WAVE_PREFIX = {False: "wave-", True: "samples-wave-"}  # sample 0's waves, the extra-sample waves
 JOURNALED_STATUSES = ("ok", "failed")  # final outcomes; "deferred" is asked again
 ORIGIN_COLUMNS = ("journal_run_id", "journal_wave")
 IN_FLIGHT_SUFFIX = ".inflight.json"  # an attempt's requests sent and not yet answered, rewritten every flush
@@ -76,15 +76,35 @@ class JournalSpec:
     flush_s: float = 2.0
     claim_stale_s: float = 30.0
     claim_heartbeat_s: float = 5.0
+    samples: bool = False  # an extra-sample wave (rows in SAMPLE_OUTPUT_ARROW_SCHEMA, their own directory)
 
     @property
     def wave_dir(self) -> str:
-        return f"{self.root.rstrip('/')}/run-{self.run_id}/wave-{self.wave}"
+        return f"{self.root.rstrip('/')}/run-{self.run_id}/{WAVE_PREFIX[self.samples]}{self.wave}"
+
+    @property
+    def schema(self) -> pa.Schema:
+        return journal_schema(self.samples)
+
+
+def journal_schema(samples: bool) -> pa.Schema:
+    """The row schema of sample 0's journal, or of the extra-sample waves' journal."""
+    return SAMPLE_OUTPUT_ARROW_SCHEMA if samples else RAW_OUTPUT_ARROW_SCHEMA
 
 
 def key_of(row: dict) -> Key:
     """The journal key of an output row (sample index 0 when the row has none)."""
-    return tuple(row.get(c, 0) if c == SAMPLE_COLUMN else row[c] for c in KEY_COLUMNS)
+    return (row["doc_id"], row["scorer"], row["prompt_version"], int(row.get(SAMPLE_COLUMN) or 0))
+
+
+def request_id(key: Key) -> str:
+    """The id a request for ``key`` is sent with (``X-Request-Id``): ``doc|scorer|prompt_version[|sample]``.
+
+    >>> request_id(("d1", "g1", "v1", 0)), request_id(("d1", "g1", "v1", 2))
+    ('d1|g1|v1', 'd1|g1|v1|2')
+    """
+    doc_id, scorer, prompt_version, sample = key
+    return f"{doc_id}|{scorer}|{prompt_version}" + (f"|{sample}" if sample else "")
 
 
 def partition_id(keys: Iterable[Key]) -> str:
@@ -98,29 +118,26 @@ def partition_id(keys: Iterable[Key]) -> str:
 Encode = Callable[[list[dict], list[Any]], pa.Table]
 
 
-def _encode_rows(rows: list[dict], _answers: list[Any]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=RAW_OUTPUT_ARROW_SCHEMA)
-
-
 class JournalWriter:
     """Buffers a task's finished rows and flushes them as Parquet files from a background thread.
 
     ``add(row, answer)`` is cheap and thread-safe (the runner calls it from its event loop); ``encode``
     turns buffered rows (and whatever ``answer`` objects came with them, e.g. parsed answers) into a table
-    in ``RAW_OUTPUT_ARROW_SCHEMA`` in the flush thread. ``sent(key)`` marks a request in flight until its row is
+    in ``spec.schema`` in the flush thread (default: the rows as they are). ``sent(key)`` marks a request in flight until its row is
     durable (flushed); every flush rewrites this attempt's list of those, so the next attempt knows what it
     re-sends. Rows whose key
     is in ``resending`` (in flight in a dead attempt) are counted as re-sent, with their completion tokens.
     ``close`` flushes what is left, stops the thread and leaves the waste counts. ``clock``: monotonic s.
     """
 
-    def __init__(self, spec: JournalSpec, attempt: str | None = None, *, encode: Encode = _encode_rows,
+    def __init__(self, spec: JournalSpec, attempt: str | None = None, *, encode: Encode | None = None,
                  resending: set[Key] | frozenset[Key] = frozenset(), clock: Callable[[], float] = time.monotonic,
                  background: bool = True) -> None:
         self.spec = spec
         self.attempt = attempt or uuid.uuid4().hex[:12]
         self.fs, self.dir = files.filesystem(spec.wave_dir)
-        self.encode, self.resending, self.clock = encode, resending, clock
+        self.encode = encode or (lambda rows, _answers: pa.Table.from_pylist(rows, schema=spec.schema))
+        self.resending, self.clock = resending, clock
         self.files_written = 0
         self.rows_written = 0
         self.resent_requests = 0
@@ -235,23 +252,27 @@ class JournalWriter:
         self.close(completed=exc_type is None)
 
 
-def _journal_files(fs: pafs.FileSystem, root: str) -> list[tuple[str, int, str]]:
-    """``(run_id, wave, path)`` of every complete journal file under ``root``."""
+def _journal_files(fs: pafs.FileSystem, root: str, samples: bool = False) -> list[tuple[str, int, str]]:
+    """``(run_id, wave, path)`` of every complete journal file under ``root`` (of sample waves or not)."""
+    prefix = WAVE_PREFIX[samples]
     out = []
     for run_dir in files.list_dirs(fs, root):
         if not run_dir.startswith("run-"):
             continue
         for wave_dir in files.list_dirs(fs, f"{root}/{run_dir}"):
-            if not (wave_dir.startswith("wave-") and wave_dir[5:].lstrip("-").isdigit()):
+            number = wave_dir[len(prefix):]
+            if not (wave_dir.startswith(prefix) and number.lstrip("-").isdigit()):
                 continue
             for name in files.list_names(fs, f"{root}/{run_dir}/{wave_dir}"):
                 if name.endswith(".parquet") and not name.startswith(files.TMP_PREFIX):
-                    out.append((run_dir[4:], int(wave_dir[5:]), f"{root}/{run_dir}/{wave_dir}/{name}"))
+                    out.append((run_dir[4:], int(number), f"{root}/{run_dir}/{wave_dir}/{name}"))
     return out
 
 
-def read_journal(root: str, keys: Iterable[Key] | None = None, *, origin: bool = False) -> pa.Table:
-    """Journaled rows (one per key) for ``keys`` (all keys when None), in ``RAW_OUTPUT_ARROW_SCHEMA``.
+def read_journal(root: str, keys: Iterable[Key] | None = None, *, origin: bool = False,
+                 samples: bool = False) -> pa.Table:
+    """Journaled rows (one per key) for ``keys`` (all keys when None), in ``RAW_OUTPUT_ARROW_SCHEMA``
+    (``samples``: the extra-sample waves' rows, in ``SAMPLE_OUTPUT_ARROW_SCHEMA``).
 
     With ``origin``, two more columns say which run and wave journaled each row (:data:`ORIGIN_COLUMNS`).
     When a key was journaled twice (two attempts), an ``ok`` row wins over a failed one, then the first
@@ -262,9 +283,10 @@ def read_journal(root: str, keys: Iterable[Key] | None = None, *, origin: bool =
     wanted = None if keys is None else set(keys)
     doc_ids = None if wanted is None else pa.array(sorted({k[0] for k in wanted}), pa.string())
     parts: list[pa.Table] = []
-    for run_id, wave, path in _journal_files(fs, base.rstrip("/")):
+    schema = journal_schema(samples)
+    for run_id, wave, path in _journal_files(fs, base.rstrip("/"), samples):
         try:
-            table = pq.read_table(path, filesystem=fs, schema=RAW_OUTPUT_ARROW_SCHEMA)
+            table = pq.read_table(path, filesystem=fs, schema=schema)
         except (OSError, pa.ArrowInvalid) as exc:
             log.warning("journal: skipping unreadable file %s (%s)", path, exc)
             continue
@@ -274,7 +296,6 @@ def read_journal(root: str, keys: Iterable[Key] | None = None, *, origin: bool =
             table = table.append_column(ORIGIN_COLUMNS[0], pa.array([run_id] * len(table), pa.string()))
             table = table.append_column(ORIGIN_COLUMNS[1], pa.array([wave] * len(table), pa.int32()))
         parts.append(table)
-    schema = RAW_OUTPUT_ARROW_SCHEMA
     if origin:
         schema = schema.append(pa.field(ORIGIN_COLUMNS[0], pa.string())).append(pa.field(ORIGIN_COLUMNS[1], pa.int32()))
     if not parts:
@@ -284,13 +305,18 @@ def read_journal(root: str, keys: Iterable[Key] | None = None, *, origin: bool =
 
 def _one_per_key(table: pa.Table, wanted: set[Key] | None) -> pa.Table:
     best: dict[Key, int] = {}
-    for i, row in enumerate(table.select([*KEY_COLUMNS, "status"]).to_pylist()):
+    for i, row in enumerate(table.select([*key_columns(table.schema), "status"]).to_pylist()):
         key = key_of(row)
         if wanted is not None and key not in wanted:
             continue
         if key not in best or (row["status"] == "ok" and table["status"][best[key]].as_py() != "ok"):
             best[key] = i
     return table.take(pa.array(sorted(best.values()), pa.int64()))
+
+
+def key_columns(schema: pa.Schema) -> list[str]:
+    """The key columns a table of journal rows has (sample 0's rows have no sample index)."""
+    return [c for c in KEY_COLUMNS if c in schema.names]
 
 
 def _side_files(fs: pafs.FileSystem, root: str, suffix: str) -> list[str]:
@@ -422,7 +448,7 @@ class JournaledOutcome:
 ScoreFn = Callable[[Sequence[int], JournalWriter], Any]
 
 
-def run_journaled(spec: JournalSpec, keys: Sequence[Key], score: ScoreFn, *, encode: Encode = _encode_rows,
+def run_journaled(spec: JournalSpec, keys: Sequence[Key], score: ScoreFn, *, encode: Encode | None = None,
                   wait_limit_s: float | None = None, clock: Callable[[], float] = time.time,
                   sleep: Callable[[float], None] = time.sleep) -> JournaledOutcome:
     """Score the partition whose rows have ``keys``, paying only for keys the journal does not hold.
@@ -443,8 +469,8 @@ def run_journaled(spec: JournalSpec, keys: Sequence[Key], score: ScoreFn, *, enc
     else:
         claim.start_heartbeat()
     try:
-        reused = read_journal(spec.root, keys)
-        done = {key_of(r) for r in reused.select(list(KEY_COLUMNS)).to_pylist()}
+        reused = read_journal(spec.root, keys, samples=spec.samples)
+        done = {key_of(r) for r in reused.select(key_columns(reused.schema)).to_pylist()}
         todo = [i for i, k in enumerate(keys) if k not in done]
         scored: Any = None
         resent = Waste()
