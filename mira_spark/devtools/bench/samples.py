@@ -12,7 +12,13 @@ Prints, per mode and score variant, the flip rate (share of the variant's docume
 decision differs between the two runs of a pair, summed over the pairs) and, per mode, requests per
 routed document (from ``run_stats``: the ``score`` and ``samples`` stages; a document's extra samples are
 the ``n`` choices of one request, so the extra decode tokens are shown too), then a JSON line ``{"bench": "samples", ...}`` with the share of
-k=1's flips that adaptive removes and the extra requests it costs (target: >= 50% for <= 15% more).
+k=1's flips that adaptive removes and the extra requests it costs (target: >= 50% for <= 15% more), beside the ceiling of a mean of k samples.
+
+The ceiling: a document at distance d from its cut flips between two runs with probability 2p(1 - p),
+p = Phi(-d / s), where s is the spread of its composite; summed over documents spread evenly around the
+cut that is proportional to s, and the mean of k samples divides s by sqrt(k). So even sampling every
+document k times removes at most ``1 - 1/sqrt(k)`` of k=1's flips (42% for k = 3, 59% for k = 6) when the
+noise is independent between samples; adaptive k can reach that ceiling but not pass it.
 Measured against the simulator only; the noise model is :mod:`mira_spark.devtools.simulator.sampling`.
 """
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -32,6 +39,15 @@ from mira_spark.devtools.bench.common import own_sail_session, print_table
 
 TARGET_REMOVED = 0.5
 TARGET_EXTRA = 0.15
+
+
+def mean_of_k_ceiling(k: int) -> float:
+    """Share of k=1's flips a mean of k independent samples can remove at most (module docstring).
+
+    >>> round(mean_of_k_ceiling(3), 3), round(mean_of_k_ceiling(6), 3), mean_of_k_ceiling(1)
+    (0.423, 0.592, 0.0)
+    """
+    return 1.0 - 1.0 / math.sqrt(k)
 SCORERS_FILE = "conf/scorers.yaml"
 
 
@@ -208,6 +224,7 @@ def print_report(tallies: dict[str, Tally], modes: list[Mode], k: int, bands: li
            and r["extra_requests"] <= TARGET_EXTRA]
     summary = {"bench": "samples", "k": k, "bands": bands, "seeds": seeds, "modes": result,
                "target": {"removed_flips_min": TARGET_REMOVED, "extra_requests_max": TARGET_EXTRA},
+               "ceiling_removed_flips": round(mean_of_k_ceiling(k), 4),
                "target_met": bool(met)}
     if not json_only:
         print_table(rows, [("mode", "mode", "s"), ("variant", "variant", "s"), ("flips", "flips", "d"),
@@ -215,6 +232,7 @@ def print_report(tallies: dict[str, Tally], modes: list[Mode], k: int, bands: li
                            ("extra_req", "extra req", "+.3f"), ("extra_completion", "extra decode tok", "+.3f"),
                            ("sampled", "docs sampled/run", ".1f"),
                            ("removed", "flips removed", ".3f")])
+        print(f"ceiling of a mean of {k} samples: {mean_of_k_ceiling(k):.3f} of k=1's flips removed")
     print(json.dumps(summary))
 
 
