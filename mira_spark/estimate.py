@@ -158,6 +158,26 @@ def estimate_layout(histogram: TokenHistogram, static_tokens: float, tp: int, no
                           wall_hours=wall_s / 3600, nodes=nodes)
 
 
+def pending_gpu_hours(docs: int, doc_tokens: float, static_tokens: float, gpus_per_replica: int,
+                      figures: GpuFigures | None = None) -> float | None:
+    """The estimate's GPU-hours for ``docs`` documents of ``doc_tokens`` tokens in all, on replicas of
+    ``gpus_per_replica`` GPUs (TP = that many); None when the model has no figure for that TP.
+
+    What the run's progress lines compare their GPU-hours with (the cost model is linear in documents and
+    tokens, so the mean is exact here).
+
+    >>> round(pending_gpu_hours(1000, 1_000_000, 10_000, 8), 3)
+    0.11
+    >>> pending_gpu_hours(1000, 1_000_000, 10_000, 3) is None
+    True
+    """
+    figures = figures or GpuFigures()
+    if gpus_per_replica not in figures.tp_efficiency or figures.gpus_per_node % gpus_per_replica or docs <= 0:
+        return None
+    histogram = TokenHistogram.from_mean(docs, doc_tokens / docs)
+    return estimate_layout(histogram, static_tokens, gpus_per_replica, figures=figures).gpu_hours
+
+
 def estimate_layouts(histogram: TokenHistogram, static_tokens: float, nodes: int = 1,
                      figures: GpuFigures | None = None, layouts: Sequence[int] = LAYOUTS) -> list[LayoutEstimate]:
     return [estimate_layout(histogram, static_tokens, tp, nodes, figures) for tp in layouts]

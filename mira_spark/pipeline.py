@@ -89,6 +89,7 @@ class RunSummary:
     documents_in: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     pending_before: int = 0
+    pending_tokens: int = 0  # routing's tokens of the pending documents (the GPU-hours estimate's input)
     recovered_raw: int = 0
     parsed: int = 0  # rows the parse stage merged into scores
     exact_copies: int = 0  # duplicate rows identical to the routed copy (same doc_id, source, text)
@@ -417,8 +418,9 @@ def score_waves(tables: Tables, settings: Settings, groups: Groups, pending: Dat
     tables.append(work, target.queue, target.schemas()[0], partition_by=("run_id", "wave"))
     queue = tables.read(target.queue).filter(F.col("run_id") == run_id)
     try:
+        estimate = pending_estimate(plan, n_pending, summary.pending_tokens) if target is SCORE_TARGET else None
         _run_waves(tables, settings, queue, plan, tasks, checked, n_waves, run_id, summary, progress, target,
-                   n_pending, canary, lease, on_wave)
+                   n_pending, canary, lease, on_wave, estimate)
     finally:
         tables.delete_run(target.queue, run_id)
 
@@ -439,6 +441,19 @@ def _canary_hook(tables: Tables, settings: Settings, plan: ScoringPlan, run_id: 
     return lambda wave, current: guard.before_wave(wave, current, write)
 
 
+def pending_estimate(plan: ScoringPlan, docs: int, tokens: int) -> float | None:
+    """``mira-spark estimate``'s GPU-hours for the pending documents on this pool (its replicas' GPUs as the
+    TP), for the progress lines to compare with; None without token counts or with mixed replica sizes."""
+    from mira_spark.estimate import pending_gpu_hours
+
+    gpus = {e.gpus for g in plan.groups.values() for e in g.pool.endpoints}
+    if len(gpus) != 1 or tokens <= 0:
+        return None
+    static = max(PromptBuilder(g.rubric, g.model, plan.max_model_len, plan.sampling.max_tokens).static_tokens
+                 for g in plan.groups.values())
+    return pending_gpu_hours(docs, tokens, static, gpus.pop())
+
+
 def _wave_journal(settings: Settings, run_id: str, wave: int, samples: bool = False) -> journal.JournalSpec | None:
     root = journal.journal_root(settings)
     if root is None:
@@ -452,12 +467,13 @@ def _wave_journal(settings: Settings, run_id: str, wave: int, samples: bool = Fa
 def _run_waves(tables: Tables, settings: Settings, queue: DataFrame, plan: ScoringPlan, tasks: int, checked: dict,
                n_waves: int, run_id: str, summary: RunSummary, progress: ProgressSink, target: WaveTarget,
                n_pending: int, canary: CanaryHook | None = None, lease: Lease | None = None,
-               on_wave: WaveHook | None = None) -> None:
+               on_wave: WaveHook | None = None, gpu_hours_estimate: float | None = None) -> None:
     started = time.perf_counter()
     totals = summary.stage(target.stage)
     _, raw_schema, table_schema = target.schemas()
     meter = WaveMeter(total_docs=n_pending, n_waves=n_waves, started=started,
-                      gpus=sum(e.gpus for g in plan.groups.values() for e in g.pool.endpoints))
+                      gpus=sum(e.gpus for g in plan.groups.values() for e in g.pool.endpoints),
+                      gpu_hours_estimate=gpu_hours_estimate)
     for wave in range(n_waves):
         if canary is not None and wave > 0:  # every scoring.canary.every_waves waves: a replaced node too
             plan = canary(wave, plan)
@@ -562,8 +578,9 @@ class RunContext:
 
     @property
     def routed(self) -> DataFrame:
-        """Rows to score: ``doc_id, source, scorer, text_hash`` (no text)."""
-        return self._routing().filter(F.col("reason").isNull()).select("doc_id", "source", "scorer", "text_hash")
+        """Rows to score: ``doc_id, source, scorer, text_hash, tokens`` (no text)."""
+        return self._routing().filter(F.col("reason").isNull()).select("doc_id", "source", "scorer", "text_hash",
+                                                                        "tokens")
 
     @property
     def rejected(self) -> DataFrame:
@@ -640,7 +657,10 @@ def score_stage(ctx: RunContext) -> None:
     ctx.summary.recovered_raw = recover_unmerged(ctx.tables, ctx.groups)
     pending = pending_documents(ctx.routed, ctx.tables.read("scores"), ctx.versions,
                                 tuple(ctx.settings.scoring.rescore_errors))
-    ctx.summary.pending_before = pending.count()
+    # One aggregation over the pending keys: how many, and their tokens (the progress lines' estimate).
+    counted = pending.agg(F.count(F.lit(1)).alias("n"), F.sum("tokens").alias("tokens")).collect()[0]
+    ctx.summary.pending_before = int(counted["n"])
+    ctx.summary.pending_tokens = int(counted["tokens"] or 0)
     st = ctx.summary.stage("score")
     st.rows_in = ctx.summary.pending_before
     st.count("recovered_raw", ctx.summary.recovered_raw)

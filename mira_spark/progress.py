@@ -2,7 +2,8 @@
 
 Takes the scoring stage's running totals (:class:`~mira_spark.runstats.StageStats`) after each wave and
 gives a :class:`WaveProgress` (documents done of total, requests/s, tokens/s, ETA, failures by reason,
-GPU-hours so far and projected at the current rate). Sinks: :func:`log_progress` (INFO log, the
+GPU-hours so far, projected at the current rate, and against ``mira-spark estimate``'s figure for the
+pending documents, when the run has one: the ratio says how the real pool compares with the cost model). Sinks: :func:`log_progress` (INFO log, the
 default for library calls and notebooks) and :class:`TerminalProgress` (the CLI: a redrawn bar on a
 terminal, plain lines otherwise, e.g. in a Databricks or YARN driver log).
 
@@ -12,9 +13,11 @@ stage and wave there; an engine without tags (e.g. Sail) is skipped silently.
 
 >>> from mira_spark.runstats import StageStats
 >>> st = StageStats("score", rows_out=500, requests=520, completion_tokens=450_000)
->>> p = WaveMeter(total_docs=1000, n_waves=4, started=0.0, gpus=16).line(2, st, now=100.0)
+>>> p = WaveMeter(total_docs=1000, n_waves=4, started=0.0, gpus=16, gpu_hours_estimate=0.8).line(2, st, now=100.0)
 >>> p.eta_s, round(p.gpu_hours, 3), round(p.gpu_hours_projected, 3)
 (100.0, 0.444, 0.889)
+>>> p.text().split("GPU-hours ")[1]
+'0.44 (projected 0.89; estimate 0.80, projected/estimate 1.11)'
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class WaveProgress:
     failed: dict[str, int]
     gpu_hours: float
     gpu_hours_projected: float | None
+    gpu_hours_estimate: float | None = None  # mira-spark estimate's GPU-hours for the documents pending at start
 
     @property
     def fraction(self) -> float:
@@ -58,6 +62,10 @@ class WaveProgress:
         eta = _duration(self.eta_s) if self.eta_s is not None else "?"
         failed = ", ".join(f"{k} {v}" for k, v in sorted(self.failed.items())) or "none"
         projected = f"{self.gpu_hours_projected:.2f}" if self.gpu_hours_projected is not None else "?"
+        if self.gpu_hours_estimate:
+            ratio = (f", projected/estimate {self.gpu_hours_projected / self.gpu_hours_estimate:.2f}"
+                     if self.gpu_hours_projected is not None else "")
+            projected += f"; estimate {self.gpu_hours_estimate:.2f}{ratio}"
         return (f"wave {self.wave}/{self.n_waves}: {self.done}/{self.total} documents ({100 * self.fraction:.1f}%), "
                 f"{self.requests_per_s:.1f} req/s, {self.tokens_per_s:.0f} tok/s, ETA {eta}, failed: {failed}, "
                 f"GPU-hours {self.gpu_hours:.2f} (projected {projected})")
@@ -78,6 +86,7 @@ class WaveMeter:
     n_waves: int
     started: float
     gpus: int  # GPUs behind the pools' endpoints (EndpointConfig.gpus)
+    gpu_hours_estimate: float | None = None  # the cost model's figure for the whole pass (None: not known)
 
     def line(self, wave: int, totals: StageStats, now: float) -> WaveProgress:
         elapsed = max(now - self.started, 1e-9)
@@ -93,6 +102,7 @@ class WaveMeter:
             failed=totals.by_prefix("failed"),
             gpu_hours=gpu_hours,
             gpu_hours_projected=gpu_hours * self.total_docs / done if done else None,
+            gpu_hours_estimate=self.gpu_hours_estimate,
         )
 
 

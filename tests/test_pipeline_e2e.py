@@ -101,6 +101,27 @@ def test_progress_line_per_wave_and_job_tags(runs: Runs) -> None:
     assert {"mira-route", "mira-score", "mira-select"} <= set(runs.tags)
 
 
+def test_progress_compares_gpu_hours_with_the_estimate(spark: Any, runs: Runs) -> None:
+    """Each line carries ``mira-spark estimate``'s GPU-hours for the documents pending at the start (issue 10
+    item 9): the figure its TP=8 layout gives for the routed documents' token histogram."""
+    from mira_spark.estimate import TokenHistogram, estimate_layout, static_prompt_tokens
+    from mira_spark.prompting.tokens import estimate_tokens
+
+    tables = Tables(spark, runs.settings)
+    scored = {r["doc_id"] for r in tables.read("scores").select("doc_id").collect()}
+    docs = spark.read.format("delta").load(runs.settings.tables.documents)
+    assert "tokens" not in docs.columns  # the case: routing estimates every document's tokens
+    tokens = [estimate_tokens(r["text"]) for r in docs.select("doc_id", "text").collect() if r["doc_id"] in scored]
+    assert len(tokens) == runs.progress[-1].total  # every routed document was pending in the first run
+    static, _ = static_prompt_tokens(runs.settings)
+    expected = estimate_layout(TokenHistogram.from_tokens(tokens), static, tp=8).gpu_hours
+    estimates = {p.gpu_hours_estimate for p in runs.progress}
+    assert len(estimates) == 1  # one figure for the whole pass
+    got = estimates.pop()
+    assert got is not None and abs(got - expected) <= 0.02 * expected, (got, expected)
+    assert f"estimate {got:.2f}, projected/estimate " in runs.progress[-1].text()
+
+
 def test_every_answer_is_parsed_once(runs: Runs) -> None:
     """The task's output check parses each answer; the score columns travel with the row (issue 8 item 5)."""
     assert runs.first.scored_ok > 0
