@@ -287,6 +287,12 @@ class AdaptiveSamplesConfig(_Frozen):
         "of one sample's spread (decisions.composite_sd), so documents farther from the cut than the band "
         "rarely flip.",
     )
+    max_share: float = Field(
+        default=0.15, gt=0, le=1,
+        description="At most this share of the scored documents get extra samples: when more lie within "
+        "the band, the ones nearest their cut (whole 0.01-point steps). Bounds the extra requests on any "
+        "corpus, however densely it crowds its cuts.",
+    )
 
 
 class ScoringConfig(_Frozen):

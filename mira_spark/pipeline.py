@@ -799,7 +799,13 @@ def samples_stage(ctx: RunContext) -> None:
     recover_unmerged_samples(tables)
     scored = _current_scores(ctx).filter(F.col("status") == "ok").select(*SCORE_KEYS)
     if cfg.adaptive_samples.enabled:
-        near = band_documents(_selection(ctx).decisions, cfg.adaptive_samples.band)
+        adaptive = cfg.adaptive_samples
+        cap = math.floor(adaptive.max_share * scored.count())
+        near, n_near = band_documents(_selection(ctx).decisions, adaptive.band, cap)
+        if n_near > cap:
+            log.info("samples: %d documents within %g points of a cut; the %g%% cap (%d) takes the nearest",
+                     n_near, adaptive.band, 100 * adaptive.max_share, cap)
+        ctx.summary.stage("samples").count("band_documents", n_near)
         scored = scored.join(near, on=["doc_id", "scorer"], how="inner")
     indices = ctx.spark.createDataFrame([(i,) for i in range(1, cfg.samples)], "sample int")
     wanted = (ctx.routed.join(scored, on=["doc_id", "scorer"], how="inner").crossJoin(F.broadcast(indices))

@@ -9,6 +9,7 @@ full k stores k samples per document and the composite is their mean, and adapti
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.spark
 
 K = 3
 BAND = 1.5
+CAPPED_SHARE = 0.04  # below the band's share of the corpus (~10%): the cap binds
 DECISION_COLUMNS = ("variant", "doc_id", "decision", "reason", "composite", "threshold", "n_samples", "composite_sd")
 
 
@@ -45,6 +47,7 @@ class Runs:
     full: Stored  # seed 1: full k=3 after adaptive
     settings: Any  # seed 1, full k=3
     ok_docs: int
+    capped: Stored  # seed 1, adaptive k=3 on fresh tables with max_share CAPPED_SHARE
 
 
 def _read(spark: Any, settings: Any, summary: Any) -> Stored:
@@ -66,13 +69,14 @@ def runs(spark: Any, sample_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     sims = [start_in_thread(SimConfig(name="noisy", time_scale=400.0, sampling_noise=True))]
     work = tmp_path_factory.mktemp("k_samples")
 
-    def settings(seed: int, samples: int, adaptive: bool) -> Any:
-        cfg = write_config(work / f"run-{seed}-{samples}-{adaptive}.yaml", work / f"tables-{seed}",
+    def settings(seed: int, samples: int, adaptive: bool, max_share: float = 1.0) -> Any:
+        name = f"{seed}" if max_share == 1.0 else f"{seed}-capped"
+        cfg = write_config(work / f"run-{name}-{samples}-{adaptive}.yaml", work / f"tables-{name}",
                            str(sample_dir / "documents"), str(sample_dir / "validation"), [sims[0].url],
                            sampling={"seed": seed},
                            scorers={"pools": {"text_group_b_pool": {"supports_n": seed == 1}}},
                            scoring={"wave_size": 1000, "samples": samples,
-                                    "adaptive_samples": {"enabled": adaptive, "band": BAND}})
+                                    "adaptive_samples": {"enabled": adaptive, "band": BAND, "max_share": max_share}})
         return load_settings(cfg)
 
     def run(s: Any, stages: list[str] | None = None) -> Stored:
@@ -87,7 +91,8 @@ def runs(spark: Any, sample_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         full_settings = settings(1, K, False)
         full = run(full_settings)
         ok_docs = Tables(spark, full_settings).read("scores").filter("status = 'ok'").count()
-        yield Runs(k1, adaptive, k1_again, full, full_settings, ok_docs)
+        capped = run(settings(1, K, True, max_share=CAPPED_SHARE))
+        yield Runs(k1, adaptive, k1_again, full, full_settings, ok_docs, capped)
     finally:
         for h in sims:
             h.stop()
@@ -167,3 +172,27 @@ def test_adaptive_flips_fewer_decisions_than_k1(runs: Runs) -> None:
     adaptive = flips(runs.adaptive[1], runs.adaptive[2])
     assert k1 > 0  # the case: sampling noise flips decisions between two independent runs
     assert adaptive < k1
+
+
+def _steps(stored: Stored) -> dict[str, int]:
+    """Band documents -> their nearest distance to a cut, in 0.01-point steps (k=1 decisions)."""
+    band = _band(stored)
+    out: dict[str, int] = {}
+    for (variant, doc), r in stored.decisions.items():
+        if doc in band and variant != "random" and r["threshold"] is not None and r["composite"] is not None \
+                and r["reason"] in ("selected", "below_threshold"):
+            step = math.floor(abs(r["composite"] - r["threshold"]) / 0.01)
+            out[doc] = min(out.get(doc, step), step)
+    return out
+
+
+def test_max_share_caps_the_extra_samples_to_the_nearest_documents(runs: Runs) -> None:
+    """Fresh tables at seed 1 (so sample 0 equals the k=1 run's): the cap takes the band's nearest documents."""
+    steps = _steps(runs.k1[1])
+    cap = math.floor(CAPPED_SHARE * runs.ok_docs)
+    assert 0 < cap < len(steps)  # the case: more band documents than the cap allows
+    sampled = set(runs.capped.samples)
+    assert 0 < len(sampled) <= cap and sampled <= set(steps)
+    skipped = set(steps) - sampled
+    assert max(steps[d] for d in sampled) < min(steps[d] for d in skipped)  # nearest first, whole steps
+    assert runs.capped.requests["samples"] == len(sampled)  # n=2 choices: one request per document

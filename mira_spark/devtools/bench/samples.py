@@ -1,6 +1,6 @@
 """``mira-spark bench samples``: decision flips between two independent runs, for k=1, full k and adaptive k.
 
-Takes ``[--k 3] [--bands 1.5] [--seeds 1,2,3,4] [--json-only]``; writes the sample corpus (263 documents, 2
+Takes ``[--k 3] [--bands 1.5] [--seeds 1,2,3,4] [--max-share 0.15] [--json-only]``; writes the sample corpus (263 documents, 2
 scored sources), starts two simulated endpoints with sampling noise (``SimConfig.sampling_noise``: each
 choice at the card's temperature 0.7 moves every dimension score by seeded noise, sd 0.7 score points),
 and runs the whole pipeline on Sail + Delta twice per mode and pair of seeds — same documents, same
@@ -95,7 +95,7 @@ class Tally:
 
 
 def run_config(root: Path, sample: Path, urls: list[str], seed: int, mode: Mode, band: float,
-               scorers_file: str) -> Path:
+               scorers_file: str, max_share: float | None = None) -> Path:
     """A run config: fresh tables under ``root``, the corpus at ``sample``, sampling seed ``seed``."""
     config = {
         "engine": "sail",
@@ -105,7 +105,8 @@ def run_config(root: Path, sample: Path, urls: list[str], seed: int, mode: Mode,
                    "validation": str(sample / "validation")},
         "sampling": {"seed": seed},
         "scoring": {"wave_size": 1000, "samples": mode.samples,
-                    "adaptive_samples": {"enabled": mode.adaptive, "band": band}},
+                    "adaptive_samples": {"enabled": mode.adaptive, "band": band,
+                                         **({} if max_share is None else {"max_share": max_share})}},
         "scorers": {"pools": {"text_group_b_pool": {"endpoints": [{"url": u} for u in urls],
                                                     "slots_per_endpoint": 64}}},
     }
@@ -148,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bands", default=None,
                     help="adaptive bands, composite points, comma-separated (default: scoring.adaptive_samples.band)")
     ap.add_argument("--seeds", default="1,2,3,4", help="sampling seeds, taken in pairs of independent runs")
+    ap.add_argument("--max-share", type=float, default=None,
+                    help="adaptive cap on the share of documents sampled (default: scoring.adaptive_samples.max_share)")
     ap.add_argument("--scorers-file", default=SCORERS_FILE, help="scorer groups and pools (default conf/scorers.yaml)")
     ap.add_argument("--json-only", action="store_true")
     args = ap.parse_args(argv)
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                         root = work / f"run-{i}-{seed}"
                         root.mkdir()
                         cfg = run_config(root, work / "sample", [h.url for h in sims], seed, mode,
-                                         band_of[mode.name], args.scorers_file)
+                                         band_of[mode.name], args.scorers_file, args.max_share)
                         runs.append(run_once(spark, cfg))
                     variants = variants or sorted({v for v, _ in runs[0].decisions} - {"random"})
                     tallies[mode.name].add(runs[0], runs[1], variants)
