@@ -68,6 +68,7 @@ from mira_spark.store.schemas import (
     SAMPLES_SCHEMA,
     SCORE_KEYS,
     SCORES_SCHEMA,
+    SELECTED_SCHEMA,
     THRESHOLDS_SCHEMA,
     WORK_QUEUE_SCHEMA,
 )
@@ -771,7 +772,8 @@ def samples_stage(ctx: RunContext) -> None:
 
 
 def selected_stage(ctx: RunContext, selection: Selection) -> dict[str, dict[str, tuple[int, int]]]:
-    """Write ``selected`` (``variant`` + the kept rows with their text: the one join that brings text here).
+    """Write ``selected``: each (doc_id, scorer) kept by any variant once, with its text and ``variants``
+    (the one join that brings text here; the text is written once however many variants keep it).
 
     Returns per variant and unit ``(n_kept, n_in)``.
     """
@@ -784,9 +786,8 @@ def selected_stage(ctx: RunContext, selection: Selection) -> dict[str, dict[str,
                                how="inner")
     selected = attach_text(keys, ctx.docs)
     if ctx.summary.exact_copies:  # rare: only then is there a second match to drop
-        selected = selected.dropDuplicates(["variant", "doc_id", "scorer"])
-    selected = selected.drop("text_hash")
-    tables.overwrite(selected, "selected", selected.schema)
+        selected = selected.dropDuplicates(["doc_id", "scorer"])
+    tables.overwrite(selected, "selected", SELECTED_SCHEMA)
     # RunSummary.kept: "<variant>:<unit>" -> (kept, n_in); the select row of run_stats adds tokens per variant.
     for variant, units in selection.counts.items():
         for unit, counts in units.items():
