@@ -862,7 +862,8 @@ def run_stages(ctx: RunContext, names: Sequence[str] | None = None, around: Stag
 
 
 def _count_selection(ctx: RunContext) -> None:
-    """rows_in: the documents every variant decides on; rows_out: kept rows over all variants (``selected``);
+    """rows_in: the documents every variant decides on; rows_out: kept (variant, document) pairs over all variants
+    (``mira_selected_by_variant``; ``selected`` holds each kept document once);
     counts per ``<variant>:<unit>`` (``kept:``, ``in:``) and per variant (``tokens_kept:``, ``tokens_in:``,
     ``budget_missed:``) from the thresholds table (one row per variant and unit: small)."""
     summary = ctx.summary

@@ -251,8 +251,7 @@ def _decide(spark: SparkSession, scored: DataFrame, v: VariantConfig, cuts: Cuts
     return joined.withColumn("_kept", F.col("_reason").isNull() & kept_predicate())
 
 
-_DECIDE_COLUMNS = ("_unit", "_k", "_h", "_reason", *(c.split()[0] for c in CUTS_DDL.split(", ") if c != "_unit"),
-                   "_kept")
+_DECIDE_COLUMNS = ("_k", "_h", "_reason", *(c.split()[0] for c in CUTS_DDL.split(", ")), "_kept")
 
 
 def kept_once(spark: SparkSession, scored: DataFrame, variants: list[tuple[VariantConfig, Cuts]],
