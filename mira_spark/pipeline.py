@@ -68,6 +68,7 @@ from mira_spark.store.schemas import (
     SAMPLES_SCHEMA,
     SCORE_KEYS,
     SCORES_SCHEMA,
+    SELECTED_SCHEMA,
     THRESHOLDS_SCHEMA,
     WORK_QUEUE_SCHEMA,
 )
@@ -823,7 +824,8 @@ def samples_stage(ctx: RunContext) -> None:
 
 
 def selected_stage(ctx: RunContext, selection: Selection) -> dict[str, dict[str, tuple[int, int]]]:
-    """Write ``selected`` (``variant`` + the kept rows with their text: the one join that brings text here).
+    """Write ``selected``: each (doc_id, scorer) kept by any variant once, with its text and ``variants``
+    (the one join that brings text here; the text is written once however many variants keep it).
 
     Returns per variant and unit ``(n_kept, n_in)``.
     """
@@ -836,9 +838,8 @@ def selected_stage(ctx: RunContext, selection: Selection) -> dict[str, dict[str,
                                how="inner")
     selected = attach_text(keys, ctx.docs)
     if ctx.summary.exact_copies:  # rare: only then is there a second match to drop
-        selected = selected.dropDuplicates(["variant", "doc_id", "scorer"])
-    selected = selected.drop("text_hash")
-    tables.overwrite(selected, "selected", selected.schema)
+        selected = selected.dropDuplicates(["doc_id", "scorer"])
+    tables.overwrite(selected, "selected", SELECTED_SCHEMA)
     # RunSummary.kept: "<variant>:<unit>" -> (kept, n_in); the select row of run_stats adds tokens per variant.
     for variant, units in selection.counts.items():
         for unit, counts in units.items():
@@ -913,7 +914,8 @@ def run_stages(ctx: RunContext, names: Sequence[str] | None = None, around: Stag
 
 
 def _count_selection(ctx: RunContext) -> None:
-    """rows_in: the documents every variant decides on; rows_out: kept rows over all variants (``selected``);
+    """rows_in: the documents every variant decides on; rows_out: kept (variant, document) pairs over all variants
+    (``mira_selected_by_variant``; ``selected`` holds each kept document once);
     counts per ``<variant>:<unit>`` (``kept:``, ``in:``) and per variant (``tokens_kept:``, ``tokens_in:``,
     ``budget_missed:``) from the thresholds table (one row per variant and unit: small)."""
     summary = ctx.summary

@@ -66,7 +66,8 @@ near = spark.sql("""
     SELECT d.variant, d.source, d.doc_id, d.decision, round(d.composite, 3) AS composite,
            round(t.threshold, 3) AS threshold, round(d.composite - t.threshold, 3) AS margin
     FROM mira_decisions d JOIN mira_thresholds t ON d.variant = t.variant AND d.unit = t.unit
-    WHERE d.composite IS NOT NULL AND t.threshold IS NOT NULL AND (:source = '' OR d.source = :source)
+    WHERE t.cut_on = 'composite' AND d.composite IS NOT NULL AND t.threshold IS NOT NULL
+      AND (:source = '' OR d.source = :source)
     ORDER BY abs(d.composite - t.threshold), d.variant, d.doc_id LIMIT 20
 """, args={"source": dbutils.widgets.get("source")})
 display(near)

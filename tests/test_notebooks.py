@@ -95,7 +95,11 @@ def test_explore_notebook_queries_and_plots(demo_run: Any, spark: Any) -> None:
     frames = [x.toPandas() for x in shown if not isinstance(x, Figure)]
     assert len(figures) == 3 and all(f.axes for f in figures)
     per_dimension, masked, thresholds, near = frames
-    sources = {k.split(":")[1] for k in demo_run.summary["kept"] if k.startswith("source:")}
+    # sources with scored rows; a source with input rows but none eligible (legacy_forum: every row no_scorer)
+    # still has its thresholds row and its (0 kept, 0 eligible) count
+    kept = demo_run.summary["kept"]
+    sources = {k.split(":")[1] for k, (_kept, n_in) in kept.items() if k.startswith("source:") and n_in}
+    assert tuple(kept["source:legacy_forum"]) == (0, 0) and "legacy_forum" not in sources
     assert set(per_dimension["source"]) == sources and (per_dimension["n"] > 0).all()
     assert per_dimension["mean_score"].between(0, 10).all()
     assert masked["masked"].all()

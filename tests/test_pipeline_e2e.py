@@ -253,11 +253,22 @@ def test_selected_table_holds_kept_documents_with_text(spark: Any, runs: Runs) -
     tables = Tables(spark, runs.settings)
     selected = tables.read("selected")
     kept = tables.read("decisions").filter("decision = 'kept'")
-    assert selected.count() == kept.count() == sum(k for k, _ in runs.first.kept.values())
-    assert {"variant", "doc_id", "text", "composite", "a1_score", "mask_version", "weights_version"} <= set(
-        selected.columns)
+    assert kept.count() == sum(k for k, _ in runs.first.kept.values())
+    # each kept document once, its text written once, with the sorted variants that kept it
+    rows = selected.select("doc_id", "scorer", "variants").collect()
+    assert len(rows) == kept.select("doc_id", "scorer").distinct().count() < kept.count()
+    assert len({(r["doc_id"], r["scorer"]) for r in rows}) == len(rows)
+    by_doc = {(r["doc_id"], r["scorer"]): list(r["variants"]) for r in rows}
+    want: dict[tuple[str, str], list[str]] = {}
+    for r in kept.select("variant", "doc_id", "scorer").orderBy("variant").collect():
+        want.setdefault((r["doc_id"], r["scorer"]), []).append(r["variant"])
+    assert by_doc == want
+    assert {"variants", "doc_id", "text", "composite", "a1_score", "mask_version", "weights_version"} <= set(
+        selected.columns) and "variant" not in selected.columns
     assert selected.filter("text is null").count() == 0
-    assert {r["variant"] for r in selected.select("variant").distinct().collect()} == set(VARIANTS)
+    assert {v for vs in by_doc.values() for v in vs} == set(VARIANTS)
+    source = {(r["doc_id"], r["scorer"]) for r in selected.filter("array_contains(variants, 'source')").collect()}
+    assert source == {k for k, vs in want.items() if "source" in vs} and source
 
 
 def test_views_answer_sql(spark: Any, runs: Runs) -> None:
@@ -267,7 +278,7 @@ def test_views_answer_sql(spark: Any, runs: Runs) -> None:
         "SELECT DISTINCT slot FROM scores_long WHERE masked ORDER BY slot"
     ).collect()
     assert [r["slot"] for r in masked] == ["A14", "A15"]
-    top = spark.sql("SELECT variant, count(*) AS n FROM mira_selected GROUP BY variant").collect()
+    top = spark.sql("SELECT variant, count(*) AS n FROM mira_selected_by_variant GROUP BY variant").collect()
     per_variant: dict[str, int] = {}
     for key, (k, _n) in runs.first.kept.items():
         per_variant[key.split(":")[0]] = per_variant.get(key.split(":")[0], 0) + k

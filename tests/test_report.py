@@ -100,9 +100,10 @@ def _synthetic() -> ReportData:
         *[("group", "group", g, "tokens", "score", 250, 5.5, 15, 7, 500, 250, 0.5, True, False)
           for g in ("text_g", "code_g")],
         *[("source", "source", s, "tokens", "score", 160, 6.5, 10, 5, 330, 160, 0.5, True, False) for s in sources],
-        *[("random", "source", s, "tokens", "random", 160, None, 10, 5, 330, 160, 0.5, True, False) for s in sources],
+        *[("random", "source", s, "tokens", "random", 160, 0.48, 10, 5, 330, 160, 0.5, True, False) for s in sources],
     ], columns=["variant", "unit_kind", "unit", "mode", "method", "budget", "threshold", "n_in", "n_kept",
                 "tokens_in", "tokens_kept", "kept_fraction", "budget_met", "tokens_estimated"])
+    thresholds["cut_on"] = ["random_score" if m == "random" else "composite" for m in thresholds["method"]]
     curves = pd.DataFrame([(v, s, g, c / 2, 1, 33) for v in ("global", "group", "source") for s, g in sources.items()
                            for c in range(21)], columns=["variant", "source", "scorer", "composite", "n", "tokens"])
     tokens = pd.DataFrame([(v, s, d, 5, 165) for v in ("global", "group", "source", "random") for s in sources
@@ -128,6 +129,7 @@ def test_report_from_the_new_layout_with_variants_and_canary(tmp_path: Path) -> 
                            "retention_source.png", "tokens_per_source.png", "variants_jaccard.png",
                            "variants_source_mix.png", "canary.png"}
     assert "retention_random.png" not in linked and "random baseline, no score threshold" in text
+    assert "<td>random_score</td>" in text and "<td>0.480</td>" in text  # its cut, on the hash score
     assert "95% confidence interval" in text
     assert "Masked cells (1)" in text
     # Jaccard of two 15-document sets sharing 6: 6 / 24

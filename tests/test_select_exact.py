@@ -20,10 +20,12 @@ from mira_spark.selection.aggregation import composite_plan
 from mira_spark.selection.select import select_documents
 from mira_spark.selection.thresholds import (
     DEFAULT_ROWS_PER_BUCKET,
+    GUMBEL_KEY_SCALE,
     GUMBEL_SALT,
     ScoreKeyScale,
     gumbel_order_key,
     random_order_key,
+    random_score,
     round_half_up_fraction,
     seeded_hash,
     split_largest_remainder,
@@ -82,8 +84,9 @@ def case(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
     sel = select_documents(spark, scored, empty, empty, cfg, plan, "m1")
     kept = sel.decisions.filter("decision = 'kept'").select("variant", "doc_id").toPandas()
     thresholds = sel.thresholds.toPandas()
+    kept_once = sel.kept.select("doc_id", "scorer", "variants").toPandas()
     return {"pdf": pdf, "ok": ok, "variants": variants, "plan": plan, "kept": kept, "thresholds": thresholds,
-            "decisions_n": sel.decisions.count()}
+            "decisions_n": sel.decisions.count(), "kept_once": kept_once}
 
 
 def _brute_force(df: pd.DataFrame, v: VariantConfig, budget_total: int | None) -> tuple[set[str], dict[str, int]]:
@@ -142,3 +145,33 @@ def test_histogram_cuts_equal_a_full_sort_for_every_mode_and_unit(case: dict[str
             assert (t["tokens_kept"] <= t["budget"]).all() and t["budget_met"].all()
         if v.semantics == "reach":
             assert (t["tokens_kept"] >= t["budget"]).all()
+        _check_threshold_unit(v, df, want, t)
+
+
+def _check_threshold_unit(v: VariantConfig, df: pd.DataFrame, want: set[str], t: pd.DataFrame) -> None:
+    """``threshold`` is the lowest kept value of the quantity ``cut_on`` names: above it kept, below excluded."""
+    if v.method == "random":
+        on, value = "random_score", [random_score(h) for h in df["h"]]
+    elif v.tau is not None:
+        on, value = "gumbel_key", list(df["k"] / GUMBEL_KEY_SCALE)
+    else:
+        on, value = "composite", list(df["composite"])
+    df = df.assign(value=value, kept=df["doc_id"].isin(want))
+    assert set(t["cut_on"]) == {on}
+    for unit, g in df.groupby("unit"):
+        threshold = t.loc[unit, "threshold"]
+        assert threshold == pytest.approx(g.loc[g["kept"], "value"].min(), abs=1e-12)
+        assert g.loc[g["value"] > threshold + 1e-9, "kept"].all()
+        assert not g.loc[g["value"] < threshold - 1e-9, "kept"].any()
+        assert (g["value"] < threshold - 1e-9).any()  # the cut excluded rows below it: the check had a case
+
+
+def test_kept_rows_are_each_document_once_with_the_variants_that_kept_it(case: dict[str, Any]) -> None:
+    once = case["kept_once"]
+    assert not once.duplicated(["doc_id", "scorer"]).any()
+    got = {d: list(v) for d, v in zip(once["doc_id"], once["variants"], strict=True)}
+    want: dict[str, list[str]] = {}
+    for variant, doc_id in sorted(zip(case["kept"]["variant"], case["kept"]["doc_id"], strict=True)):
+        want.setdefault(doc_id, []).append(variant)
+    assert got == want
+    assert max(len(v) for v in got.values()) > 1 and min(len(v) for v in got.values()) == 1

@@ -34,6 +34,8 @@ COLUMNS = {
     "08_cost_so_far": ["run_id", "requests", "retries", "repairs", "wasted_requests", "wasted_completion_tokens",
                        "rows_scored", "rows_ok", "prompt_tokens", "completion_tokens", "endpoints", "scoring_s",
                        "latency_p50_s", "latency_p99_s", "gpu_hours_est"],
+    "09_training_set_of_a_variant": ["doc_id", "source", "scorer", "composite", "tokens", "also_kept_by",
+                                     "text_chars"],
 }
 
 
@@ -50,7 +52,7 @@ def views(demo_run: Any, spark: Any) -> dict[str, Any]:
 
 
 def test_there_are_at_least_eight_documented_queries() -> None:
-    assert len(QUERIES) >= 8 and {q.stem for q in QUERIES} == set(COLUMNS)
+    assert len(QUERIES) >= 9 and {q.stem for q in QUERIES} == set(COLUMNS)
     for query in QUERIES:
         header = query.read_text(encoding="utf-8").splitlines()[0]
         assert header.startswith("-- What it answers:"), query.name
@@ -65,7 +67,8 @@ def test_query_runs_on_the_demo_output(query: Path, views: dict[str, Any], spark
 
 
 def _distribution(r: pd.DataFrame, v: dict) -> None:
-    assert set(r["source"]) == {k.split(":")[1] for k in v["summary"]["kept"] if k.startswith("source:")}
+    scored = {k.split(":")[1] for k, (_kept, n_in) in v["summary"]["kept"].items() if k.startswith("source:") and n_in}
+    assert set(r["source"]) == scored
     assert ((r["min_score"] <= r["p25"]) & (r["p25"] <= r["median"]) & (r["median"] <= r["p75"])
             & (r["p75"] <= r["max_score"])).all()
     assert r["mean_score"].between(0, 10).all() and (r["n"] > 0).all()
@@ -136,7 +139,20 @@ def _cost(r: pd.DataFrame, v: dict) -> None:
     assert demo["gpu_hours_est"] == pytest.approx(2 * 8 * demo["scoring_s"] / 3600, abs=1e-3)
 
 
+def _training_set(r: pd.DataFrame, v: dict) -> None:
+    d = v["decisions"]
+    kept = d[(d["variant"] == "source") & (d["decision"] == "kept")]
+    assert sorted(r["doc_id"]) == sorted(kept["doc_id"]) and r["doc_id"].is_unique
+    assert (r["text_chars"] > 0).all()
+    others = {x for s in r["also_kept_by"] for x in s.split(",") if x}
+    assert "source" not in others and others <= {"global", "group", "random"} and others  # the variants overlap
+    also = r.set_index("doc_id")["also_kept_by"].to_dict()
+    for doc_id in kept["doc_id"]:  # also_kept_by is exactly the other variants' decisions
+        want = sorted(d[(d["doc_id"] == doc_id) & (d["decision"] == "kept") & (d["variant"] != "source")]["variant"])
+        assert also[doc_id] == ",".join(want)
+
+
 CHECKS = {"01_score_distribution_by_source": _distribution, "02_masked_cells": _masked,
           "03_overall_vs_composite": _overall, "04_near_threshold": _near,
           "05_retained_tokens_by_source": _tokens, "06_failures_by_reason": _failures,
-          "07_canary_drift": _canary, "08_cost_so_far": _cost}
+          "07_canary_drift": _canary, "08_cost_so_far": _cost, "09_training_set_of_a_variant": _training_set}

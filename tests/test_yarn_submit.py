@@ -103,7 +103,8 @@ def test_submit_local_runs_the_job_from_the_packed_env(packed_env: Path, sim_poo
     assert len(all_decisions) == 4 * len(documents), "every input row once per variant (4 default variants)"
     decisions = all_decisions[all_decisions["variant"] == "global"]
     selected = pd.read_parquet(tmp_path / "run" / "selected")
-    selected = selected[selected["variant"] == "global"]
+    assert not selected.duplicated(["doc_id", "scorer"]).any()  # each kept document once, with its variants
+    selected = selected[["global" in list(v) for v in selected["variants"]]]
     assert len(decisions) == len(documents), "every input row gets exactly one decision per variant"
     assert sorted(decisions["doc_id"].astype(str)) == sorted(documents["doc_id"].astype(str))
     kept = decisions[decisions["decision"] == "kept"]

@@ -67,9 +67,11 @@ class ReportData:
 def normalize_thresholds(thresholds: pd.DataFrame) -> pd.DataFrame:
     """The thresholds table in the new layout: today's (per source, no variant) gets the defaults.
 
+    A table from before ``cut_on`` gets it from ``method`` and ``tau`` (its threshold was the composite's).
+
     >>> old = pd.DataFrame({"source": ["a"], "scorer": ["g"], "threshold": [6.5], "n_kept": [3]})
-    >>> normalize_thresholds(old)[["variant", "unit_kind", "unit", "method"]].values.tolist()
-    [['default', 'source', 'a', 'score']]
+    >>> normalize_thresholds(old)[["variant", "unit_kind", "unit", "method", "cut_on"]].values.tolist()
+    [['default', 'source', 'a', 'score', 'composite']]
     """
     out = thresholds.copy()
     if "variant" not in out:
@@ -80,6 +82,10 @@ def normalize_thresholds(thresholds: pd.DataFrame) -> pd.DataFrame:
         out["unit"] = out.get("source", "all")
     if "method" not in out:
         out["method"] = "score"
+    if "cut_on" not in out:
+        tau = out["tau"] if "tau" in out else pd.Series(float("nan"), index=out.index)
+        out["cut_on"] = ["random_score" if m == "random" else ("gumbel_key" if not pd.isna(t) else "composite")
+                         for m, t in zip(out["method"], tau, strict=True)]
     return out
 
 
@@ -253,7 +259,8 @@ def plot_reliability(rel: pd.DataFrame, scorer: str) -> Figure:
 
 
 def plot_retention(curves: pd.DataFrame, thresholds: pd.DataFrame, variant: str) -> Figure | None:
-    """Each unit's tokens kept vs threshold for one variant, with its cut (None: nothing to draw)."""
+    """Each unit's tokens kept vs threshold for one variant, with its cut where the cut is on the composite
+    (None: nothing to draw, the random baseline)."""
     cuts = thresholds[thresholds["variant"] == variant]
     units = [str(u) for u in cuts["unit"].tolist()]
     if not units or (cuts["method"] == "random").all():
@@ -267,7 +274,7 @@ def plot_retention(curves: pd.DataFrame, thresholds: pd.DataFrame, variant: str)
     for ax, (_, cut) in zip(axes.flat, cuts.iterrows(), strict=False):
         curve = retention_curve(rows[rows["unit"] == str(cut["unit"])])
         ax.step(curve["composite"], curve["tokens_kept"], where="post", color="#4c72b0")
-        if not pd.isna(cut.get("threshold")):
+        if cut.get("cut_on", "composite") == "composite" and not pd.isna(cut.get("threshold")):
             ax.axvline(float(cut["threshold"]), color="#c44e52", ls="--", lw=1,
                        label=f"cut {float(cut['threshold']):.3g}")
         if "tokens_kept" in cut and not pd.isna(cut["tokens_kept"]):
@@ -387,8 +394,9 @@ def render_report(data: ReportData, out_dir: str | Path) -> Path:
     parts = [f"<h1>{html.escape(data.title)}</h1>"]
     parts.append('<section id="summary"><h2>Summary</h2>')
     parts += [f'<p class="note">{html.escape(n)}</p>' for n in data.notes]
-    shown = [c for c in ("variant", "unit_kind", "unit", "mode", "method", "budget", "threshold", "n_in", "n_kept",
-                         "tokens_in", "tokens_kept", "kept_fraction", "budget_met", "tokens_estimated")
+    shown = [c for c in ("variant", "unit_kind", "unit", "mode", "method", "budget", "cut_on", "threshold", "n_docs",
+                         "n_in", "n_kept", "tokens_in", "tokens_kept", "kept_fraction", "budget_met",
+                         "tokens_estimated", "note")
              if c in thresholds]
     parts.append("<h3>Thresholds per variant and unit</h3>" + _table(thresholds[shown]))
     parts.append("<h3>Decisions by reason (every input row once per variant)</h3>"

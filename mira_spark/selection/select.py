@@ -4,12 +4,14 @@ Takes score rows with ``score_key`` / ``composite`` (see :mod:`~mira_spark.selec
 ``tokens``, the rows routing rejected and the routed documents still pending; gives, for every variant of
 ``selection.variants`` (e.g. MIRA-Global / -Group / -Source and Random at one token budget), side by side:
 
-* ``thresholds``: one row per (variant, unit) with its accounting (budget, threshold, n_in, n_kept,
-  tokens_in, tokens_kept, kept_fraction, budget_met, tokens_estimated);
+* ``thresholds``: one row per (variant, unit) with its accounting (budget, ``cut_on`` and threshold, n_docs,
+  n_in, n_kept, tokens_in, tokens_kept, kept_fraction, budget_met, tokens_estimated, note); every unit that
+  has input rows gets one, also when none of them is eligible (``n_in = 0``, ``note`` says why);
 * ``decisions``: every input row exactly once per variant, ``kept`` or ``excluded`` with a reason
   (``selected``, ``below_threshold``, ``recommendation_drop``, ``downsampled_out``, ``all_dims_masked``,
   ``scoring_failed:<code>``, ``parse_failed``, routing's reasons, ``pending``);
-* the kept score rows with their variant (the caller joins the text for ``selected``).
+* the kept score rows, once per (doc_id, scorer) kept by any variant, with ``variants`` (the sorted names of
+  the variants that kept it): the caller joins the text for ``selected``, so it is written once per document.
 
 Exact without sorting a unit in one task (:mod:`mira_spark.selection.thresholds` has the maths):
 
@@ -38,6 +40,7 @@ from mira_spark.config import SelectionConfig, VariantConfig
 from mira_spark.selection.aggregation import CompositePlan, hash_bucket
 from mira_spark.selection.samples import combine_samples
 from mira_spark.selection.thresholds import (
+    CUT_ON_COMPOSITE,
     GLOBAL_UNIT,
     GUMBEL_KEY_SCALE,
     GUMBEL_SALT,
@@ -46,9 +49,14 @@ from mira_spark.selection.thresholds import (
     Cuts,
     ThresholdSpec,
     choose_bucket_bits,
+    cut_on,
     find_boundaries,
+    no_eligible_note,
     refine_boundaries,
     resolve_cuts,
+    threshold_value,
+    unit_inputs,
+    with_empty_units,
 )
 from mira_spark.store.schemas import DECISIONS_SCHEMA, THRESHOLDS_SCHEMA, conform
 
@@ -62,7 +70,7 @@ CUTS_DDL = "_unit string, _cut_key long, _last_hash long, _last_doc_id string, _
 class Selection:
     thresholds: DataFrame
     decisions: DataFrame
-    kept: DataFrame
+    kept: DataFrame  # one row per kept (doc_id, scorer) with ``variants``
     counts: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)  # variant -> unit -> (kept, n_in)
 
 
@@ -172,30 +180,50 @@ def score_reason() -> Column:
             .when(F.col("_downsampled_out"), F.lit("downsampled_out")))
 
 
+def _composite_threshold(v: VariantConfig, key: int | None, plan: CompositePlan) -> float | None:
+    """What ``decisions.threshold`` holds: the lowest kept composite, only where the cut is on the composite."""
+    return threshold_value(CUT_ON_COMPOSITE, key, plan.composite) if cut_on(v.method, v.tau) == CUT_ON_COMPOSITE \
+        else None
+
+
 def _threshold_rows(v: VariantConfig, cuts: Cuts, estimated: dict[str, bool], plan: CompositePlan,
-                    mask_version: str | None) -> list[tuple]:
+                    mask_version: str | None, inputs: dict[str, dict[str, int]]) -> list[tuple]:
     rows = []
+    on = cut_on(v.method, v.tau)
     for unit in sorted(cuts):
         c = cuts[unit]
         key = c.lowest_kept_key
-        threshold = plan.composite(key) if key is not None and v.method == "score" and v.tau is None else None
+        reasons = inputs.get(unit, {"": c.n_in})
         rows.append((
-            v.name, v.unit, unit, v.mode, v.method, v.semantics, v.tau, c.measure, c.budget, threshold, key,
-            c.n_in, c.n_kept, c.tokens_in, c.tokens_kept, c.n_kept / c.n_in if c.n_in else None,
-            c.tokens_kept / c.tokens_in if c.tokens_in else None, c.budget_met, estimated.get(unit, False),
-            mask_version, plan.version,
+            v.name, v.unit, unit, v.mode, v.method, v.semantics, v.tau, c.measure, c.budget, on,
+            threshold_value(on, key, plan.composite), key, sum(reasons.values()), c.n_in, c.n_kept, c.tokens_in,
+            c.tokens_kept, c.n_kept / c.n_in if c.n_in else None, c.tokens_kept / c.tokens_in if c.tokens_in else None,
+            c.budget_met, estimated.get(unit, False), no_eligible_note(reasons), mask_version, plan.version,
         ))
     return rows
 
 
 def _cuts_frame(spark: SparkSession, v: VariantConfig, cuts: Cuts, plan: CompositePlan) -> DataFrame:
-    data = []
-    for unit in sorted(cuts):
-        c = cuts[unit]
-        key = c.lowest_kept_key
-        threshold = plan.composite(key) if key is not None and v.method == "score" and v.tau is None else None
-        data.append((unit, c.key, c.last_hash, c.last_doc_id, threshold, True))
+    data = [(u, cuts[u].key, cuts[u].last_hash, cuts[u].last_doc_id,
+             _composite_threshold(v, cuts[u].lowest_kept_key, plan), True) for u in sorted(cuts) if cuts[u].n_in]
     return F.broadcast(spark.createDataFrame(data, CUTS_DDL))
+
+
+def _input_rows(scored: DataFrame, rejected: DataFrame, pending: DataFrame) -> tuple[list[tuple], int]:
+    """``(source, scorer, failure, not_score, count)`` over every input row (small), and the scored tokens.
+
+    ``failure`` / ``not_score``: the reasons of :func:`failure_reason` / :func:`score_reason` (rejected
+    rows: their reason as a failure; pending rows: ``pending``). The scored rows' tokens that did not fail
+    are the base of ``token_fraction``; one aggregation gives both.
+    """
+    agg = scored.groupBy("source", "scorer", "_fail", "_not_score").agg(
+        F.count(F.lit(1)).alias("n"), F.sum(F.when(F.col("_fail").isNull(), F.col("tokens"))).alias("t")).collect()
+    rows = [(r["source"], r["scorer"], r["_fail"], r["_not_score"], r["n"]) for r in agg]
+    rows += [(r["source"], r["scorer"], r["reason"], None, r["n"]) for r in rejected.groupBy(
+        "source", "scorer", "reason").agg(F.count(F.lit(1)).alias("n")).collect()]
+    rows += [(r["source"], r["scorer"], "pending", None, r["n"]) for r in pending.groupBy(
+        "source", "scorer").agg(F.count(F.lit(1)).alias("n")).collect()]
+    return rows, sum(int(r["t"] or 0) for r in agg)
 
 
 def _other_rows(df: DataFrame, variant: str, kind: str, reason: Column, mask_version: str | None,
@@ -210,6 +238,39 @@ def _other_rows(df: DataFrame, variant: str, kind: str, reason: Column, mask_ver
     )
 
 
+def _ordered(scored: DataFrame, v: VariantConfig, plan: CompositePlan) -> DataFrame:
+    """``scored`` with ``v``'s order columns and ``_reason`` (null: the row competes for the cut)."""
+    reason = F.col("_fail") if v.method == "random" else F.coalesce(F.col("_fail"), F.col("_not_score"))
+    return order_columns(scored, v, plan).withColumn("_reason", reason)
+
+
+def _decide(spark: SparkSession, scored: DataFrame, v: VariantConfig, cuts: Cuts, plan: CompositePlan
+            ) -> DataFrame:
+    """``scored`` with variant ``v``'s order columns, its broadcast cut columns and ``_kept``."""
+    joined = _ordered(scored, v, plan).join(_cuts_frame(spark, v, cuts, plan), on="_unit", how="left")
+    return joined.withColumn("_kept", F.col("_reason").isNull() & kept_predicate())
+
+
+_DECIDE_COLUMNS = ("_k", "_h", "_reason", *(c.split()[0] for c in CUTS_DDL.split(", ")), "_kept")
+
+
+def kept_once(spark: SparkSession, scored: DataFrame, variants: list[tuple[VariantConfig, Cuts]],
+              plan: CompositePlan) -> DataFrame:
+    """The score rows kept by any variant, once each, with ``variants`` (sorted names of those that kept it).
+
+    One pass over ``scored``: each variant adds its order columns, joins its (broadcast) cuts on its unit
+    and leaves one flag; no shuffle of the score rows and no copy per variant.
+    """
+    flags = []
+    for i, (v, cuts) in enumerate(sorted(variants, key=lambda p: p[0].name)):
+        scored = _decide(spark, scored, v, cuts, plan).withColumn(f"_in{i}", F.col("_kept")).drop(*_DECIDE_COLUMNS)
+        flags.append((f"_in{i}", v.name))
+    names = F.concat(*[F.when(F.col(flag), F.array(F.lit(name))).otherwise(F.array().cast("array<string>"))
+                       for flag, name in flags])
+    kept = scored.withColumn("variants", names).filter(F.size("variants") > 0)
+    return kept.drop(*[flag for flag, _ in flags], "_fail", "_not_score", "_veto", "_downsampled_out")
+
+
 def select_documents(spark: SparkSession, scored: DataFrame, rejected: DataFrame, pending: DataFrame,
                      cfg: SelectionConfig, plan: CompositePlan, mask_version: str | None) -> Selection:
     """Every variant's thresholds, decisions and kept rows (see the module docstring).
@@ -220,24 +281,24 @@ def select_documents(spark: SparkSession, scored: DataFrame, rejected: DataFrame
     if "n_samples" not in scored.columns:
         scored = combine_samples(scored, None, plan)
     scored = scored.withColumn("_fail", failure_reason()).withColumn("_not_score", score_reason())
-    base = scored.filter(F.col("_fail").isNull()).agg(F.sum("tokens").alias("t")).collect()[0]["t"] or 0
+    inputs, base = _input_rows(scored, rejected, pending)
     threshold_rows: list[tuple] = []
     decisions: list[DataFrame] = []
-    kept_parts: list[DataFrame] = []
+    decided_cuts: list[tuple[VariantConfig, Cuts]] = []
     counts: dict[str, dict[str, tuple[int, int]]] = {}
     for v in cfg.variants:
-        spec = threshold_spec(v, plan, int(base))
-        ordered = order_columns(scored, v, plan)
-        reason = F.col("_fail") if v.method == "random" else F.coalesce(F.col("_fail"), F.col("_not_score"))
-        ordered = ordered.withColumn("_reason", reason)
-        eligible = ordered.filter(F.col("_reason").isNull())
+        spec = threshold_spec(v, plan, base)
+        eligible = _ordered(scored, v, plan).filter(F.col("_reason").isNull())
         cuts, estimated = exact_cuts_spark(spark, eligible.select("_unit", "_k", "_h", "doc_id", "tokens",
                                                                   "tokens_estimated"),
                                            spec, RANDOM_KEY_BITS if v.method == "random" else 0)
-        threshold_rows += _threshold_rows(v, cuts, estimated, plan, mask_version)
+        per_unit = unit_inputs(v.unit, [(s, g, f if v.method == "random" else (f or n), c)
+                                        for s, g, f, n, c in inputs])
+        cuts = with_empty_units(cuts, per_unit, spec)
+        threshold_rows += _threshold_rows(v, cuts, estimated, plan, mask_version, per_unit)
         counts[v.name] = {u: (cuts[u].n_kept, cuts[u].n_in) for u in cuts}
-        decided = ordered.join(_cuts_frame(spark, v, cuts, plan), on="_unit", how="left").withColumn(
-            "_kept", F.col("_reason").isNull() & kept_predicate())
+        decided_cuts.append((v, cuts))
+        decided = _decide(spark, scored, v, cuts, plan)
         decisions.append(decided.select(
             F.lit(v.name).alias("variant"), "doc_id", "source", "scorer", F.col("_unit").alias("unit"),
             F.when(F.col("_kept"), F.lit("kept")).otherwise(F.lit("excluded")).alias("decision"),
@@ -248,14 +309,9 @@ def select_documents(spark: SparkSession, scored: DataFrame, rejected: DataFrame
         ))
         decisions.append(_other_rows(rejected, v.name, v.unit, F.col("reason"), mask_version, plan.version))
         decisions.append(_other_rows(pending, v.name, v.unit, F.lit("pending"), mask_version, plan.version))
-        kept_parts.append(decided.filter(F.col("_kept")).withColumn("variant", F.lit(v.name)).drop(
-            "_unit", "_k", "_h", "_reason", "_fail", "_not_score", "_veto", "_downsampled_out", "_cut_key",
-            "_last_hash", "_last_doc_id", "_threshold", "_has_cut", "_kept"))
     all_decisions = conform(decisions[0], DECISIONS_SCHEMA)
     for part in decisions[1:]:
         all_decisions = all_decisions.unionByName(conform(part, DECISIONS_SCHEMA))
-    kept = kept_parts[0]
-    for part in kept_parts[1:]:
-        kept = kept.unionByName(part)
     thresholds = spark.createDataFrame(threshold_rows, THRESHOLDS_SCHEMA)
-    return Selection(thresholds=thresholds, decisions=all_decisions, kept=kept, counts=counts)
+    return Selection(thresholds=thresholds, decisions=all_decisions, kept=kept_once(spark, scored, decided_cuts, plan),
+                     counts=counts)

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from functools import reduce
@@ -859,3 +859,133 @@ def matching_budgets(cuts: Cuts) -> dict[str, int]:
     so it spends the same tokens per unit.
     """
     return {u: cuts[u].tokens_kept for u in cuts}
+
+
+# --------------------------------------------------------------------------------------------------
+# Accounting: units without eligible rows, the quantity a cut is on
+# --------------------------------------------------------------------------------------------------
+
+CUT_ON_COMPOSITE = "composite"
+CUT_ON_RANDOM = "random_score"
+CUT_ON_GUMBEL = "gumbel_key"
+NO_ELIGIBLE_ROWS = "no_eligible_rows"
+
+
+def cut_on(method: str, tau: float | None) -> str:
+    """What a variant's cut is on, so its ``threshold`` can be read (see :func:`threshold_value`).
+
+    >>> cut_on("score", None), cut_on("score", 0.5), cut_on("random", None)
+    ('composite', 'gumbel_key', 'random_score')
+    """
+    if method == "random":
+        return CUT_ON_RANDOM
+    return CUT_ON_GUMBEL if tau is not None else CUT_ON_COMPOSITE
+
+
+def random_score(h: int) -> float:
+    """The random baseline's score of a row from its seeded hash: :func:`random_order_key` / 2**16, in [0, 1).
+
+    Uniform over documents; the baseline keeps the highest first, like a composite. Rows with the same
+    score (1/65,536 steps) are ordered by the hash itself, then doc_id.
+
+    >>> random_score(-2**63), random_score(2**63 - 1)
+    (0.9999847412109375, 0.0)
+    """
+    return random_order_key(h) / (1 << RANDOM_KEY_BITS)
+
+
+def threshold_value(kind: str, key: int | None, composite_of: Callable[[int], float]) -> float | None:
+    """The threshold a user reads, from the lowest kept order key, in the unit the cut is on (``kind``).
+
+    ``composite``: the lowest kept composite (``composite_of(key)``, 0-100); ``random_score``: the lowest
+    kept :func:`random_score`; ``gumbel_key``: the lowest kept ``composite/τ + G`` (0-10 composite, steps
+    of 1/GUMBEL_KEY_SCALE). In every case rows above the threshold are kept, rows below excluded, rows at it
+    split by the tie hash then doc_id. None when nothing is kept.
+
+    >>> threshold_value("random_score", 1 << 15, float), threshold_value("gumbel_key", 512, float)
+    (0.5, 2.0)
+    >>> threshold_value("composite", 36, lambda k: k / 2), threshold_value("composite", None, float)
+    (18.0, None)
+    """
+    if key is None:
+        return None
+    if kind == CUT_ON_RANDOM:
+        return key / (1 << RANDOM_KEY_BITS)
+    if kind == CUT_ON_GUMBEL:
+        return key / GUMBEL_KEY_SCALE
+    return composite_of(key)
+
+
+def empty_cut(unit: str, spec: ThresholdSpec) -> Cut:
+    """The cut of a unit that has input documents but no eligible row (all failed, masked or vetoed).
+
+    Nothing is kept. Its budget is what the spec gives a unit of no eligible documents or tokens: 0 for
+    ``fraction`` and a split ``token_budget`` (the split is over eligible tokens, so the others get its
+    share), the unit's own entry of ``unit_token_budgets`` (0 when it has none). ``budget_met`` follows the
+    semantics as for any unit: true when that budget is 0, false when a budget was asked of the unit
+    (``unit_token_budgets``), None for ``min_score``.
+
+    >>> c = empty_cut("s", ThresholdSpec(mode="tokens", token_budget=100))
+    >>> c.n_kept, c.budget, c.budget_met, c.lowest_kept_key
+    (0, 0, True, None)
+    >>> empty_cut("s", ThresholdSpec(mode="tokens", unit_token_budgets={"s": 50})).budget_met
+    False
+    >>> empty_cut("s", ThresholdSpec(mode="min_score", min_key=3)).budget_met is None
+    True
+    """
+    if spec.mode == "min_score":
+        measure: Measure = "none"
+        budget = 0
+    elif spec.mode == "fraction":
+        measure, budget = "documents", 0
+    else:
+        measure = "tokens"
+        budget = int((spec.unit_token_budgets or {}).get(unit, 0))
+    met = None if measure == "none" else budget == 0  # both semantics: kept (0) >= / == budget
+    return Cut(unit, None, None, None, measure, budget, spec.semantics, 0, 0, 0, 0, None, met, True)
+
+
+def with_empty_units(cuts: Cuts, units: Iterable[str], spec: ThresholdSpec) -> Cuts:
+    """``cuts`` plus an :func:`empty_cut` for every unit of ``units`` it lacks (units with no eligible row).
+
+    >>> cuts = with_empty_units(Cuts({}), ["a"], ThresholdSpec(mode="fraction", fraction=0.5))
+    >>> sorted(cuts), cuts["a"].n_in
+    (['a'], 0)
+    """
+    out = dict(cuts.cuts)
+    for unit in units:
+        if unit not in out:
+            out[unit] = empty_cut(unit, spec)
+    return Cuts(out)
+
+
+def unit_inputs(kind: UnitKind, rows: Iterable[Sequence]) -> dict[str, dict[str, int]]:
+    """Per unit of ``kind``, the input rows that were not eligible, by reason, and ``""`` for eligible ones.
+
+    ``rows``: ``(source, scorer, reason, count)`` over every input row of a variant (``reason`` None when
+    the row competes for the cut). Rows whose unit is null (no scorer, under ``group``) are left out, as in
+    ``decisions``.
+
+    >>> unit_inputs("group", [("a", "g", None, 3), ("b", "g", "all_dims_masked", 2), ("c", None, "no_scorer", 1)])
+    {'g': {'': 3, 'all_dims_masked': 2}}
+    """
+    out: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for source, scorer, reason, count in rows:
+        unit = GLOBAL_UNIT if kind == "global" else (scorer if kind == "group" else source)
+        if unit is None:
+            continue
+        out[unit][reason or ""] += int(count)
+    return {u: dict(sorted(r.items())) for u, r in sorted(out.items())}
+
+
+def no_eligible_note(reasons: Mapping[str, int]) -> str | None:
+    """The ``note`` of a unit's thresholds row: None when some row competed, else why none could.
+
+    >>> no_eligible_note({"": 2, "pending": 1}) is None
+    True
+    >>> no_eligible_note({"scoring_failed:http_503": 2, "all_dims_masked": 5})
+    'no_eligible_rows: all_dims_masked 5, scoring_failed:http_503 2'
+    """
+    if reasons.get("", 0):
+        return None
+    return f"{NO_ELIGIBLE_ROWS}: " + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()))

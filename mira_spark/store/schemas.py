@@ -216,9 +216,14 @@ THRESHOLDS = (
     Column("tau", "double"),
     Column("budget_measure", "string", False),  # documents | tokens | none
     Column("budget", "long", False),
-    Column("threshold", "double"),  # lowest kept composite (0-100); the lowest kept order key for random/tau
-    Column("threshold_key", "long"),
-    Column("n_in", "long", False),  # eligible rows of the unit
+    Column("cut_on", "string", False),  # composite | random_score | gumbel_key: what `threshold` is a value of
+    # The lowest kept value of `cut_on`: composite 0-100; random_score in [0, 1) (the seeded hash's top 16 bits
+    # / 2**16, highest kept first); gumbel_key = composite (0-10) / tau + Gumbel noise. Rows above it are kept,
+    # below it excluded, at it split by the tie hash then doc_id. Null when nothing is kept.
+    Column("threshold", "double"),
+    Column("threshold_key", "long"),  # the same cut as the integer order key
+    Column("n_docs", "long", False),  # every input row of the unit (eligible or not: failed, masked, pending ...)
+    Column("n_in", "long", False),  # eligible rows of the unit (competing for the cut); 0: see `note`
     Column("n_kept", "long", False),
     Column("tokens_in", "long", False),
     Column("tokens_kept", "long", False),
@@ -226,6 +231,7 @@ THRESHOLDS = (
     Column("tokens_kept_fraction", "double"),
     Column("budget_met", "bool"),  # null for min_score
     Column("tokens_estimated", "bool", False),  # some of the unit's token counts are estimates
+    Column("note", "string"),  # no_eligible_rows: <reason> <count>, ... when no row of the unit could compete
     Column("mask_version", "string"),
     Column("weights_version", "string"),
 )
@@ -242,11 +248,24 @@ DECISIONS = (
     Column("dims_used", "int"),
     Column("tokens", "long"),
     Column("tokens_estimated", "bool"),
-    Column("threshold", "double"),
+    Column("threshold", "double"),  # the unit's composite threshold; null where the cut is not on the composite
     Column("mask_version", "string"),
     Column("weights_version", "string"),
     Column("n_samples", "int"),  # samples the composite is the mean of (1 without scoring.samples)
     Column("composite_sd", "double"),  # spread (sd, 0-100) of the per-sample composites; null for one sample
+)
+
+# The training data: one row per (doc_id, scorer) kept by at least one variant, its text written once.
+# ``variants``: the variants that kept it, sorted (one variant's set: ``WHERE array_contains(variants, 'x')``;
+# the view ``mira_selected_by_variant`` has one row per variant and document). Everything else is the same
+# in every variant; per-variant unit and threshold are in ``decisions``.
+SELECTED = (
+    Column("variants", "strings", False),
+    *SCORES,
+    *(Column(n, k) for n, k in (
+        ("tokens", "long"), ("tokens_estimated", "bool"), ("score_key", "long"), ("composite", "double"),
+        ("dims_used", "int"), ("n_samples", "int"), ("composite_sd", "double"), ("mask_version", "string"),
+        ("weights_version", "string"), ("text", "string"))),
 )
 
 # Every input row once, narrow (no text): routed rows have a scorer and no reason (appended once per run,
@@ -335,6 +354,7 @@ _SPARK_SCHEMAS = {
     "RELIABILITY_SCHEMA": RELIABILITY,
     "THRESHOLDS_SCHEMA": THRESHOLDS,
     "DECISIONS_SCHEMA": DECISIONS,
+    "SELECTED_SCHEMA": SELECTED,
     "ROUTING_SCHEMA": ROUTING,
     "WORK_QUEUE_SCHEMA": WORK_QUEUE,
     "RUN_STATS_SCHEMA": RUN_STATS,
@@ -363,6 +383,7 @@ if TYPE_CHECKING:
     RELIABILITY_SCHEMA: T.StructType
     THRESHOLDS_SCHEMA: T.StructType
     DECISIONS_SCHEMA: T.StructType
+    SELECTED_SCHEMA: T.StructType
     ROUTING_SCHEMA: T.StructType
     WORK_QUEUE_SCHEMA: T.StructType
     RUN_STATS_SCHEMA: T.StructType

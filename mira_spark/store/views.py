@@ -2,7 +2,9 @@
 
 Takes the run's :class:`~mira_spark.store.tables.Tables` and the rubrics; gives views ``mira_documents``,
 ``mira_raw_outputs``, ``mira_scores``, ``mira_reliability``, ``mira_thresholds``, ``mira_decisions``,
-``mira_selected``, ``mira_run_stats``, ``mira_canary`` (the drift guard's checks, when a run made one) and
+``mira_selected``, ``mira_run_stats``, ``mira_canary`` (the drift guard's checks, when a run made one),
+``mira_selected_by_variant`` (``selected`` exploded: one row per variant and kept document, with a
+``variant`` column; ``selected`` itself holds each kept document once with its ``variants`` array) and
 ``scores_long(doc_id, source, scorer, slot, dimension, score, masked, mask_version)``: ``masked`` is the
 reliability table's final mask (computed, with a published mask applied on top when configured). Path-based
 runs get session temp views; runs on a catalog schema get persistent views there
@@ -45,6 +47,11 @@ def scores_long_sql(scores: str, reliability: str, rubrics: dict[str, Rubric]) -
     """
 
 
+def selected_by_variant_sql(selected: str) -> str:
+    """SQL of the per-variant view of ``selected``: each row once per variant in its ``variants`` array."""
+    return f"SELECT t.variant, s.* FROM {selected} s LATERAL VIEW explode(s.variants) t AS variant"
+
+
 def register_views(spark: SparkSession, tables: Tables, rubrics: dict[str, Rubric]) -> list[str]:
     """Create (or replace) every view; returns their names."""
     persistent = tables.settings.tables.schema_name
@@ -66,8 +73,15 @@ def register_views(spark: SparkSession, tables: Tables, rubrics: dict[str, Rubri
             "mira_documents"
         )
     created.append("mira_documents")
+    prefix = f"{persistent}." if persistent else ""
+    if tables.exists("selected"):
+        sql = selected_by_variant_sql(f"{prefix}mira_selected")
+        if persistent:
+            spark.sql(f"CREATE OR REPLACE VIEW {persistent}.mira_selected_by_variant AS {sql}")
+        else:
+            spark.sql(sql).createOrReplaceTempView("mira_selected_by_variant")
+        created.append(f"{prefix}mira_selected_by_variant")
     if tables.exists("scores") and tables.exists("reliability"):
-        prefix = f"{persistent}." if persistent else ""
         sql = scores_long_sql(f"{prefix}mira_scores", f"{prefix}mira_reliability", rubrics)
         if persistent:
             spark.sql(f"CREATE OR REPLACE VIEW {persistent}.scores_long AS {sql}")
