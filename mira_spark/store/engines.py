@@ -38,10 +38,13 @@ DELTA_SCALA = "2.13"
 DRAIN_TIMEOUT_S = 5.0  # waiting for a failed JVM's last output
 # Sail's native engine allocates with its own mimalloc (3.x), which keeps a freed page committed for
 # `purge_delay` ms (1,000 by default) and purges it only when the thread owning it allocates again, so the
-# memory of past queries stays resident in the engine's idle worker threads. Measured on Sail alone (12
-# cycles of append + mapInArrow + MERGE of 6,000 rows, RSS after gc and malloc_trim): 276 -> 408 MB with
-# the default, 275 -> 318 MB with 0. mimalloc reads these when pysail's library loads; a user's own wins.
-SAIL_ALLOCATOR_ENV = {"MIMALLOC_PURGE_DELAY": "0"}
+# memory of past queries stays resident in the engine's idle worker threads; and it backs its arena with
+# transparent huge pages, where a purged 64 KiB page inside a 2 MiB huge page stays resident. Measured on
+# Sail alone (12 cycles of append + mapInArrow + MERGE of 6,000 rows, RSS after gc and malloc_trim):
+# 276 -> 408 MB by default, 275 -> 318 MB with purge_delay 0; in the soak (60,000 documents, waves of
+# 6,000) the engine's arena held 65 MB after wave 1 with purge_delay 0 and 25 MB with huge pages off too.
+# mimalloc reads these when pysail's library loads; a user's own setting wins.
+SAIL_ALLOCATOR_ENV = {"MIMALLOC_PURGE_DELAY": "0", "MIMALLOC_ALLOW_THP": "0"}
 
 
 def delta_version() -> str:
