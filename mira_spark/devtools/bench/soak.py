@@ -8,8 +8,8 @@ Exit code 1 when a document is lost or duplicated, a failure has no reason, or r
 descriptors grow by more than :data:`MAX_GROWTH` after the first wave (the first wave's sample is the
 baseline: it holds the warmed-up caches, pools and the Sail server). Retained memory is RSS after
 ``gc.collect()`` and ``malloc_trim(0)``: right after a commit RSS still holds the wave's freed rows (the
-allocator's high-water mark, measured 979-1,310 MB over one 200,000-document run without a trend), which
-would hide or fake a leak; both are printed. Each row also says where the retained memory sits
+allocator's high-water mark: 602-859 MB over one 200,000-document run that retained 601-722 MB), which would
+hide or fake a leak; both are printed. Each row also says where the retained memory sits
 (:func:`memory_parts`): the main glibc heap, anonymous mappings (where the embedded engine's allocator and
 Arrow's pool live), file-backed mappings (shared libraries), the Arrow pool's live bytes, Python's allocated
 blocks and the process's threads.
