@@ -43,7 +43,8 @@ DRAIN_TIMEOUT_S = 5.0  # waiting for a failed JVM's last output
 # Sail alone (12 cycles of append + mapInArrow + MERGE of 6,000 rows, RSS after gc and malloc_trim):
 # 276 -> 408 MB by default, 275 -> 318 MB with purge_delay 0; in the soak (60,000 documents, waves of
 # 6,000) the engine's arena held 65 MB after wave 1 with purge_delay 0 and 25 MB with huge pages off too.
-# mimalloc reads these when pysail's library loads; a user's own setting wins.
+# mimalloc reads these when pysail's library loads (pyarrow's own mimalloc when its pool is first used);
+# a user's own setting wins.
 SAIL_ALLOCATOR_ENV = {"MIMALLOC_PURGE_DELAY": "0", "MIMALLOC_ALLOW_THP": "0"}
 
 
