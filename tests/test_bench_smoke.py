@@ -171,6 +171,11 @@ def test_soak_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     out = last_json(capsys.readouterr().out)
     assert out["bench"] == "soak" and out["waves"] == 10 and len(out["samples"]) == 10
     assert all(s["retained_mb"] > 0 and s["rss_mb"] > 0 and s["fds"] > 0 for s in out["samples"])
+    # Where memory sits: the mapping kinds add up to the retained sample they were read next to.
+    for s in out["samples"]:
+        assert set(soak.PARTS) <= set(s["parts"]) and s["parts"]["threads"] > 1
+        mapped = s["parts"]["heap"] + s["parts"]["anon"] + s["parts"]["file"]
+        assert abs(mapped - s["retained_mb"]) < 0.1 * s["retained_mb"], s
     acc = out["accounting"]
     assert out["clean"] and acc["lost"] == 0 and acc["duplicated"] == 0 and acc["failed_without_reason"] == 0
     assert acc["documents_in"] == 300 and sum(acc["faults"].values()) > 0  # faults were injected

@@ -8,8 +8,11 @@ Exit code 1 when a document is lost or duplicated, a failure has no reason, or r
 descriptors grow by more than :data:`MAX_GROWTH` after the first wave (the first wave's sample is the
 baseline: it holds the warmed-up caches, pools and the Sail server). Retained memory is RSS after
 ``gc.collect()`` and ``malloc_trim(0)``: right after a commit RSS still holds the wave's freed rows (the
-allocator's high-water mark, measured 979-1,310 MB over one 200,000-document run without a trend), which
-would hide or fake a leak; both are printed.
+allocator's high-water mark: 602-859 MB over one 200,000-document run that retained 601-722 MB), which would
+hide or fake a leak; both are printed. Each row also says where the retained memory sits
+(:func:`memory_parts`): the main glibc heap, anonymous mappings (where the embedded engine's allocator and
+Arrow's pool live), file-backed mappings (shared libraries), the Arrow pool's live bytes, Python's allocated
+blocks and the process's threads.
 
 The corpus is the sample corpus replicated under new doc_ids with each text cut to :data:`TEXT_CHARS`
 characters (so 200,000 documents fit a laptop's disk), its empty and garbled documents included: they
@@ -67,6 +70,7 @@ class WaveSample:
     retained_mb: float  # after gc.collect() and malloc_trim(0): what the process still holds
     fds: int
     seconds: float
+    parts: dict[str, float] = field(default_factory=dict)  # memory_parts() after the release: where it sits
 
 
 @dataclass
@@ -114,6 +118,31 @@ def process_sample() -> tuple[float, int]:
                 rss_kb = int(line.split()[1])
                 break
     return rss_kb / 1024, len(os.listdir("/proc/self/fd"))
+
+
+def memory_parts() -> dict[str, float]:
+    """Where resident memory sits (MiB): the main glibc heap (``[heap]``), anonymous mappings (other malloc
+    arenas, mimalloc/jemalloc segments, Rust allocations of the embedded engine), file-backed mappings
+    (shared libraries), the Arrow pool's live bytes and the Python objects' allocated blocks (count)."""
+    import sys
+
+    import pyarrow as pa
+
+    parts = {"heap": 0, "anon": 0, "file": 0}
+    kind = "file"
+    with open("/proc/self/smaps", encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            head = line.split(maxsplit=6)
+            if head and "-" in head[0] and len(head) >= 5 and ":" in head[3]:  # a mapping's first line
+                name = head[5].strip() if len(head) > 5 else ""
+                kind = "heap" if name == "[heap]" else "anon" if not name or name.startswith("[anon") else "file"
+            elif head and head[0] == "Rss:":
+                parts[kind] += int(head[1])
+    out = {k: round(v / 1024, 1) for k, v in parts.items()}
+    out["arrow"] = round(pa.total_allocated_bytes() / 2**20, 1)
+    out["py_blocks_k"] = round(sys.getallocatedblocks() / 1000, 1)
+    out["threads"] = float(len(os.listdir("/proc/self/task")))
+    return out
 
 
 def growth(values: list[float]) -> float:
@@ -173,7 +202,7 @@ def run_soak(docs: int, wave_size: int, work: Path, progress: bool = True) -> So
                 release_free_memory()
                 retained, _ = process_sample()
                 sample = WaveSample(wave=wave, rss_mb=round(rss, 1), retained_mb=round(retained, 1), fds=fds,
-                                    seconds=round(time.perf_counter() - wave_started[0], 1))
+                                    seconds=round(time.perf_counter() - wave_started[0], 1), parts=memory_parts())
                 wave_started[0] = time.perf_counter()
                 result.samples.append(sample)
                 if progress:
@@ -202,12 +231,14 @@ def run_soak(docs: int, wave_size: int, work: Path, progress: bool = True) -> So
     return result
 
 
-SAMPLE_COLUMNS = ("wave", "rss_mb", "retained_mb", "fds", "wave_s")
-WIDTHS = (5, 9, 12, 5, 8)
+PARTS = ("heap", "anon", "file", "arrow", "py_blocks_k", "threads")
+SAMPLE_COLUMNS = ("wave", "rss_mb", "retained_mb", "fds", "wave_s", *(f"{p}" for p in PARTS))
+WIDTHS = (5, 9, 12, 5, 8, 8, 8, 8, 8, 12, 8)
 
 
 def _sample_row(s: WaveSample) -> list[str]:
-    return [str(s.wave + 1), f"{s.rss_mb:.1f}", f"{s.retained_mb:.1f}", str(s.fds), f"{s.seconds:.1f}"]
+    return [str(s.wave + 1), f"{s.rss_mb:.1f}", f"{s.retained_mb:.1f}", str(s.fds), f"{s.seconds:.1f}",
+            *(f"{s.parts.get(p, 0):g}" for p in PARTS)]
 
 
 def format_row(cells: list[str] | tuple[str, ...]) -> str:
