@@ -39,15 +39,15 @@ CRASH_SLOTS = 4
 POLL_S = 0.005
 KILL_DEADLINE_S = 120.0
 RUN_TIMEOUT_S = 180.0
-# Runs the CLI with Tables.merge wrapped: when the scores MERGE of wave CRASH_AT_WAVE is about to start (its
-# raw outputs already appended), record what is committed and SIGKILL this process.
+# Runs the CLI with the wave's scores commit (Tables.upsert_new_keys) wrapped: when the commit of wave
+# CRASH_AT_WAVE is about to start (its raw outputs already appended), record it and SIGKILL this process.
 KILL_BETWEEN_APPEND_AND_MERGE = """
 import json, os, signal, sys
 from mira_spark import cli
 from mira_spark.store.tables import Tables
 
 marker, at_wave = sys.argv[1], int(sys.argv[2])
-real_append, real_merge = Tables.append, Tables.merge
+real_append, real_upsert = Tables.append, Tables.upsert_new_keys
 seen = {"raw_appends": 0, "score_merges": 0}
 
 def append(self, df, table, schema, **kwargs):
@@ -55,16 +55,16 @@ def append(self, df, table, schema, **kwargs):
     if table == "raw_outputs":
         seen["raw_appends"] += 1
 
-def merge(self, df, table, schema, keys):
+def upsert(self, df, table, schema, keys):
     if table == "scores" and seen["raw_appends"] == at_wave and seen["score_merges"] == at_wave - 1:
         with open(marker, "w") as fh:
             json.dump(seen, fh)
         os.kill(os.getpid(), signal.SIGKILL)
-    real_merge(self, df, table, schema, keys)
+    real_upsert(self, df, table, schema, keys)
     if table == "scores":
         seen["score_merges"] += 1
 
-Tables.append, Tables.merge = append, merge
+Tables.append, Tables.upsert_new_keys = append, upsert
 sys.exit(cli.main(sys.argv[3:]))
 """
 

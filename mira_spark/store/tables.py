@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MERGE_CONFLICT_ATTEMPTS = 6
+UPSERT_KEYS_COLLECT_MAX = 100_000  # existing keys upsert_new_keys collects before it falls back to one MERGE
 MERGE_CONFLICT_BACKOFF_S = 0.5
 # Messages Delta engines use for a lost optimistic-concurrency race (delta-spark and Sail/delta-rs).
 _CONFLICT_MARKERS = (
@@ -247,6 +248,40 @@ class Tables:
             self._retry_conflicts(lambda: self.spark.sql(sql).collect(), f"merge into {self.ref(table).label}")
         finally:
             self.spark.catalog.dropTempView(view)
+
+    def upsert_new_keys(self, df: DataFrame, table: str, schema: T.StructType, keys: Sequence[str]) -> int:
+        """Upsert ``df`` (one row per key, a wave's rows): MERGE the rows whose key ``table`` already holds,
+        append the others. Returns how many keys were already there (-1: not counted, one MERGE).
+
+        A wave's keys are pending, i.e. absent from the table, except re-scored failures
+        (``--retry-failed``) and recovered rows; a MERGE of new keys still joins the whole target, whose
+        cost (and, on Sail, the memory it leaves resident: benchmarks/README.md "Soak") grows with every
+        wave. Finding the keys already present reads only the key columns of the target, against the
+        wave's keys broadcast. Two commits when some keys exist, merge first: a kill between them leaves
+        the rest in ``raw_outputs`` (the log ``recover_unmerged`` replays), so nothing is lost or doubled.
+        More than :data:`UPSERT_KEYS_COLLECT_MAX` existing keys: one MERGE of everything, as before.
+        """
+        from pyspark.sql import functions as F
+
+        self.ensure(table, schema)
+        if self.fmt != "delta":
+            self.merge(df, table, schema, keys)
+            return -1
+        keys = list(keys)
+        present = (self.read(table).select(*keys).join(F.broadcast(df.select(*keys)), on=keys, how="inner")
+                   .limit(UPSERT_KEYS_COLLECT_MAX + 1).collect())
+        if len(present) > UPSERT_KEYS_COLLECT_MAX:
+            self.merge(df, table, schema, keys)
+            return -1
+        if not present:
+            self.append(df, table, schema)
+            return 0
+        # The present keys, as data: re-reading the table after the MERGE would not change them, but a
+        # literal list cannot change at all.
+        existing = self.spark.createDataFrame([tuple(r) for r in present], schema.__class__([schema[k] for k in keys]))
+        self.merge(df.join(F.broadcast(existing), on=keys, how="left_semi"), table, schema, keys)
+        self.append(df.join(F.broadcast(existing), on=keys, how="left_anti"), table, schema)
+        return len(present)
 
     def _merge_by_rewrite(self, df: DataFrame, table: str, keys: Sequence[str]) -> None:
         """Parquet stand-in for MERGE (classic local parity suite only): rewrite the table."""
