@@ -507,10 +507,13 @@ def _run_waves(tables: Tables, settings: Settings, queue: DataFrame, plan: Scori
             else:
                 tables.append(raw, target.raw, raw_schema)  # the wave's one scoring action
             wave_raw = tables.read(target.raw).filter((F.col("run_id") == run_id) & (F.col("wave") == wave))
-            # New keys are appended, keys already there MERGEd (store/tables.upsert_new_keys): a MERGE of a
-            # wave of new keys would join the whole growing table. The staged files are the wave's rows.
-            tables.upsert_new_keys(score_rows(staged if staging else wave_raw, table_schema, target.keys),
-                                   target.table, table_schema, target.keys)
+            # Under the table root's lease, new keys are appended and keys already there MERGEd
+            # (store/tables.upsert_new_keys): a MERGE of a wave of new keys would join the whole growing
+            # table. Without the lease another run may commit a key between the check and the append, so
+            # one MERGE (its conflict detection) decides. The staged files are the wave's rows.
+            commit = tables.upsert_new_keys if lease is not None else tables.merge
+            commit(score_rows(staged if staging else wave_raw, table_schema, target.keys), target.table,
+                   table_schema, target.keys)
             summary.waves += 1
             # The wave's counts: one aggregation over its own rows — the staged files when there are any
             # (just this wave), rather than a filter over the whole, growing raw table.

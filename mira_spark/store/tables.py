@@ -260,6 +260,8 @@ class Tables:
         wave's keys broadcast. Two commits when some keys exist, merge first: a kill between them leaves
         the rest in ``raw_outputs`` (the log ``recover_unmerged`` replays), so nothing is lost or doubled.
         More than :data:`UPSERT_KEYS_COLLECT_MAX` existing keys: one MERGE of everything, as before.
+        Only for a writer that holds the table root's lease: another writer could commit a key between
+        the check and the append (two rows for it); concurrent writers use :meth:`merge`.
         """
         from pyspark.sql import functions as F
 
