@@ -198,7 +198,7 @@ async def _plain(urls: list[str], slots: int, requests: list[ScoreRequest],
         finally:
             async with free:
                 outstanding[i] -= 1
-                free.notify()
+                free.notify_all()  # every waiter re-checks: no wake-up can be spent on one that cannot go
         if ok:
             latencies.append(time.perf_counter() - started)
         else:
