@@ -95,6 +95,23 @@ def summary_of(out: Path) -> dict[str, Any]:
     raise AssertionError(f"no summary line in {out}:\n{out.read_text()[-3000:]}")
 
 
+def _faulted_run(spark: Any, sims: list[Any], cfg: Path, marker: Path, kind: str, tmp_path: Path,
+                 sample_wave: bool = False) -> tuple[Any, str, Tables]:
+    """Run the CLI with the fault in wave 1 (of sample 0 or of the extra samples); check that it landed there
+    and ended the run as meant; return the requests at the fault, the journal root and the tables."""
+    first = _cli(["run", "--config", str(cfg), "--run-id", "faulted"], tmp_path / "first.log", (marker, kind),
+                 sample_wave=sample_wave)
+    code = first.wait(RUN_TIMEOUT_S)
+    log_text = (tmp_path / "first.log").read_text(errors="replace")
+    assert marker.exists(), log_text[-3000:]  # the fault landed where meant: inside wave 1
+    assert code == (-signal.SIGKILL if kind == "driver" else 1), log_text[-3000:]
+    at_fault = requests_by_key(sims)
+    settings = load_settings(cfg)
+    root = journal.journal_root(settings)
+    assert root is not None
+    return at_fault, root, Tables(spark, settings)
+
+
 def _journaled_keys(root: str) -> set[str]:
     return {journal.request_id(k) for k in (journal.key_of(r) for r in journal.read_journal(root).to_pylist())}
 
@@ -109,16 +126,7 @@ def test_fault_mid_wave_resends_at_most_what_was_in_flight(kind: str, spark: Any
                            scoring={"wave_size": WAVE}, journal={"flush_s": 0.2, "flush_rows": 2},
                            scorers={"pools": {"text_group_b_pool": {"slots_per_endpoint": SLOTS}}})
         marker = tmp_path / "fault.json"
-        first = _cli(["run", "--config", str(cfg), "--run-id", "faulted"], tmp_path / "first.log", (marker, kind))
-        code = first.wait(RUN_TIMEOUT_S)
-        log_text = (tmp_path / "first.log").read_text(errors="replace")
-        assert marker.exists(), log_text[-3000:]  # the fault landed where meant: inside wave 1
-        assert code == (-signal.SIGKILL if kind == "driver" else 1), log_text[-3000:]
-        at_fault = requests_by_key(sims)
-        settings = load_settings(cfg)
-        root = journal.journal_root(settings)
-        assert root is not None
-        tables = Tables(spark, settings)
+        at_fault, root, tables = _faulted_run(spark, sims, cfg, marker, kind, tmp_path)
         committed = score_keys(tables.read("scores").collect()) | score_keys(
             tables.read("raw_outputs").filter("status IN ('ok', 'failed')").collect())
         journaled = _journaled_keys(root) - committed
@@ -171,16 +179,7 @@ def test_driver_kill_in_an_extra_sample_wave_resends_at_most_what_was_in_flight(
                            journal={"flush_s": 0.2, "flush_rows": 2},
                            scorers={"pools": {"text_group_b_pool": {"slots_per_endpoint": SLOTS}}})
         marker = tmp_path / "fault.json"
-        first = _cli(["run", "--config", str(cfg), "--run-id", "faulted"], tmp_path / "first.log", (marker, "driver"),
-                     sample_wave=True)
-        code = first.wait(RUN_TIMEOUT_S)
-        log_text = (tmp_path / "first.log").read_text(errors="replace")
-        assert marker.exists() and code == -signal.SIGKILL, log_text[-3000:]
-        at_fault = requests_by_key(sims)
-        settings = load_settings(cfg)
-        root = journal.journal_root(settings)
-        assert root is not None
-        tables = Tables(spark, settings)
+        at_fault, root, tables = _faulted_run(spark, sims, cfg, marker, "driver", tmp_path, sample_wave=True)
         committed = _sample_keys(tables.read("samples").collect()) | _sample_keys(
             tables.read("sample_outputs").filter("status IN ('ok', 'failed')").collect())
         journaled = _sample_keys(journal.read_journal(root, samples=True).to_pylist()) - committed
