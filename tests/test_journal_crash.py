@@ -112,6 +112,13 @@ def _faulted_run(spark: Any, sims: list[Any], cfg: Path, marker: Path, kind: str
     return at_fault, root, Tables(spark, settings)
 
 
+def _rerun(sims: list[Any], cfg: Path, tmp_path: Path) -> tuple[dict[str, Any], Any]:
+    """The second run on the same root, which must succeed: its summary and the requests counted after it."""
+    second = _cli(["run", "--config", str(cfg), "--run-id", "rerun"], tmp_path / "second.log")
+    assert second.wait(RUN_TIMEOUT_S) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    return summary_of(tmp_path / "second.log"), requests_by_key(sims)
+
+
 def _journaled_keys(root: str) -> set[str]:
     return {journal.request_id(k) for k in (journal.key_of(r) for r in journal.read_journal(root).to_pylist())}
 
@@ -132,10 +139,7 @@ def test_fault_mid_wave_resends_at_most_what_was_in_flight(kind: str, spark: Any
         journaled = _journaled_keys(root) - committed
         in_flight = {k for k, n in at_fault.items() if n} - committed - journaled
 
-        second = _cli(["run", "--config", str(cfg), "--run-id", "rerun"], tmp_path / "second.log")
-        assert second.wait(RUN_TIMEOUT_S) == 0, (tmp_path / "second.log").read_text()[-3000:]
-        summary = summary_of(tmp_path / "second.log")
-        after = requests_by_key(sims)
+        summary, after = _rerun(sims, cfg, tmp_path)
     finally:
         for h in sims:
             h.stop()
@@ -186,10 +190,7 @@ def test_driver_kill_in_an_extra_sample_wave_resends_at_most_what_was_in_flight(
         sample_requests = {k for k, n in at_fault.items() if n and k.count("|") == 3}
         in_flight = sample_requests - committed - journaled
 
-        second = _cli(["run", "--config", str(cfg), "--run-id", "rerun"], tmp_path / "second.log")
-        assert second.wait(RUN_TIMEOUT_S) == 0, (tmp_path / "second.log").read_text()[-3000:]
-        summary = summary_of(tmp_path / "second.log")
-        after = requests_by_key(sims)
+        summary, after = _rerun(sims, cfg, tmp_path)
     finally:
         for h in sims:
             h.stop()
