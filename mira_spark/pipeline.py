@@ -45,8 +45,8 @@ from mira_spark.scoring.accounting import wave_stats
 from mira_spark.scoring.stage import GroupPlan, ScoringPlan, score_documents
 from mira_spark.selection.aggregation import CompositePlan, add_composite, cell_weights, composite_plan
 from mira_spark.selection.reliability import compute_reliability
-from mira_spark.selection.samples import band_documents, combine_samples
-from mira_spark.selection.select import Selection, select_documents
+from mira_spark.selection.samples import combine_samples
+from mira_spark.selection.select import Selection, band_documents, select_documents
 from mira_spark.serving.canary import CanaryGuard
 from mira_spark.serving.health import check_pool_reachable
 from mira_spark.serving.plan import plan_in_flight

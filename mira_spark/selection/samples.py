@@ -12,8 +12,9 @@ Takes the sample-0 score rows and the extra-sample rows (``samples`` table), bot
 
 Everything else about a document (status, recommendation veto, downsampling, tokens) stays sample 0's:
 an extra sample only moves the composite. A failed extra sample is a row of ``samples`` with its status
-and error, and is left out of the mean. :func:`band_documents` picks the documents adaptive sampling
-spends its requests on (at most ``max_share`` of the scored documents, the nearest to a cut).
+and error, and is left out of the mean. :func:`~mira_spark.selection.select.band_documents` picks the
+documents adaptive sampling spends its requests on (at most ``max_share`` of the scored documents, the
+nearest to a cut).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 
 from mira_spark.selection.aggregation import COMPOSITE_MAX, CompositePlan
-from mira_spark.selection.band import BAND_STEP, last_step_within_cap
 from mira_spark.selection.thresholds import SCORE_MAX
 from mira_spark.store.schemas import SCORE_KEYS
 
@@ -60,25 +60,3 @@ def combine_samples(first: DataFrame, extra: DataFrame | None, plan: CompositePl
         .withColumn("composite_sd", F.when(has_key & (F.col("_n") > 1), F.col("_sd")))
         .drop("_sum", "_n", "_sd")
     )
-
-
-def band_documents(decisions: DataFrame, band: float, max_docs: int | None = None) -> tuple[DataFrame, int]:
-    """``doc_id, scorer`` (distinct) of documents whose composite lies within ``band`` points of their unit's
-    cut in any variant that has a composite threshold (score-ordered, no tau; random has none), and how
-    many there are before the cap.
-
-    With ``max_docs``, at most that many: the nearest to a cut, in whole steps of
-    :data:`~mira_spark.selection.band.BAND_STEP` points (:func:`~mira_spark.selection.band.last_step_within_cap`;
-    one aggregation of the band's documents by step, collected: at most band / step rows).
-    """
-    near = decisions.filter(
-        F.col("threshold").isNotNull() & F.col("composite").isNotNull() & F.col("reason").isin(*FLIPPABLE_REASONS)
-        & (F.abs(F.col("composite") - F.col("threshold")) <= F.lit(float(band))))
-    per_doc = near.groupBy("doc_id", "scorer").agg(
-        F.floor(F.min(F.abs(F.col("composite") - F.col("threshold"))) / F.lit(BAND_STEP)).cast("long").alias("_step"))
-    counts = {int(r["_step"]): int(r["n"]) for r in per_doc.groupBy("_step").agg(F.count(F.lit(1)).alias("n")).collect()}
-    n_near = sum(counts.values())
-    last = None if max_docs is None else last_step_within_cap(counts, max_docs)
-    if last is not None:
-        per_doc = per_doc.filter(F.col("_step") <= F.lit(last))
-    return per_doc.select("doc_id", "scorer"), n_near

@@ -38,7 +38,8 @@ from pyspark.sql import functions as F
 
 from mira_spark.config import SelectionConfig, VariantConfig
 from mira_spark.selection.aggregation import CompositePlan, hash_bucket
-from mira_spark.selection.samples import combine_samples
+from mira_spark.selection.band import BAND_STEP, last_step_within_cap
+from mira_spark.selection.samples import FLIPPABLE_REASONS, combine_samples
 from mira_spark.selection.thresholds import (
     CUT_ON_COMPOSITE,
     GLOBAL_UNIT,
@@ -315,3 +316,25 @@ def select_documents(spark: SparkSession, scored: DataFrame, rejected: DataFrame
     thresholds = spark.createDataFrame(threshold_rows, THRESHOLDS_SCHEMA)
     return Selection(thresholds=thresholds, decisions=all_decisions, kept=kept_once(spark, scored, decided_cuts, plan),
                      counts=counts)
+
+
+def band_documents(decisions: DataFrame, band: float, max_docs: int | None = None) -> tuple[DataFrame, int]:
+    """``doc_id, scorer`` (distinct) of documents whose composite lies within ``band`` points of their unit's
+    cut in any variant that has a composite threshold (score-ordered, no tau; random has none), and how
+    many there are before the cap.
+
+    With ``max_docs``, at most that many: the nearest to a cut, in whole steps of
+    :data:`~mira_spark.selection.band.BAND_STEP` points (:func:`~mira_spark.selection.band.last_step_within_cap`;
+    one aggregation of the band's documents by step, collected: at most band / step rows).
+    """
+    near = decisions.filter(
+        F.col("threshold").isNotNull() & F.col("composite").isNotNull() & F.col("reason").isin(*FLIPPABLE_REASONS)
+        & (F.abs(F.col("composite") - F.col("threshold")) <= F.lit(float(band))))
+    per_doc = near.groupBy("doc_id", "scorer").agg(
+        F.floor(F.min(F.abs(F.col("composite") - F.col("threshold"))) / F.lit(BAND_STEP)).cast("long").alias("_step"))
+    counts = {int(r["_step"]): int(r["n"]) for r in per_doc.groupBy("_step").agg(F.count(F.lit(1)).alias("n")).collect()}
+    n_near = sum(counts.values())
+    last = None if max_docs is None else last_step_within_cap(counts, max_docs)
+    if last is not None:
+        per_doc = per_doc.filter(F.col("_step") <= F.lit(last))
+    return per_doc.select("doc_id", "scorer"), n_near
