@@ -290,7 +290,7 @@ class AdaptiveSamplesConfig(_Frozen):
     max_share: float = Field(
         default=0.15, gt=0, le=1,
         description="At most this share of the scored documents get extra samples: when more lie within "
-        "the band, the ones nearest their cut (whole 0.01-point steps). Bounds the extra requests on any "
+        "the band, exactly that many: the ones nearest their cut (0.01-point steps; the step the cap splits is taken in the order of xxhash64(doc_id, scorer)). Bounds the extra requests on any "
         "corpus, however densely it crowds its cuts.",
     )
 

@@ -808,7 +808,7 @@ def samples_stage(ctx: RunContext) -> None:
     if cfg.adaptive_samples.enabled:
         adaptive = cfg.adaptive_samples
         cap = math.floor(adaptive.max_share * scored.count())
-        near, n_near = band_documents(_selection(ctx).decisions, adaptive.band, cap)
+        near, n_near = band_documents(ctx.spark, _selection(ctx).decisions, adaptive.band, cap)
         if n_near > cap:
             log.info("samples: %d documents within %g points of a cut; the %g%% cap (%d) takes the nearest",
                      n_near, adaptive.band, 100 * adaptive.max_share, cap)

@@ -192,7 +192,8 @@ def test_max_share_caps_the_extra_samples_to_the_nearest_documents(runs: Runs) -
     cap = math.floor(CAPPED_SHARE * runs.ok_docs)
     assert 0 < cap < len(steps)  # the case: more band documents than the cap allows
     sampled = set(runs.capped.samples)
-    assert 0 < len(sampled) <= cap and sampled <= set(steps)
+    assert len(sampled) == cap and sampled <= set(steps)  # the cap is filled exactly
     skipped = set(steps) - sampled
-    assert max(steps[d] for d in sampled) < min(steps[d] for d in skipped)  # nearest first, whole steps
+    farthest = max(steps[d] for d in sampled)
+    assert farthest <= min(steps[d] for d in skipped)  # nearest first
     assert runs.capped.requests["samples"] == len(sampled)  # n=2 choices: one request per document

@@ -38,7 +38,6 @@ from pyspark.sql import functions as F
 
 from mira_spark.config import SelectionConfig, VariantConfig
 from mira_spark.selection.aggregation import CompositePlan, hash_bucket
-from mira_spark.selection.band import BAND_STEP, last_step_within_cap
 from mira_spark.selection.samples import FLIPPABLE_REASONS, combine_samples
 from mira_spark.selection.thresholds import (
     CUT_ON_COMPOSITE,
@@ -64,6 +63,7 @@ from mira_spark.store.schemas import DECISIONS_SCHEMA, THRESHOLDS_SCHEMA, confor
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
+BAND_STEP = 0.01  # composite points (0-100) per distance step of adaptive sampling's band
 CUTS_DDL = "_unit string, _cut_key long, _last_hash long, _last_doc_id string, _threshold double, _has_cut boolean"
 
 
@@ -318,23 +318,38 @@ def select_documents(spark: SparkSession, scored: DataFrame, rejected: DataFrame
                      counts=counts)
 
 
-def band_documents(decisions: DataFrame, band: float, max_docs: int | None = None) -> tuple[DataFrame, int]:
+BAND_UNIT = "band"
+
+
+def band_documents(spark: SparkSession, decisions: DataFrame, band: float, max_docs: int | None = None
+                   ) -> tuple[DataFrame, int]:
     """``doc_id, scorer`` (distinct) of documents whose composite lies within ``band`` points of their unit's
     cut in any variant that has a composite threshold (score-ordered, no tau; random has none), and how
     many there are before the cap.
 
-    With ``max_docs``, at most that many: the nearest to a cut, in whole steps of
-    :data:`~mira_spark.selection.band.BAND_STEP` points (:func:`~mira_spark.selection.band.last_step_within_cap`;
-    one aggregation of the band's documents by step, collected: at most band / step rows).
+    With ``max_docs``, exactly ``min(max_docs, in band)``: the nearest to a cut, the distance counted in
+    steps of :data:`BAND_STEP` points, and within the farthest step taken the order of
+    ``xxhash64(doc_id, scorer)``, then doc_id. That is a ``fraction`` cut of one unit with the exact
+    machinery of the thresholds (:func:`exact_cuts_spark`: one aggregation by step, the boundary step's
+    rows resolved by hash buckets), so it never depends on row order or partitioning, and fills the cap
+    however many documents share a distance.
     """
     near = decisions.filter(
         F.col("threshold").isNotNull() & F.col("composite").isNotNull() & F.col("reason").isin(*FLIPPABLE_REASONS)
         & (F.abs(F.col("composite") - F.col("threshold")) <= F.lit(float(band))))
     per_doc = near.groupBy("doc_id", "scorer").agg(
         F.floor(F.min(F.abs(F.col("composite") - F.col("threshold"))) / F.lit(BAND_STEP)).cast("long").alias("_step"))
-    counts = {int(r["_step"]): int(r["n"]) for r in per_doc.groupBy("_step").agg(F.count(F.lit(1)).alias("n")).collect()}
-    n_near = sum(counts.values())
-    last = None if max_docs is None else last_step_within_cap(counts, max_docs)
-    if last is not None:
-        per_doc = per_doc.filter(F.col("_step") <= F.lit(last))
-    return per_doc.select("doc_id", "scorer"), n_near
+    n_near = int(per_doc.count())
+    if max_docs is None or n_near <= max_docs:
+        return per_doc.select("doc_id", "scorer"), n_near
+    ordered = per_doc.select(
+        "doc_id", "scorer", F.lit(BAND_UNIT).alias("_unit"), (-F.col("_step")).alias("_k"),  # nearer: higher key
+        F.xxhash64(F.col("doc_id"), F.col("scorer")).alias("_h"), F.lit(1).cast("long").alias("tokens"),
+        F.lit(False).alias("tokens_estimated"))
+    spec = ThresholdSpec(mode="fraction", fraction=Fraction(max_docs, n_near))  # keeps exactly max_docs
+    cuts, _ = exact_cuts_spark(spark, ordered, spec)
+    cut = cuts[BAND_UNIT]
+    frame = F.broadcast(spark.createDataFrame([(BAND_UNIT, cut.key, cut.last_hash, cut.last_doc_id, None, True)],
+                                              CUTS_DDL))
+    kept = ordered.join(frame, on="_unit", how="inner").filter(kept_predicate())
+    return kept.select("doc_id", "scorer"), n_near
