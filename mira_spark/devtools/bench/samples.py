@@ -36,9 +36,21 @@ from typing import Any
 import yaml
 
 from mira_spark.devtools.bench.common import own_sail_session, print_table
+from mira_spark.estimate import GpuFigures
 
 TARGET_REMOVED = 0.5
 TARGET_EXTRA = 0.15
+
+
+def gpu_seconds(prompt_tokens: float, completion_tokens: float, figures: GpuFigures | None = None) -> float:
+    """GPU-seconds of scoring under ``mira-spark estimate``'s cost model (TP=1 rates, no prefix cache: the
+    prompt tokens the server reported, each request's once however many choices it has).
+
+    >>> gpu_seconds(43_000, 6_500)
+    2.0
+    """
+    f = figures or GpuFigures()
+    return prompt_tokens / f.prefill_tokens_per_s + completion_tokens / f.decode_tokens_per_s
 
 
 def mean_of_k_ceiling(k: int) -> float:
@@ -206,6 +218,9 @@ def print_report(tallies: dict[str, Tally], modes: list[Mode], k: int, bands: li
         extra = req / base_req - 1 if base_req else 0.0
         extra_prompt = t.prompt_tokens / t.runs / base_prompt - 1 if base_prompt else 0.0
         extra_completion = t.completion_tokens / t.runs / base_completion - 1 if base_completion else 0.0
+        base_gpu = gpu_seconds(base_prompt, base_completion)
+        extra_gpu = gpu_seconds(t.prompt_tokens / t.runs, t.completion_tokens / t.runs) / base_gpu - 1 if base_gpu \
+            else 0.0
         total = sum(t.flips.values())
         removed = 1 - total / base_flips if base_flips else None
         result[mode.name] = {
@@ -213,6 +228,7 @@ def print_report(tallies: dict[str, Tally], modes: list[Mode], k: int, bands: li
             "flip_rate": {v: round(t.flips[v] / t.decided[v], 4) if t.decided[v] else None for v in t.flips},
             "requests_per_doc": round(t.requests / max(1, t.documents), 4), "extra_requests": round(extra, 4),
             "extra_prompt_tokens": round(extra_prompt, 4), "extra_completion_tokens": round(extra_completion, 4),
+            "extra_gpu_time": round(extra_gpu, 4),
             "documents_sampled_per_run": round(t.sampled / t.runs, 1),
             "removed_flips": None if removed is None else round(removed, 4),
         }
@@ -220,7 +236,7 @@ def print_report(tallies: dict[str, Tally], modes: list[Mode], k: int, bands: li
             rows.append({"mode": mode.name, "variant": v, "flips": t.flips[v],
                          "flip_rate": t.flips[v] / t.decided[v] if t.decided[v] else 0.0,
                          "req_per_doc": t.requests / max(1, t.documents), "extra_req": extra,
-                         "extra_completion": extra_completion,
+                         "extra_completion": extra_completion, "extra_gpu": extra_gpu,
                          "sampled": t.sampled / t.runs, "removed": removed})
     adaptive = [result[m.name] for m in modes if m.adaptive]
     met = [r for r in adaptive if r["removed_flips"] is not None and r["removed_flips"] >= TARGET_REMOVED
@@ -233,6 +249,7 @@ def print_report(tallies: dict[str, Tally], modes: list[Mode], k: int, bands: li
         print_table(rows, [("mode", "mode", "s"), ("variant", "variant", "s"), ("flips", "flips", "d"),
                            ("flip_rate", "flip rate", ".3f"), ("req_per_doc", "req/doc", ".3f"),
                            ("extra_req", "extra req", "+.3f"), ("extra_completion", "extra decode tok", "+.3f"),
+                           ("extra_gpu", "extra GPU time", "+.3f"),
                            ("sampled", "docs sampled/run", ".1f"),
                            ("removed", "flips removed", ".3f")])
         print(f"ceiling of a mean of {k} samples: {mean_of_k_ceiling(k):.3f} of k=1's flips removed")
