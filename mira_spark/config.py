@@ -295,6 +295,22 @@ class AdaptiveSamplesConfig(_Frozen):
     )
 
 
+class ExpectedScoresConfig(_Frozen):
+    """Expected scores from the score tokens' logprobs (README "Expected scores"; parsing/expected.py)."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Ask the server for logprobs (logprobs: true, top_logprobs) and store each slot's expected "
+        "score, the mean of the scorer's distribution over its score tokens, in expected_scores beside the "
+        "sampled score; the selection uses it (selection.score_basis). No extra request, no extra decode.",
+    )
+    top_logprobs: int = Field(
+        default=10, ge=1, le=20,
+        description="Alternatives per generated token (vLLM allows up to its --max-logprobs, 20 by default). "
+        "Ten cover the digits 0-9; each alternative adds ~40 bytes per generated token to the response.",
+    )
+
+
 class ScoringConfig(_Frozen):
     wave_size: int = Field(default=20000, ge=1, description="Documents per committed wave.")
     tasks: int | None = Field(
@@ -341,6 +357,10 @@ class ScoringConfig(_Frozen):
     adaptive_samples: AdaptiveSamplesConfig = Field(
         default_factory=AdaptiveSamplesConfig,
         description="Request samples 1..k-1 only for documents near their unit's cut.",
+    )
+    expected_scores: ExpectedScoresConfig = Field(
+        default_factory=ExpectedScoresConfig,
+        description="Store each slot's expected score from the score tokens' logprobs (no extra request).",
     )
 
     @model_validator(mode="after")
@@ -485,6 +505,12 @@ class SelectionConfig(_Frozen):
     )
     seed: int = Field(default=0, description="Seed of the downsample hash.")
     score_resolution: int = Field(default=10, ge=1, description="Score quanta per point (10: tenths).")
+    score_basis: Literal["auto", "sampled", "expected"] = Field(
+        default="auto",
+        description="Scores the reliability mask and the composite read: sampled (what the answer's text says), "
+        "expected (each slot's expected score from logprobs, rounded to score_resolution; a slot without one "
+        "keeps its sampled score), auto: expected when scoring.expected_scores.enabled, else sampled.",
+    )
     tokens_column: str | None = Field(
         default=None,
         description="Integer column of the documents table with each document's token count; none (or null "

@@ -43,7 +43,14 @@ from mira_spark.prompting.rubric import Rubric, load_rubric
 from mira_spark.runstats import StageStats
 from mira_spark.scoring.accounting import wave_stats
 from mira_spark.scoring.stage import GroupPlan, ScoringPlan, score_documents
-from mira_spark.selection.aggregation import CompositePlan, add_composite, cell_weights, composite_plan
+from mira_spark.selection.aggregation import (
+    CompositePlan,
+    add_composite,
+    cell_weights,
+    composite_plan,
+    score_basis,
+    with_score_basis,
+)
 from mira_spark.selection.reliability import compute_reliability
 from mira_spark.selection.samples import combine_samples
 from mira_spark.selection.select import Selection, band_documents, select_documents
@@ -706,8 +713,14 @@ def parse_stage(ctx: RunContext) -> int:
     return ctx.summary.parsed
 
 
+def _basis(ctx: RunContext) -> str:
+    return score_basis(ctx.settings.selection, ctx.settings.scoring.expected_scores.enabled)
+
+
 def _current_scores(ctx: RunContext) -> DataFrame:
-    return ctx.tables.read("scores").join(F.broadcast(ctx.versions), ["scorer", "prompt_version"])
+    """Score rows of the current prompt versions, their ``a*_score`` on ``selection.score_basis``."""
+    scores = ctx.tables.read("scores").join(F.broadcast(ctx.versions), ["scorer", "prompt_version"])
+    return with_score_basis(scores, _basis(ctx), ctx.settings.selection.score_resolution)
 
 
 def reliability_stage(ctx: RunContext) -> None:
@@ -744,12 +757,13 @@ def _current_samples(ctx: RunContext) -> DataFrame | None:
     k = ctx.settings.scoring.samples
     if k <= 1 or not ctx.tables.exists("samples"):
         return None
-    return ctx.tables.read("samples").filter(F.col("sample") < k).join(
+    extra = ctx.tables.read("samples").filter(F.col("sample") < k).join(
         F.broadcast(ctx.versions), ["scorer", "prompt_version"])
+    return with_score_basis(extra, _basis(ctx), ctx.settings.selection.score_resolution)
 
 
 def _composite_plan(ctx: RunContext) -> CompositePlan:
-    return composite_plan(ctx.groups.rubrics, ctx.settings.selection, ctx.settings.scoring.samples)
+    return composite_plan(ctx.groups.rubrics, ctx.settings.selection, ctx.settings.scoring.samples, _basis(ctx))
 
 
 def composite_scores(ctx: RunContext) -> DataFrame:

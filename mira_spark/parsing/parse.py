@@ -310,6 +310,37 @@ def _parse(text: str | None, layout: _Layout) -> _Row:
     return scores, rationales, overall, recommendation, keys.get("domain_tag"), keys.get("brief"), status, errors
 
 
+def score_spans(text: str | None, rubric: Rubric) -> dict[str, tuple[int, int]]:
+    """``{slot: (start, end)}``: where, in ``text``, the score each slot was given is written.
+
+    The same reading as the parse: the first slot line with a number claims the slot, and only an
+    in-range number is a score. What :mod:`mira_spark.parsing.expected` needs to find a score's tokens.
+
+    >>> from mira_spark.prompting.rubric import Dimension, Rubric
+    >>> r = Rubric(group="g", dimensions=(Dimension(slot="A1", dimension="Clarity", cluster_size=1),))
+    >>> score_spans("[A1] Clarity: 7.5/10 — ok\\n[A1] Clarity: 3/10", r)
+    {'A1': (14, 17)}
+    """
+    if not text:
+        return {}
+    layout = _layout(rubric)
+    out: dict[str, tuple[int, int]] = {}
+    claimed: set[int] = set()
+    for m in _LINE_RE.finditer(text):
+        idx, score = m.group("idx"), m.group("score")
+        if not idx or not score:
+            continue
+        pos = layout.position.get(idx)
+        if pos is None:
+            pos = layout.position_by_number(idx)
+        if pos is None or pos in claimed:
+            continue
+        claimed.add(pos)
+        if SCORE_MIN <= _number(score) <= SCORE_MAX:
+            out[layout.slots[pos]] = m.span("score")
+    return out
+
+
 def parse_output(text: str | None, rubric: Rubric) -> ScoreCard:
     """Parse one scorer completion into a :class:`ScoreCard`.
 
@@ -469,5 +500,6 @@ __all__ = [
     "parse_output",
     "score_column_names",
     "score_schema",
+    "score_spans",
     "table_columns",
 ]

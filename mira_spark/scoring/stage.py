@@ -107,6 +107,8 @@ def group_sampling(sampling: SamplingConfig, rubric: Rubric, scoring: ScoringCon
     on, the structured-output field built from this group's rubric (``mira_spark.prompting.constrained``)."""
     fields = request_fields(rubric, scoring.constrained_output, scoring.structured_output_api,
                             OutputLimits.from_max_chars(scoring.free_text_max_chars))
+    if scoring.expected_scores.enabled:
+        fields = {**fields, "logprobs": True, "top_logprobs": scoring.expected_scores.top_logprobs}
     if not fields:
         return sampling
     return sampling.model_copy(update={"extra_body": {**sampling.extra_body, **fields}})
@@ -143,8 +145,18 @@ def _refit_truncated(builder: PromptBuilder, group: GroupPlan, plan: ScoringPlan
     return out
 
 
+def _expected_scores(result: ScoreResult, rubric: Rubric) -> list[tuple[str, float]] | None:
+    """``expected_scores`` of a kept answer (map entries), from its score tokens' logprobs; None without."""
+    from mira_spark.parsing.expected import expected_scores
+
+    if result.status != "ok" or result.score_tokens is None:
+        return None
+    found = expected_scores(result.text, rubric, result.score_tokens)
+    return sorted(found.items()) if found else None
+
+
 def _result_row(base: dict, result: ScoreResult, text: str, cap: int,
-                fitted: tuple[bool, int | None, int | None]) -> dict:
+                fitted: tuple[bool, int | None, int | None], rubric: Rubric) -> dict:
     """The output row of one scored document (``base``: its request-independent fields)."""
     truncated, kept_chars, est_tokens = fitted
     truncated = truncated or len(text) > cap
@@ -167,6 +179,7 @@ def _result_row(base: dict, result: ScoreResult, text: str, cap: int,
         "retry_causes": result.retry_causes,
         "raw_text": result.text,
         "shrunk": result.shrunk,
+        "expected_scores": _expected_scores(result, rubric),
     }
 
 
@@ -273,7 +286,8 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
         members = choices(result.index)
         results = [result, *_choice_results(result, len(members) - 1)] if len(members) > 1 else [result]
         for (row, base), one in zip(members, results, strict=True):
-            journal.add(_result_row(base, one, row["text"], cap, fitted.get(result.index, (False, None, None))),
+            journal.add(_result_row(base, one, row["text"], cap, fitted.get(result.index, (False, None, None)),
+                                    group.rubric),
                         _answer_of(one, checked.get((result.index, base["sample"])), unanswered, group.rubric))
 
     if requests:
@@ -298,7 +312,7 @@ def _score_group(plan: ScoringPlan, group: GroupPlan, rows: list[dict], stats: R
                                         strict=True)]
         for index, row, base, result in rows_of:
             answers.append(_answer_of(result, checked.get((index, base["sample"])), unanswered, group.rubric))
-            out.append(_result_row(base, result, row["text"], cap, fitted.get(index, (False, None, None))))
+            out.append(_result_row(base, result, row["text"], cap, fitted.get(index, (False, None, None)), group.rubric))
     return _answers_batch(out, answers, group.rubric, schema)
 
 

@@ -107,7 +107,32 @@ def _group_weights(rubric: Rubric, cfg: SelectionConfig) -> list[float]:
     return out
 
 
-def composite_plan(rubrics: dict[str, Rubric], cfg: SelectionConfig, samples: int = 1) -> CompositePlan:
+def score_basis(selection: SelectionConfig, expected_enabled: bool) -> str:
+    """``sampled`` or ``expected``: what ``selection.score_basis`` means given ``scoring.expected_scores``."""
+    if selection.score_basis == "auto":
+        return "expected" if expected_enabled else "sampled"
+    return selection.score_basis
+
+
+def with_score_basis(scores: DataFrame, basis: str, resolution: int) -> DataFrame:
+    """Score rows whose ``a*_score`` read ``basis``: with ``expected``, each slot's expected score (rounded to
+    ``resolution`` quanta per point, so the reliability pairs keep few distinct values) where the row has one
+    and the slot was scored; every other slot keeps its sampled score. ``sampled``: the rows unchanged."""
+    if basis != "expected":
+        return scores
+    res = float(resolution)
+    out = scores
+    for i in TABLE_SLOTS:
+        sampled = F.col(slot_score(i))
+        expected = F.when(F.map_contains_key(F.col("expected_scores"), F.lit(f"A{i}")),
+                          F.col("expected_scores").getItem(f"A{i}"))
+        out = out.withColumn(slot_score(i), F.when(sampled.isNotNull(),
+                                                   F.coalesce(F.round(expected * F.lit(res)) / F.lit(res), sampled)))
+    return out
+
+
+def composite_plan(rubrics: dict[str, Rubric], cfg: SelectionConfig, samples: int = 1,
+                   basis: str = "sampled") -> CompositePlan:
     """The key scale for every scorer group under ``cfg``; raises CompositeError when one has no weight.
 
     ``samples`` (``scoring.samples``, k): keys are scaled by ``lcm(1..k)`` so that the mean of any n <= k
@@ -130,6 +155,8 @@ def composite_plan(rubrics: dict[str, Rubric], cfg: SelectionConfig, samples: in
             "multiplier": multiplier}
     if sample_scale > 1:
         body["sample_scale"] = sample_scale
+    if basis != "sampled":
+        body["score_basis"] = basis
     version = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
     return CompositePlan(weights, cfg.score_resolution, multiplier, exact, (p, r), version, sample_scale)
 

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from mira_spark.config import PoolConfig
+from mira_spark.parsing.expected import ScoreTokens, compact_logprobs
 from mira_spark.serving.retry import parse_retry_after
 from mira_spark.serving.secrets import install_redaction, redact
 
@@ -41,6 +42,9 @@ class ChatResponse:
     completion_tokens: int | None
     request_id: str | None = None
     more: tuple[tuple[str, str | None], ...] = ()  # (text, finish_reason) of choices 1..n-1 (a request's ``n``)
+    # Score-token logprobs of each choice (0..n-1) when the request asked for logprobs; None per choice
+    # when the server sent none or they do not match the text (parsing/expected.py).
+    logprobs: tuple[ScoreTokens | None, ...] = ()
 
 
 class APIError(Exception):
@@ -103,11 +107,13 @@ def session_factory(pool: PoolConfig, in_flight: int | None = None) -> aiohttp.C
 def _parse_completion(raw: bytes, request_id: str | None) -> ChatResponse:
     try:
         data: Any = json.loads(raw)
-        choice = data["choices"][0]
+        # Choices in index order (a server may list them in any order); choice 0 is the request's sample.
+        choice, *rest = sorted(data["choices"], key=lambda c: c.get("index", 0))
         message = choice.get("message") or {}
         usage = data.get("usage") or {}
-        more = tuple(((c.get("message") or {}).get("content") or "", c.get("finish_reason"))
-                     for c in sorted(data["choices"][1:], key=lambda c: c.get("index", 0)))
+        more = tuple(((c.get("message") or {}).get("content") or "", c.get("finish_reason")) for c in rest)
+        logprobs = tuple(_choice_logprobs(c) for c in (choice, *rest)) if any(
+            c.get("logprobs") for c in (choice, *rest)) else ()
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         raise APIResponseError(f"not a chat completion: {excerpt(raw.decode('utf-8', 'replace'))}") from None
     return ChatResponse(
@@ -117,7 +123,14 @@ def _parse_completion(raw: bytes, request_id: str | None) -> ChatResponse:
         completion_tokens=usage.get("completion_tokens"),
         request_id=request_id,
         more=more,
+        logprobs=logprobs,
     )
+
+
+def _choice_logprobs(choice: Any) -> ScoreTokens | None:
+    lp = choice.get("logprobs")
+    content = lp.get("content") if isinstance(lp, dict) else None
+    return compact_logprobs(content, (choice.get("message") or {}).get("content") or "")
 
 
 async def post_chat(

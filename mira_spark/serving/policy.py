@@ -144,11 +144,13 @@ class RowPolicy:
                 self._bill(res, out)
                 for j, choice in enumerate([(out.text, out.finish_reason), *out.more][:request.n]):
                     answers[j] = choice
+            logprobs = out.logprobs if not isinstance(out, SendFailure) else ()
             for j, (single, r) in enumerate(zip(singles, results, strict=True)):
                 answer = answers[j]
                 if answer is not None and self._check(single, answer[0], answer[1]).action == "accept":
                     r.status, r.text, r.error, r.finish_reason = "ok", answer[0], None, answer[1]
                     r.endpoint = res.endpoint
+                    r.score_tokens = logprobs[j] if j < len(logprobs) else None
                     continue
                 if answer is not None:  # rejected: ask this sample again from scratch, its own seed
                     r.repairs += 1
@@ -163,17 +165,18 @@ class RowPolicy:
             return self._end(res, out)
         billed = self._bill(res, out)
         text, finish = out.text, out.finish_reason
+        tokens = out.logprobs[0] if out.logprobs else None  # None once the text is a merge of two answers
 
         while True:
             verdict = self._check(current, text, finish)
             if verdict.action == "accept":
-                res.status, res.text, res.error = "ok", text, None
+                res.status, res.text, res.error, res.score_tokens = "ok", text, None, tokens
                 return res
             if res.repairs >= self.max_output_repairs:
                 if verdict.action == "followup":
                     # Still missing slots after the last follow-up: the scores it has are usable
                     # (parsed as partial); failing the row would throw away paid-for answers.
-                    res.status, res.text, res.error = "ok", text, None
+                    res.status, res.text, res.error, res.score_tokens = "ok", text, None, tokens
                     return res
                 res.text = text
                 self._waste(res, billed)  # billed, but the row fails: nothing downstream uses it
@@ -195,7 +198,7 @@ class RowPolicy:
                     billed = self._bill(res, out)
                     merge = self.hooks.merge
                     text = merge(text, out.text) if merge else text + "\n" + out.text
-                    finish = out.finish_reason
+                    finish, tokens = out.finish_reason, None
                     continue
                 # The follow-up turn no longer fits the context: ask again from scratch instead.
             self._waste(res, billed)  # the answer being replaced by a fresh one
@@ -205,3 +208,4 @@ class RowPolicy:
                 return self._end(res, out)
             billed = self._bill(res, out)
             text, finish = out.text, out.finish_reason
+            tokens = out.logprobs[0] if out.logprobs else None

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from mira_spark.parsing.expected import ScoreTokens
 
 Status = Literal["ok", "failed", "deferred"]
 
@@ -60,6 +63,7 @@ class ScoreResult:
     wasted_completion_tokens: int = 0  # the completion tokens those answers cost
     retry_causes: list[str] = field(default_factory=list)  # error code of each send retried (http_429, timeout, ...)
     more: list[ScoreResult] = field(default_factory=list)  # a request with n > 1: samples sample+1 .. sample+n-1
+    score_tokens: ScoreTokens | None = None  # logprobs of the kept answer's score tokens (not of a merged one)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "timestamp": pa.timestamp("us", tz=ARROW_TIMEZONE),
     "strings": pa.list_(pa.string()),
     "counts": pa.map_(pa.string(), pa.int64()),
+    "slot_values": pa.map_(pa.string(), pa.float64()),
 }
 
 
@@ -70,6 +71,7 @@ def _spark_type(kind: str) -> T.DataType:
         "timestamp": T.TimestampType(),
         "strings": T.ArrayType(T.StringType(), True),
         "counts": T.MapType(T.StringType(), T.LongType(), True),
+        "slot_values": T.MapType(T.StringType(), T.DoubleType(), True),
     }[kind]
 
 
@@ -143,6 +145,9 @@ ANSWER = (
     Column("original_chars", "long"),
     Column("kept_chars", "long"),
     Column("est_prompt_tokens", "long"),
+    # slot -> expected score from the score tokens' logprobs (scoring.expected_scores; parsing/expected.py);
+    # null without logprobs. The a*_score columns stay the sampled scores the text says.
+    Column("expected_scores", "slot_values"),
 )
 # ... and the answer parsed once, in the task (the check that decides on repairs parses it anyway): the
 # mapInArrow batches carry both, so nothing downstream parses an answer again (except `parse --all`
@@ -164,6 +169,7 @@ SCORES = (
     *_raw("doc_id", "source", "scorer", "prompt_version", "status", "error"),
     *score_columns(),
     *_raw("truncated", "original_chars", "prompt_tokens", "completion_tokens", "attempts", "run_id", "scored_at"),
+    *_raw("expected_scores"),
 )
 # Extra samples of a document (``scoring.samples: k`` > 1): sample 1..k-1 of the same key. Sample 0 stays
 # the ``scores`` row (pending, recovery and MERGE keyed as without samples); every extra sample is its

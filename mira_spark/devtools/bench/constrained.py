@@ -26,7 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from mira_spark.config import EndpointConfig, PoolConfig, SamplingConfig, ScoringConfig
+from mira_spark.config import EndpointConfig, ExpectedScoresConfig, PoolConfig, SamplingConfig, ScoringConfig
 from mira_spark.devtools.bench.common import bench_documents
 from mira_spark.devtools.bench.llama_cpp import (
     DEFAULT_N_CTX,
@@ -81,7 +81,7 @@ def real_pool(urls: str | Sequence[str], **overrides: Any) -> PoolConfig:
 def real_plan(urls: str | Sequence[str], mode: str, *, max_tokens: int = DEFAULT_MAX_TOKENS, repairs: int = 0,
               free_text_chars: int = DEFAULT_FREE_TEXT_CHARS, n_ctx: int = DEFAULT_N_CTX,
               seed: int | None = DEFAULT_SEED, temperature: float = SamplingConfig().temperature,
-              rubric: Rubric | None = None) -> ScoringPlan:
+              rubric: Rubric | None = None, expected_scores: bool = False) -> ScoringPlan:
     """A scoring plan for the llama.cpp servers at ``urls`` with ``scoring.constrained_output = mode``."""
     rubric = rubric or real_rubric()
     builder = PromptBuilder(rubric, SERVED_MODEL, n_ctx, max_tokens)
@@ -89,7 +89,8 @@ def real_plan(urls: str | Sequence[str], mode: str, *, max_tokens: int = DEFAULT
     group = GroupPlan(name=GROUP, model=SERVED_MODEL, rubric=rubric, pool=pool,
                       prompt_version=builder.version)
     scoring = ScoringConfig(max_output_repairs=repairs, constrained_output=mode,
-                            structured_output_api="llama_cpp", free_text_max_chars=free_text_chars)
+                            structured_output_api="llama_cpp", free_text_max_chars=free_text_chars,
+                            expected_scores=ExpectedScoresConfig(enabled=expected_scores))
     return ScoringPlan(groups={GROUP: group}, sampling=SamplingConfig(max_tokens=max_tokens, seed=seed,
                                                                         temperature=temperature),
                        scoring=scoring, max_model_len=n_ctx,
