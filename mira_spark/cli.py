@@ -105,6 +105,7 @@ BENCHES = {
     "select": "mira_spark.devtools.bench.select",
     "soak": "mira_spark.devtools.bench.soak",
     "samples": "mira_spark.devtools.bench.samples",
+    "expected": "mira_spark.devtools.bench.expected",
 }
 
 
@@ -158,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("make-sample", "write the sample corpus and validation table"),
         ("init-demo", "write the packaged demo configs (conf/) and anchors (anchors/) into a directory"),
         ("bench", "benchmarks: parse | throughput | routing | client-overhead | faults | table-path | constrained | "
-                  "select | soak"),
+                  "select | soak | samples | expected"),
         ("estimate", "GPU-hours and wall time for a documents table, before anything is sent"),
     ]:
         sub.add_parser(name, help=help_text, add_help=False)

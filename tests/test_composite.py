@@ -104,3 +104,26 @@ def test_composite_equals_the_exact_reference(spark: Any, cfg: SelectionConfig, 
         assert 0.5 * downsampled < sampled_out < 0.9 * downsampled  # ~70% of 'downsample' rows sampled out
     else:
         assert sampled_out == 0
+
+
+def test_score_basis_reads_expected_scores_where_the_row_has_them(spark: Any) -> None:
+    """``with_score_basis``: expected scores (rounded to the resolution) replace sampled ones slot by slot; a
+    slot without an expectation, a row without the map and an unscored slot keep what they had."""
+    from mira_spark.selection.aggregation import score_basis, with_score_basis
+
+    ddl = "doc_id string, " + ", ".join(f"a{i}_score double" for i in range(1, 16)) + \
+        ", expected_scores map<string, double>"
+    pad = [None] * 12
+    rows = [("d1", 7.0, 4.0, None, *pad, {"A1": 6.64, "A3": 9.0}),  # A2 has none; A3 unscored stays null
+            ("d2", 5.0, 5.0, 5.0, *pad, None)]
+    df = spark.createDataFrame(rows, ddl)
+    got = {r["doc_id"]: (r["a1_score"], r["a2_score"], r["a3_score"])
+           for r in with_score_basis(df, "expected", 10).collect()}
+    assert got == {"d1": (6.6, 4.0, None), "d2": (5.0, 5.0, 5.0)}
+    assert with_score_basis(df, "sampled", 10) is df
+    assert score_basis(SelectionConfig(), expected_enabled=True) == "expected"
+    assert score_basis(SelectionConfig(), expected_enabled=False) == "sampled"
+    assert score_basis(SelectionConfig(score_basis="sampled"), expected_enabled=True) == "sampled"
+    rubrics = {"g": _rubric()}
+    assert composite_plan(rubrics, SelectionConfig()).version != composite_plan(
+        rubrics, SelectionConfig(), basis="expected").version

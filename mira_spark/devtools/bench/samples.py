@@ -68,6 +68,7 @@ class Mode:
     name: str
     samples: int
     adaptive: bool
+    expected: bool = False  # scoring.expected_scores: the composite from the score tokens' expected scores
 
 
 @dataclass
@@ -116,7 +117,7 @@ def run_config(root: Path, sample: Path, urls: list[str], seed: int, mode: Mode,
         "tables": {"root": str(root / "tables"), "documents": str(sample / "documents"),
                    "validation": str(sample / "validation")},
         "sampling": {"seed": seed},
-        "scoring": {"wave_size": 1000, "samples": mode.samples,
+        "scoring": {"wave_size": 1000, "samples": mode.samples, "expected_scores": {"enabled": mode.expected},
                     "adaptive_samples": {"enabled": mode.adaptive, "band": band,
                                          **({} if max_share is None else {"max_share": max_share})}},
         "scorers": {"pools": {"text_group_b_pool": {"endpoints": [{"url": u} for u in urls],
@@ -164,8 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-share", type=float, default=None,
                     help="adaptive cap on the share of documents sampled (default: scoring.adaptive_samples.max_share)")
     ap.add_argument("--scorers-file", default=SCORERS_FILE, help="scorer groups and pools (default conf/scorers.yaml)")
+    ap.add_argument("--expected", action="store_true",
+                    help="also run expected k=1 and expected adaptive k (scoring.expected_scores: logprobs)")
+    ap.add_argument("--prefix-share", type=float, default=0.0,
+                    help="simulator: share of the sampling variance from the sampled prefix, which logprobs "
+                    "cannot see (SimConfig.sampling_prefix_share; 0: all of it is in the score tokens)")
     ap.add_argument("--json-only", action="store_true")
     args = ap.parse_args(argv)
+    if not 0.0 <= args.prefix_share <= 1.0:
+        ap.error("--prefix-share is a share, 0..1")
 
     from mira_spark.config import AdaptiveSamplesConfig
     from mira_spark.devtools.samples import write_sample
@@ -180,7 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     modes = [Mode("k=1", 1, False), Mode(f"full k={args.k}", args.k, False)]
     modes += [Mode(f"adaptive k={args.k} band {b:g}", args.k, True) for b in bands]
     band_of = {m.name: (bands[i - 2] if m.adaptive else bands[0]) for i, m in enumerate(modes)}
-    sims = [start_in_thread(SimConfig(name=f"sim{i}", time_scale=400.0, sampling_noise=True)) for i in range(2)]
+    if args.expected:
+        modes += [Mode("expected k=1", 1, False, True),
+                  Mode(f"expected adaptive k={args.k} band {bands[0]:g}", args.k, True, True)]
+        band_of.update({m.name: bands[0] for m in modes[-2:]})
+    sims = [start_in_thread(SimConfig(name=f"sim{i}", time_scale=400.0, sampling_noise=True,
+                                      sampling_prefix_share=args.prefix_share)) for i in range(2)]
     tallies = {m.name: Tally({}, {}) for m in modes}
     variants: list[str] = []
     try:
@@ -201,12 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for h in sims:
             h.stop()
-    print_report(tallies, modes, args.k, bands, seeds, args.json_only)
+    print_report(tallies, modes, args.k, bands, seeds, args.json_only, args.prefix_share)
     return 0
 
 
 def print_report(tallies: dict[str, Tally], modes: list[Mode], k: int, bands: list[float], seeds: list[int],
-                 json_only: bool) -> None:
+                 json_only: bool, prefix_share: float = 0.0) -> None:
     base = tallies[modes[0].name]
     base_req = base.requests / base.runs
     base_prompt, base_completion = base.prompt_tokens / base.runs, base.completion_tokens / base.runs
@@ -238,10 +251,11 @@ def print_report(tallies: dict[str, Tally], modes: list[Mode], k: int, bands: li
                          "req_per_doc": t.requests / max(1, t.documents), "extra_req": extra,
                          "extra_completion": extra_completion, "extra_gpu": extra_gpu,
                          "sampled": t.sampled / t.runs, "removed": removed})
-    adaptive = [result[m.name] for m in modes if m.adaptive]
+    adaptive = [result[m.name] for m in modes if m.adaptive or m.expected]
     met = [r for r in adaptive if r["removed_flips"] is not None and r["removed_flips"] >= TARGET_REMOVED
            and r["extra_requests"] <= TARGET_EXTRA]
-    summary = {"bench": "samples", "k": k, "bands": bands, "seeds": seeds, "modes": result,
+    summary = {"bench": "samples", "k": k, "bands": bands, "seeds": seeds, "prefix_share": prefix_share,
+               "modes": result,
                "target": {"removed_flips_min": TARGET_REMOVED, "extra_requests_max": TARGET_EXTRA},
                "ceiling_removed_flips": round(mean_of_k_ceiling(k), 4),
                "target_met": bool(met)}
