@@ -9,6 +9,7 @@ as they do against vLLM.
   and repair paths, and every row still comes out exactly once with a status and a reason.
 * With ``scoring.constrained_output: grammar`` (GBNF built from the rubric) at least 95% of 20 documents
   parse ``ok`` and every parsed score is a number written in the text, in range.
+* With ``scoring.expected_scores`` the score tokens' logprobs give expected scores (bytes-less tokens).
 * Preflight against /v1/models names the endpoint and what it serves.
 
 Kept small (short documents, small ``max_tokens``) so the module runs in well under 3 minutes here.
@@ -123,6 +124,25 @@ def test_constrained_grammar_parses_ok_without_invented_scores(llamas: list[Llam
         assert card.overall is not None and 0 <= card.overall <= 100
         assert card.training_recommendation in ("keep", "downsample", "drop")
         assert row["finish_reason"] == "stop" and row["completion_tokens"] <= CONSTRAINED_MAX_TOKENS
+
+
+def test_expected_scores_from_the_real_servers_logprobs(llamas: list[LlamaServer]) -> None:
+    """llama-cpp-python sends ``bytes: null`` and splits Chinese characters over tokens: the score tokens
+    must still be found, and their distribution (temperature 0.7) give expectations off the sampled grid."""
+    rubric = real_rubric().model_copy(update={"dimensions": real_rubric().dimensions[:3]})
+    plan = real_plan([s.url for s in llamas], "grammar", max_tokens=192, free_text_chars=FREE_TEXT_CHARS,
+                     n_ctx=N_CTX, rubric=rubric, expected_scores=True)
+    assert plan.scoring.expected_scores.enabled
+    rows = score_rows(real_documents(2, DOC_CHARS), plan)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 2, [(r["status"], r["error"]) for r in rows]
+    pairs = [(r[f"a{d.index}_score"], dict(r["expected_scores"] or ()).get(d.slot)) for r in ok
+             for d in rubric.dimensions]
+    scored = [(s, e) for s, e in pairs if s is not None]
+    covered = [(s, e) for s, e in scored if e is not None]
+    assert len(covered) >= 0.8 * len(scored) > 0, pairs  # the score tokens were found in the real token stream
+    assert all(0 <= e <= 10 for _, e in covered)
+    assert any(abs(s - e) > 0.05 for s, e in covered), covered  # a real distribution, not the sampled value
 
 
 def _write_documents(path: Path, docs: list[dict]) -> str:

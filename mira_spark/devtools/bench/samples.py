@@ -1,6 +1,7 @@
 """``mira-spark bench samples``: decision flips between two independent runs, for k=1, full k and adaptive k.
 
-Takes ``[--k 3] [--bands 1.5] [--seeds 1,2,3,4] [--max-share 0.15] [--json-only]``; writes the sample corpus (263 documents, 2
+Takes ``[--k 3] [--bands 1.5] [--seeds 1,2,3,4] [--max-share 0.15] [--expected] [--prefix-share 0]
+[--json-only]``; writes the sample corpus (263 documents, 2
 scored sources), starts two simulated endpoints with sampling noise (``SimConfig.sampling_noise``: each
 choice at the card's temperature 0.7 moves every dimension score by seeded noise, sd 0.7 score points),
 and runs the whole pipeline on Sail + Delta twice per mode and pair of seeds — same documents, same
@@ -19,6 +20,14 @@ p = Phi(-d / s), where s is the spread of its composite; summed over documents s
 cut that is proportional to s, and the mean of k samples divides s by sqrt(k). So even sampling every
 document k times removes at most ``1 - 1/sqrt(k)`` of k=1's flips (42% for k = 3, 59% for k = 6) when the
 noise is independent between samples; adaptive k can reach that ceiling but not pass it.
+With ``--expected`` two more modes run with ``scoring.expected_scores`` on: ``expected k=1`` (the composite
+from each slot's expected score, read from the score tokens' logprobs: zero extra requests) and ``expected
+adaptive k`` (both). Expected scores remove the part of the noise that lies in the score tokens' own
+distribution, which the ceiling above does not bound; ``--prefix-share`` sets the part they cannot see
+(``SimConfig.sampling_prefix_share``: the share of the variance that earlier sampled tokens cause), so the
+bench shows the regimes between "all noise is token noise" (0) and "none is" (1). Real-model figures:
+``mira-spark bench expected``.
+
 Measured against the simulator only; the noise model is :mod:`mira_spark.devtools.simulator.sampling`.
 """
 
