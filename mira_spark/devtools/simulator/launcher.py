@@ -236,6 +236,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sampling-noise", action="store_true",
                    help="at temperature > 0 perturb each choice's scores (seeded by the request's seed, the "
                    "document and the choice); default: deterministic scores at any temperature")
+    p.add_argument("--sampling-prefix-share", type=float, default=0.0,
+                   help="share (0..1) of the --sampling-noise variance that comes from the tokens sampled before "
+                   "a score and so does not show in its logprobs (default 0: all of it does)")
     p.add_argument("--score-shift", default=None,
                    help="serve every slot score moved by this many points (a mis-served checkpoint, for the "
                    "canary drift guard): one value shifts the last endpoint only, a comma list one per endpoint")
@@ -306,6 +309,7 @@ def configs_from_args(args: argparse.Namespace) -> list[SimConfig]:
         SimConfig(name=f"sim-{i}", slots=args.slots, speed=speeds[i] if speeds else args.speed,
                   error_rate=args.error_rate, malformed_rate=args.malformed_rate, faults=profile,
                   max_model_len=args.max_model_len, seed=args.seed + i, sampling_noise=args.sampling_noise,
+                  sampling_prefix_share=args.sampling_prefix_share,
                   score_shift=shifts[i], score_shift_after=args.score_shift_after, **extra)
         for i in range(n)
     ]

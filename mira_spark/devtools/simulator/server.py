@@ -11,7 +11,10 @@ Behaviour that mirrors vLLM: a prompt whose tokens plus ``max_tokens`` exceed ``
 vLLM's 400 body; an answer longer than ``max_tokens`` is cut with ``finish_reason="length"``; ``n`` gives
 n choices (independent samples at temperature > 0 when ``sampling_noise`` is on, see :mod:`.sampling`);
 ``stream`` gives server-sent chunks then ``data: [DONE]``, with a usage chunk on
-``stream_options.include_usage``. ``tests/test_openai_conformance.py`` checks all of it with the
+``stream_options.include_usage``; ``logprobs`` / ``top_logprobs`` (at most :data:`.logprobs.MAX_LOGPROBS`, vLLM's
+default cap) give every choice OpenAI's ``logprobs.content``, with each score's tokens carrying the
+token-level distribution it was drawn from (:mod:`.logprobs`; streamed chunks carry the entries of their own
+tokens; ``tests/test_sim_logprobs.py``). ``tests/test_openai_conformance.py`` checks the rest with the
 official ``openai`` client. The
 simulator's token count is lower than :func:`mira_spark.prompting.tokens.estimate_tokens` for the same text, so a
 prompt the client budgeted never overflows. A document that is one of the calibration references in the
@@ -54,7 +57,8 @@ from mira_spark.devtools.simulator.judge import (
     render_completion,
     shift_scores,
 )
-from mira_spark.devtools.simulator.sampling import document_digest, sample_judgement
+from mira_spark.devtools.simulator.logprobs import MAX_LOGPROBS, choice_logprobs
+from mira_spark.devtools.simulator.sampling import document_digest, sample_judgement_with_dists
 from mira_spark.prompting.prompts import DOC_BEGIN, extract_document
 
 log = logging.getLogger("mira_spark.devtools.simulator")
@@ -83,6 +87,11 @@ class SimConfig(BaseModel):
         default=False,
         description="Perturb scores per choice at temperature > 0 (seeded by the request's seed, the document and "
         "the choice index); off: every answer is the deterministic judgement, whatever the temperature.")
+    sampling_prefix_share: float = Field(
+        default=0.0, ge=0, le=1,
+        description="Share of the sampling noise variance that comes from the tokens sampled before a score "
+        "(rationales, earlier scores) and so is not visible in the score token's logprobs; 0: all of it is "
+        "token-level noise, and an expected score from the logprobs removes it all.")
     score_shift: float = Field(
         default=0.0, ge=-10, le=10,
         description="Points added to every slot score (kept within 0-10): a mis-served checkpoint, for the canary "
@@ -283,6 +292,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if isinstance(sampling, str):
         return _error(sampling, 400, "BadRequestError")
     n, temperature, request_seed = sampling
+    top_logprobs = _logprobs_of(body)
+    if isinstance(top_logprobs, str):
+        return _error(top_logprobs, 400, "BadRequestError")
 
     state.requests += 1
     request_id = request.headers.get("X-Request-Id", "")
@@ -345,12 +357,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         rendered = [(s, names[s]) for s in wanted]
     else:
         wanted, rendered = None, dims
-    samples: list[Judgement] = [judgement] * n
+    # Each sample with the (m, sd_token) per slot its scores were drawn from; None: no spread (greedy, noise off).
+    samples: list[tuple[Judgement, dict[str, tuple[float, float]] | None]] = [(judgement, None)] * n
     if cfg.sampling_noise and temperature > 0:
         seed = request_seed if request_seed is not None else state.sampling_rng.getrandbits(63)
         digest = document_digest(source, document)
-        samples = [sample_judgement(judgement, temperature, seed=seed, digest=digest, choice=i) for i in range(n)]
-    choices = [_finish_choice(state, rule, render_completion(j, rendered, slots=wanted), budget) for j in samples]
+        samples = [sample_judgement_with_dists(judgement, temperature, seed=seed, digest=digest, choice=i,
+                                               prefix_share=cfg.sampling_prefix_share) for i in range(n)]
+    answers = [render_completion(j, rendered, slots=wanted) for j, _ in samples]
+    choices = [_finish_choice(state, rule, text, budget) for text in answers]
+    # An answer changed by a fault or the token budget no longer shows its sampled scores: certain tokens only.
+    logprobs = [None if top_logprobs is None else
+                choice_logprobs(text, dists if text == answer else None, top_logprobs)
+                for (text, _, _), answer, (_, dists) in zip(choices, answers, samples, strict=True)]
     completion_tokens = sum(tokens for _, _, tokens in choices)
     finish_reason = choices[0][1]
 
@@ -381,7 +400,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if body.get("stream"):
         options = body.get("stream_options") or {}
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        return await _stream_answer(request, head, [(text, reason) for text, reason, _ in choices],
+        return await _stream_answer(request, head, [(text, reason) for text, reason, _ in choices], logprobs,
                                     usage if include_usage else None)
     return web.json_response({
         **head,
@@ -389,7 +408,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "choices": [{
             "index": i,
             "message": {"role": "assistant", "content": text},
-            "logprobs": None,
+            "logprobs": logprobs[i],
             "finish_reason": reason,
         } for i, (text, reason, _) in enumerate(choices)],
         "usage": usage,
@@ -414,6 +433,25 @@ def _sampling_of(body: dict[str, Any]) -> tuple[int, float, int | None] | str:
     return n, temperature, seed
 
 
+def _logprobs_of(body: dict[str, Any]) -> int | str | None:
+    """Takes a request body; gives its ``top_logprobs`` (0 when not sent) when it asks for ``logprobs``, None when it
+    does not, or the 400 message vLLM would give for a bad value."""
+    raw, raw_top = body.get("logprobs"), body.get("top_logprobs")
+    if raw is not None and not isinstance(raw, bool):
+        return "simulator: logprobs must be a boolean"
+    try:
+        top = 0 if raw_top is None else int(raw_top)
+    except (TypeError, ValueError):
+        return "simulator: top_logprobs must be an integer"
+    if top < 0:
+        return "`top_logprobs` must be a positive value."
+    if top > 0 and not raw:
+        return "when using `top_logprobs`, `logprobs` must be set to true."
+    if top > MAX_LOGPROBS:
+        return f"Requested sample logprobs of {top}, which is greater than max allowed: {MAX_LOGPROBS}"
+    return top if raw else None
+
+
 def _finish_choice(state: SimState, rule: FaultRule | None, text: str, budget: int) -> tuple[str, str, int]:
     """``(text, finish_reason, completion_tokens)`` of one choice: answer faults, then the token budget."""
     finish_reason = "stop"
@@ -433,10 +471,26 @@ def _finish_choice(state: SimState, rule: FaultRule | None, text: str, budget: i
     return text, finish_reason, completion_tokens
 
 
+def _stream_pieces(text: str, logprobs: dict[str, Any] | None) -> list[tuple[str, dict[str, Any] | None]]:
+    """Takes a choice's text and its logprobs (or None); gives its streamed pieces, one per line, each with the
+    ``logprobs`` of its own tokens (None without logprobs: the pieces of ``str.splitlines``)."""
+    if logprobs is None:
+        return [(piece, None) for piece in text.splitlines(keepends=True) or [""]]
+    lines: list[list[dict[str, Any]]] = [[]]
+    for entry in logprobs["content"]:
+        lines[-1].append(entry)
+        if entry["token"] == "\n":
+            lines.append([])
+    if not lines[-1] and len(lines) > 1:
+        lines.pop()
+    return [("".join(e["token"] for e in line), {"content": line}) for line in lines]
+
+
 async def _stream_answer(request: web.Request, head: dict[str, Any], choices: list[tuple[str, str]],
-                         usage: dict[str, int] | None) -> web.StreamResponse:
-    """vLLM's server-sent events: a role chunk per choice, content chunks (one per answer line), the last
-    with its ``finish_reason``, a usage chunk with no choices when asked for, then ``data: [DONE]``.
+                         logprobs: list[dict[str, Any] | None], usage: dict[str, int] | None) -> web.StreamResponse:
+    """vLLM's server-sent events: a role chunk per choice, content chunks (one per answer line, with the
+    ``logprobs`` of its tokens when asked for), the last with its ``finish_reason``, a usage chunk with no
+    choices when asked for, then ``data: [DONE]``.
 
     The chunks are written once the answer is complete (no time-to-first-token model): a client sees
     the same total latency as without streaming.
@@ -453,10 +507,10 @@ async def _stream_answer(request: web.Request, head: dict[str, Any], choices: li
         await send([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                      "finish_reason": None}])
     for i, (text, reason) in enumerate(choices):
-        pieces = text.splitlines(keepends=True) or [""]
-        for k, piece in enumerate(pieces):
+        pieces = _stream_pieces(text, logprobs[i])
+        for k, (piece, piece_logprobs) in enumerate(pieces):
             last = k == len(pieces) - 1
-            await send([{"index": i, "delta": {"content": piece}, "logprobs": None,
+            await send([{"index": i, "delta": {"content": piece}, "logprobs": piece_logprobs,
                          "finish_reason": reason if last else None}])
     if usage is not None:
         await send([], usage=usage)
