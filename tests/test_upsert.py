@@ -46,3 +46,28 @@ def test_new_keys_are_appended_and_present_keys_merged(spark: Any, tmp_path: Pat
     again = spark.createDataFrame([("c", "g", "ok")], SCHEMA)  # a wave committed twice changes nothing
     assert tables.upsert_new_keys(again, "scores", SCHEMA, KEYS) == 1
     assert len(_rows(tables)) == 4
+
+
+def test_a_table_of_an_older_version_gets_new_nullable_columns_and_keeps_its_rows(spark: Any, tmp_path: Path) -> None:
+    """Scores already paid for survive an upgrade that adds an optional column: MERGE and append both add it
+    (Delta ``mergeSchema``), old rows read null there; a missing non-nullable column is still an error."""
+    from mira_spark.errors import TableError
+
+    tables = _tables(spark, tmp_path)
+    tables.append(spark.createDataFrame([("a", "g", "ok")], SCHEMA), "scores", SCHEMA)
+    newer = T.StructType([*SCHEMA.fields, T.StructField("expected_scores",
+                                                        T.MapType(T.StringType(), T.DoubleType()), True)])
+    assert "expected_scores" not in tables.read("scores").columns  # the case: a table without the column
+    tables.upsert_new_keys(spark.createDataFrame([("b", "g", "ok", {"A1": 6.5})], newer), "scores", newer, KEYS)
+    rows = {r["doc_id"]: r["expected_scores"] for r in tables.read("scores").collect()}
+    assert rows == {"a": None, "b": {"A1": 6.5}}
+
+    fresh = Tables(spark, tables.settings)  # a new run: append on a table that lacks a column
+    raw = T.StructType([*SCHEMA.fields, T.StructField("extra", T.StringType(), True)])
+    fresh.append(spark.createDataFrame([("c", "g", "ok", "x")], raw), "raw_outputs_like", SCHEMA)
+    fresh.append(spark.createDataFrame([("d", "g", "ok", "y")], raw), "raw_outputs_like", raw)
+    assert {r["doc_id"]: r["extra"] for r in fresh.read("raw_outputs_like").collect()} == {"c": None, "d": "y"}
+
+    strict = T.StructType([*SCHEMA.fields, T.StructField("needed", T.StringType(), False)])
+    with pytest.raises(TableError, match="lacks columns"):
+        Tables(spark, tables.settings).ensure("scores", strict)

@@ -81,6 +81,7 @@ class Tables:
         self.spark = spark
         self.settings = settings
         self.fmt = settings.table_format
+        self._checked: set[str] = set()  # tables whose schema was checked (and evolved) by this instance
 
     def ref(self, table: str) -> TableRef:
         cfg = self.settings.tables
@@ -180,6 +181,8 @@ class Tables:
                partition_by: Sequence[str] = ()) -> None:
         ref = self.ref(table)
         out = conform(df, schema)
+        if table not in self._checked and self.exists(table):
+            self._check_schema(table, schema)  # Sail would drop a column the table lacks, silently
 
         def save() -> None:
             writer = self._writer(out, "append")
@@ -222,13 +225,34 @@ class Tables:
                 raise TableError(f"cannot create {self.ref(table).label}: {_first_line(exc)}") from None
 
     def _check_schema(self, table: str, schema: T.StructType) -> None:
+        """Fail on a table that lacks columns of ``schema``, except nullable ones on Delta: those are added
+        (an empty append with ``mergeSchema``), so a table written by an older version keeps its rows —
+        scores already paid for are never thrown away for a new optional column."""
+        if table in self._checked:
+            return
         have = {f.name: f.dataType for f in self.read(table).schema.fields}
         missing = [f.name for f in schema.fields if f.name not in have]
+        addable = self.fmt == "delta" and all(schema[name].nullable for name in missing)
+        if missing and addable:
+            ref = self.ref(table)
+            empty = self.spark.createDataFrame([], schema)
+            writer = self._writer(empty, "append").option("mergeSchema", "true")
+            self._retry_conflicts(lambda: self._save(writer, ref), f"add columns {missing} to {ref.label}")
+            have = {f.name: f.dataType for f in self.read(table).schema.fields}
+            if any(name not in have for name in missing) and ref.path:
+                # Sail ignores mergeSchema on a table with a non-nullable column: add them with delta-rs.
+                _add_columns_delta_rs(ref.path, [schema[name] for name in missing if name not in have])
+                have = {f.name: f.dataType for f in self.read(table).schema.fields}
+            added = [name for name in missing if name in have]
+            if added:
+                log.info("table %s: added nullable columns %s (written by an older version)", ref.label, added)
+            missing = [f.name for f in schema.fields if f.name not in have]
         if missing:
             raise TableError(
                 f"table {self.ref(table).label} lacks columns {missing}; it was written by another version. "
-                "Point tables.root at a new location or migrate the table."
+                "Point tables.root at a new location or add them (ALTER TABLE ... ADD COLUMNS) and run again."
             )
+        self._checked.add(table)
 
     def merge(self, df: DataFrame, table: str, schema: T.StructType, keys: Sequence[str]) -> None:
         """Upsert ``df`` (already one row per key) into ``table`` on ``keys`` with SQL MERGE INTO."""
@@ -316,6 +340,22 @@ class Tables:
                 delay = MERGE_CONFLICT_BACKOFF_S * (2 ** (attempt - 1)) * (0.5 + random.random())
                 log.warning("%s: concurrent commit, retrying in %.2fs (attempt %d)", what, delay, attempt)
                 time.sleep(delay)
+
+
+def _add_columns_delta_rs(path: str, fields: list) -> None:
+    """Add nullable ``fields`` (Spark StructFields) to the Delta table at ``path`` with delta-rs, if it is
+    installed and can open the path (local paths; an object store needs its credentials); else nothing."""
+    try:
+        import pyarrow as pa
+        from deltalake import DeltaTable
+        from deltalake import schema as delta_schema
+        from pyspark.sql.pandas.types import to_arrow_type
+
+        arrow = [pa.field(f.name, to_arrow_type(f.dataType), nullable=True) for f in fields]
+        DeltaTable(path.removeprefix("file://")).alter.add_columns(
+            [delta_schema.Field.from_arrow(a) for a in arrow])
+    except Exception as exc:  # noqa: BLE001 - the caller reports the columns still missing
+        log.warning("cannot add columns to %s with delta-rs: %s", path, _first_line(exc))
 
 
 def _first_line(exc: BaseException) -> str:
