@@ -354,7 +354,7 @@ def _add_columns_delta_rs(path: str, fields: list) -> None:
         arrow = [pa.field(f.name, to_arrow_type(f.dataType), nullable=True) for f in fields]
         DeltaTable(path.removeprefix("file://")).alter.add_columns(
             [delta_schema.Field.from_arrow(a) for a in arrow])
-    except Exception as exc:  # noqa: BLE001 - the caller reports the columns still missing
+    except Exception as exc:  # the caller reports the columns still missing
         log.warning("cannot add columns to %s with delta-rs: %s", path, _first_line(exc))
 
 
