@@ -100,3 +100,15 @@ def test_expected_basis_flips_fewer_decisions_than_sampled(runs: dict[str, Any])
     assert sampled >= 20  # the noise really moves decisions at this temperature
     # Half the variance is prefix noise: the spread shrinks by about sqrt(0.5), so flips by about 30%.
     assert expected < 0.9 * sampled, (sampled, expected)
+
+
+def test_scores_long_shows_sampled_and_expected_scores(spark: Any, runs: dict[str, Any]) -> None:
+    from mira_spark.pipeline import load_groups
+    from mira_spark.store.views import register_views
+
+    settings = runs["settings-1"]
+    register_views(spark, Tables(spark, settings), load_groups(settings).rubrics)
+    rows = spark.sql("SELECT score, expected_score FROM scores_long WHERE score IS NOT NULL").collect()
+    assert len(rows) > 1000
+    assert all(r["expected_score"] is not None for r in rows)
+    assert sum(abs(r["score"] - r["expected_score"]) > 1e-9 for r in rows) > len(rows) // 2

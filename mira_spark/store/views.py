@@ -5,7 +5,8 @@ Takes the run's :class:`~mira_spark.store.tables.Tables` and the rubrics; gives 
 ``mira_selected``, ``mira_run_stats``, ``mira_canary`` (the drift guard's checks, when a run made one),
 ``mira_selected_by_variant`` (``selected`` exploded: one row per variant and kept document, with a
 ``variant`` column; ``selected`` itself holds each kept document once with its ``variants`` array) and
-``scores_long(doc_id, source, scorer, slot, dimension, score, masked, mask_version)``: ``masked`` is the
+``scores_long(doc_id, source, scorer, slot, dimension, score, expected_score, masked, mask_version)``
+(``score``: the sampled score the answer says; ``expected_score``: from logprobs, null without): ``masked`` is the
 reliability table's final mask (computed, with a published mask applied on top when configured). Path-based
 runs get session temp views; runs on a catalog schema get persistent views there
 (``<schema>.scores_long``), which SQL warehouses and dashboards can use.
@@ -31,12 +32,15 @@ def scores_long_sql(scores: str, reliability: str, rubrics: dict[str, Rubric]) -
         f"('{scorer}', '{d.slot}', '{d.dimension.replace(chr(39), chr(39) * 2)}')"
         for scorer, rubric in sorted(rubrics.items()) for d in rubric.dimensions
     )
-    cells = ", ".join(f"named_struct('slot', 'A{i}', 'score', s.{slot_score(i)})" for i in TABLE_SLOTS)
+    cells = ", ".join(
+        f"named_struct('slot', 'A{i}', 'score', s.{slot_score(i)}, 'expected', CASE WHEN "
+        f"map_contains_key(s.expected_scores, 'A{i}') THEN s.expected_scores['A{i}'] END)" for i in TABLE_SLOTS)
     return f"""
-        SELECT c.doc_id, c.source, c.scorer, c.slot, d.dimension, c.score,
+        SELECT c.doc_id, c.source, c.scorer, c.slot, d.dimension, c.score, c.expected_score,
                COALESCE(r.masked, false) AS masked, r.mask_version
         FROM (
-            SELECT s.doc_id, s.source, s.scorer, cell.slot AS slot, cell.score AS score
+            SELECT s.doc_id, s.source, s.scorer, cell.slot AS slot, cell.score AS score,
+                   cell.expected AS expected_score
             FROM {scores} s LATERAL VIEW explode(array({cells})) t AS cell
             WHERE s.status = 'ok'
         ) c
