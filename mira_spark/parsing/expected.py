@@ -94,7 +94,7 @@ def _offsets(content: list, text: str) -> list[int] | None:
             offsets.append(at)
             at += len(token)
         return offsets if at == len(body) else None
-    offsets, pos = [], 0
+    offsets, pos, at = [], 0, 0  # pos: characters of text consumed; at: their UTF-8 bytes
     for entry in content:
         token = entry.get("token")
         if not isinstance(token, str):
@@ -104,9 +104,11 @@ def _offsets(content: list, text: str) -> list[int] | None:
             found = text.find(clean, pos, pos + RESYNC_CHARS + len(clean))
             if found < 0:
                 return None
+            at += len(text[pos:found].encode("utf-8"))
             pos = found
-        offsets.append(len(text[:pos].encode("utf-8")))
+        offsets.append(at)
         pos += len(clean)
+        at += len(clean.encode("utf-8"))
     rest = text[pos:]  # a last character split over tokens may be missing; nothing an ASCII token could spell
     return offsets if len(rest) <= 4 and not any(c.isascii() and not c.isspace() for c in rest) else None
 
