@@ -84,6 +84,8 @@ class FakeServer:
                 return completion(action[1], action[2] if len(action) > 2 else "stop")
             if kind == "choices":
                 return choices(action[1])
+            if kind == "json":  # a whole chat-completion body, e.g. with logprobs
+                return web.json_response(action[1])
             if kind == "status":
                 _, code, headers, text = action
                 return web.Response(status=code, headers=headers, text=text)
@@ -775,3 +777,27 @@ def test_a_server_that_ignores_n_gets_the_missing_samples_one_by_one(servers) ->
     assert [r.status for r in (res, *res.more)] == ["ok", "ok", "ok"]
     assert [b["seed"] for _, _, b in a.requests] == [1001, 2001, 3001]
     assert a.requests[0][2]["n"] == 3 and all("n" not in b for _, _, b in a.requests[1:])
+
+
+def _with_logprobs(text: str) -> dict[str, Any]:
+    content = [{"token": ch, "logprob": 0.0, "top_logprobs": [{"token": ch, "logprob": 0.0}]} for ch in text]
+    return {"choices": [{"index": 0, "message": {"content": text}, "finish_reason": "stop",
+                         "logprobs": {"content": content}}], "usage": {"prompt_tokens": 5, "completion_tokens": 5}}
+
+
+def test_score_tokens_follow_the_kept_answer_and_not_a_merged_one(servers) -> None:
+    """An answer kept as sent keeps its tokens' logprobs; an answer merged with a follow-up has none (its
+    positions no longer match one stream), so no expected score is read from misplaced tokens."""
+    a = servers()
+    a.default = lambda body: ("json", _with_logprobs("part2" if len(body["messages"]) > 1 else "part1 7"))
+
+    (kept,) = run(make_requests(1), pool_for(a.url), check_output=lambda r, t, f: OutputVerdict("accept"))
+    assert kept.status == "ok" and kept.score_tokens is not None
+    assert [t.token for t in kept.score_tokens] == [b"1", b" ", b"7"]  # digits and the token after one
+
+    def check(req: ScoreRequest, text: str, finish_reason: str | None) -> OutputVerdict:
+        return OutputVerdict("accept") if "part2" in text else OutputVerdict("followup", followup="part2 only")
+
+    (merged,) = run(make_requests(1), pool_for(a.url), check_output=check, merge=lambda x, y: f"{x}|{y}")
+    assert merged.status == "ok" and merged.text == "part1 7|part2" and merged.repairs == 1
+    assert merged.score_tokens is None
