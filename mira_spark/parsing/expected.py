@@ -218,12 +218,11 @@ def expected_score(text_bytes: bytes, start: int, end: int, tokens: Sequence[Tok
     if total <= 0 or numeric < MIN_NUMERIC_MASS * min(1.0, total):
         return None
     expected = sum(v * p for v, p in mass.items()) / numeric
-    expected += _expected_fraction(text_bytes, start, end, tokens, sampled)
+    expected += _expected_fraction(start, end, tokens, sampled)
     return min(SCORE_MAX, max(SCORE_MIN, expected))
 
 
-def _expected_fraction(text_bytes: bytes, start: int, end: int, tokens: Sequence[TokenLogprob],
-                       sampled: str) -> float:
+def _expected_fraction(start: int, end: int, tokens: Sequence[TokenLogprob], sampled: str) -> float:
     """P("." after the integer part) times the expected fraction, on the sampled path."""
     integer_end = start + len(sampled.split(".")[0])
     j = _token_at(tokens, integer_end)
