@@ -576,7 +576,8 @@ class JournalConfig(_Frozen):
     )
     flush_s: float = Field(default=2.0, gt=0, le=300,
                            description="Seconds between journal flushes of a task (answers finished in the last "
-                           "flush_s before a kill are sent again).")
+                           "flush_s before a kill are sent again; requests sent in that window are re-sent without being counted in "
+                           "resent_requests).")
     flush_rows: int = Field(default=256, ge=1, description="Flush a task's journal once this many answers wait.")
     claim_stale_s: float = Field(
         default=30.0, gt=0,
