@@ -138,6 +138,8 @@ def test_fault_mid_wave_resends_at_most_what_was_in_flight(kind: str, spark: Any
             tables.read("raw_outputs").filter("status IN ('ok', 'failed')").collect())
         journaled = _journaled_keys(root) - committed
         in_flight = {k for k, n in at_fault.items() if n} - committed - journaled
+        # what the dead run's in-flight lists recorded: the rerun's count of re-sends is read against these
+        recorded = {journal.request_id(k) for k in journal.in_flight_keys(root)} - committed - journaled
 
         summary, after = _rerun(sims, cfg, tmp_path)
     finally:
@@ -151,8 +153,11 @@ def test_fault_mid_wave_resends_at_most_what_was_in_flight(kind: str, spark: Any
     ratio = len(resent) / len(in_flight)
     assert ratio <= 1.0, (len(resent), len(in_flight))
     assert summary["journal_folded"] == len(journaled)  # committed at the rerun's start, unasked
-    # waste accounting: what the rerun sent again, as the dead run's last in-flight list knew it
-    assert 0 < summary["resent_requests"] <= len(resent)
+    # Waste accounting: the rerun counts each request it sends for a key the dead run recorded in flight. The
+    # simulator can differ both ways: a request recorded just before the kill may not have reached it, and one
+    # sent after the last record is re-sent uncounted (at most journal.flush_s before the kill).
+    assert recorded & resent, (len(recorded), len(resent))  # the case meant: recorded requests were re-sent
+    assert summary["resent_requests"] == len(recorded)
     assert summary["resent_completion_tokens"] > 0
     score_row = tables.read("run_stats").filter("run_id = 'rerun' AND stage = 'score'").collect()[0]
     assert score_row["resent_requests"] == summary["resent_requests"]
