@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -253,9 +254,11 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
     real = time.sleep
     seen: list[float] = []
+    test_thread = threading.get_ident()  # the patch is the global time.sleep: other threads' sleeps are not ours
 
     def record(seconds: float) -> None:
-        seen.append(seconds)
+        if threading.get_ident() == test_thread:
+            seen.append(seconds)
         real(seconds)
 
     monkeypatch.setattr(base.time, "sleep", record)

@@ -7,6 +7,7 @@ import http.client
 import json
 import re
 import time
+import timeit
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -133,10 +134,9 @@ def test_recommendation_thresholds(overall: int, expected: str) -> None:
 def test_judge_is_fast_on_30kb(dims: list[tuple[str, str]]) -> None:
     big = (GOOD_DOC * 20)[:30_000]
     judge_document(big, "html_cpt", dims)
-    start = time.perf_counter()
-    for _ in range(20):
-        judge_document(big, "html_cpt", dims)
-    assert (time.perf_counter() - start) / 20 < 0.006  # 2 ms target, slack for loaded CI machines
+    # the best of 5 rounds: a preemption or a busy neighbour thread slows one round, not all of them
+    best = min(timeit.repeat(lambda: judge_document(big, "html_cpt", dims), number=4, repeat=5)) / 4
+    assert best < 0.006  # 2 ms target (1.2 ms measured idle), slack for loaded CI machines
 
 
 def test_render_parse_round_trip(builder: PromptBuilder, dims: list[tuple[str, str]]) -> None:
@@ -465,11 +465,13 @@ def test_concurrent_requests_use_the_batch(builder: PromptBuilder) -> None:
 
     with start_in_thread(SimConfig(name="batch", slots=64)) as handle:
         elapsed = asyncio.run(run(handle.url))
-        stats = handle.stats()
+        stats = handle.stats(changes=True)
     assert stats["admitted"] == 32 and stats["waiting"] == 0 and stats["running"] == 0
     mean_latency = stats["busy_slot_seconds"] / 32
     assert 0.03 < mean_latency < 0.3  # default time_scale: one request ~50-200 ms
-    assert elapsed < 32 * mean_latency / 4  # served concurrently, not one by one
+    # served concurrently, not one by one: the scheduler ran most of them at once (its own log, not a clock)
+    assert not stats["changes"]["truncated"] and max(stats["changes"]["running"]) >= 16
+    assert elapsed < 32 * mean_latency / 2  # and loosely in time: one by one would take 32 latencies
 
 
 def test_document_is_read_after_the_last_marker(builder: PromptBuilder) -> None:

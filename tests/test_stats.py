@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mira_spark.selection.stats import (
@@ -48,6 +48,7 @@ def test_spearman_table(xs: list[float], ys: list[float], rho: float | None) -> 
     assert (got is None) if rho is None else got == pytest.approx(rho)
 
 
+@settings(deadline=None)
 @given(st.lists(st.integers(-100, 100), min_size=3, max_size=40, unique=True))
 def test_spearman_is_one_under_monotone_transform(xs: list[int]) -> None:
     ys = [math.exp(x / 50) * 3 + 1 for x in xs]
@@ -113,6 +114,7 @@ def test_keep_count_table(n: int, ratio: float, k: int) -> None:
     assert keep_count(n, ratio) == k
 
 
+@settings(deadline=None)
 @given(st.integers(0, 10**7), st.floats(0, 1), st.floats(0, 1))
 def test_keep_count_is_bounded_and_monotone(n: int, r1: float, r2: float) -> None:
     lo, hi = sorted((r1, r2))
