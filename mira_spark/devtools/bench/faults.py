@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from mira_spark.devtools.simulator.faults import FaultProfile, FaultRule
-from mira_spark.devtools.simulator.launcher import SimHandle, free_port, start_in_thread
+from mira_spark.devtools.simulator.launcher import SimHandle, free_ports, start_in_thread
 from mira_spark.devtools.simulator.server import SimConfig
 from mira_spark.resources import default_scorers_file
 
@@ -197,8 +197,10 @@ class Fleet:
 
     def restart(self, index: int, down_s: float) -> None:
         handle = self.handles[index]
-        self.retired.append(handle.stats())
+        # Counters after the stop: a request that arrives while the listener closes is still answered
+        # (and so never retried), and must be counted.
         handle.stop()
+        self.retired.append(handle.stats())
         self._stop.wait(down_s)
         self.handles[index] = _start_on_port(self.configs[index], self.ports[index])
         self.restarts += 1
@@ -234,10 +236,8 @@ class Fleet:
         if self._watcher is not None:
             self._watcher.join(RESTART_DOWN_S + 10)
         for h in self.handles:
-            try:
-                self.retired.append(h.stats())
-            finally:
-                h.stop()
+            h.stop()
+            self.retired.append(h.stats())  # the final counters, taken after the server stopped
         self.handles = []
 
     def __enter__(self) -> Fleet:
@@ -446,7 +446,7 @@ def run_scenario(spark: SparkSession, sc: Scenario, work: Path, documents: str, 
     run_id = run_id or f"faults-{sc.name}"
     configs = [SimConfig(name=f"{sc.name}-{i}", slots=SLOTS, time_scale=time_scale or sc.time_scale, seed=100 + i, faults=p)
                for i, p in enumerate(sc.profiles)]
-    ports = [free_port() for _ in configs]
+    ports = free_ports(len(configs))  # distinct: consecutive free_port() calls may repeat a port
     settings = scenario_settings(sc, work, documents, validation, [f"http://127.0.0.1:{p}/v1" for p in ports],
                                  wave_size=wave_size, **overrides)
     started = time.perf_counter()
