@@ -240,10 +240,10 @@ class Fleet:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(RESTART_DOWN_S + 10)
-        for h in self.handles:
+        handles, self.handles = self.handles, []
+        for h in handles:
             h.stop()
-            self.retired.append(h.stats())  # the final counters, taken after the server stopped
-        self.handles = []
+        self.retired.extend(h.stats() for h in handles)  # the final counters, taken after each server stopped
 
     def __enter__(self) -> Fleet:
         return self
