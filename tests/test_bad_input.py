@@ -24,7 +24,7 @@ from deltalake import write_deltalake
 from mira_spark import cli
 from mira_spark.config import load_settings
 from mira_spark.devtools.samples import generate_documents
-from mira_spark.devtools.simulator.launcher import free_port, start_in_thread
+from mira_spark.devtools.simulator.launcher import free_ports, start_in_thread
 from mira_spark.devtools.simulator.server import SimConfig
 from mira_spark.errors import user_message
 from mira_spark.ingest.documents import InputError, check_documents
@@ -280,7 +280,7 @@ def test_cli_reports_missing_documents_table(spark: Any, sim: Any, tmp_path: Pat
 
 def test_unreachable_endpoints_fail_fast_before_sending(spark: Any, sample_dir: Path, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    dead = [f"http://127.0.0.1:{free_port()}/v1", f"http://127.0.0.1:{free_port()}/v1"]
+    dead = [f"http://127.0.0.1:{p}/v1" for p in free_ports(2)]
     cfg = write_config(tmp_path / "run.yaml", tmp_path / "tables", str(sample_dir / "documents"), None, dead)
     code, _out, err, elapsed = _cli(["run", "--config", str(cfg), "--engine", "active"], capsys)
     assert code == cli.EXIT_USER_ERROR

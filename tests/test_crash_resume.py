@@ -26,7 +26,7 @@ from conftest import REPO, requests_by_key, score_keys, write_config
 
 from mira_spark.config import load_settings
 from mira_spark.devtools.bench.faults import write_documents
-from mira_spark.devtools.simulator.launcher import SimHandle, free_port, start_in_thread, start_processes
+from mira_spark.devtools.simulator.launcher import SimHandle, start_in_thread, start_processes
 from mira_spark.devtools.simulator.server import SimConfig
 from mira_spark.store.tables import Tables
 
@@ -185,9 +185,9 @@ def test_pool_dies_mid_run_stops_cleanly_and_resumes(spark: Any, sample_dir: Pat
     monkeypatch.setattr(runner, "POOL_DOWN_GRACE_MIN_S", 1.0)
     docs = tmp_path / "documents"
     write_documents(docs, 80)
-    ports = [free_port() for _ in range(2)]
     configs = [SimConfig(name=f"dying{i}", slots=8, time_scale=CRASH_TIME_SCALE) for i in range(2)]
-    sims = [start_in_thread(c, port=p) for c, p in zip(configs, ports, strict=True)]
+    sims = [start_in_thread(c) for c in configs]  # port 0: each binds a free port itself, so they differ
+    ports = [h.port for h in sims]
     cfg = write_config(tmp_path / "run.yaml", tmp_path / "tables", str(docs), str(sample_dir / "validation"),
                        [h.url for h in sims], scoring={"wave_size": 20},
                        scorers={"pools": {"text_group_b_pool": {

@@ -518,3 +518,31 @@ def test_cli_runs_endpoints_in_processes() -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_fault_window_in_requests() -> None:
+    """end_after_requests: only the endpoint's first N requests are eligible, whatever the clock says."""
+    injector = FaultInjector(FaultProfile(rules=(FaultRule(kind="hang", probability=1.0, end_after_requests=3),)), 0)
+    assert [injector.decide(1000.0) is not None for _ in range(5)] == [True, True, True, False, False]
+    # Without it a rule stays open for every request (the default behaviour is unchanged).
+    always = FaultInjector(FaultProfile(rules=(FaultRule(kind="hang", probability=1.0),)), 0)
+    assert all(always.decide(1000.0) is not None for _ in range(50))
+    # Both limits apply: a time window that has closed stays closed within the request window.
+    both = FaultInjector(FaultProfile(rules=(FaultRule(kind="hang", probability=1.0, end_s=1.0,
+                                                       end_after_requests=10),)), 0)
+    assert both.decide(0.5) is not None and both.decide(2.0) is None
+
+
+def test_fault_suite_hang_scenario_fires_early_on_every_endpoint() -> None:
+    """The hang scenario's rule (fixed seeds) hangs one of each endpoint's first 13 requests however slowly
+    the run gets going, so the fault suite's 80-document run (dozens of requests, so some endpoint gets past
+    its 13th) always sees one, whatever the wall clock."""
+    from mira_spark.devtools.bench.faults import SCENARIOS
+
+    sc = SCENARIOS["hang"]
+    for i, profile in enumerate(sc.profiles):
+        (rule,) = profile.rules
+        assert rule.end_s is None and rule.end_after_requests is not None and rule.end_after_requests >= 13
+        injector = FaultInjector(profile, 100 + i)  # run_scenario's seeds
+        first = next(n for n in range(1, 100) if injector.decide(1e6) is not None)
+        assert first <= 13, (i, first)

@@ -35,10 +35,10 @@ PACKAGED = (
 )
 
 
-def _free_port() -> int:
-    from mira_spark.devtools.simulator.launcher import free_port
+def _free_ports(n: int) -> list[int]:
+    from mira_spark.devtools.simulator.launcher import free_ports
 
-    return free_port()
+    return free_ports(n)  # distinct: consecutive free_port() calls may return the same port
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
@@ -109,7 +109,7 @@ def test_wheel_runs_the_demo_outside_the_checkout(wheel_venv: Path, tmp_path: Pa
     assert (demo / "anchors" / "code" / "demo_python_dim_anchors.jsonl").is_file()
     cli("make-sample", "--out", str(demo / "data" / "sample"), "--with-code")
 
-    ports = [_free_port(), _free_port(), _free_port()]
+    ports = _free_ports(3)
     scorers = demo / "conf" / "scorers.yaml"
     routing = yaml.safe_load(scorers.read_text(encoding="utf-8"))
     routing["pools"]["text_group_b_pool"]["endpoints"] = [{"url": f"http://127.0.0.1:{p}/v1"} for p in ports[:2]]

@@ -107,7 +107,7 @@ def prompt_messages(prompt_kb: float) -> list[dict[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mira_spark.devtools.simulator.launcher import free_port
+    from mira_spark.devtools.simulator.launcher import free_ports
 
     parser = argparse.ArgumentParser(prog="mira-spark bench client-overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, help="requests to send")
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     client_cpu, server_cpus = (cpus[:1], cpus[1:] or cpus) if cpus else ([], [])
     ctx = multiprocessing.get_context("spawn")
-    ports = [free_port() for _ in range(args.servers)]
+    ports = free_ports(args.servers)
     procs = [ctx.Process(target=_serve, args=(p, server_cpus, answer_text()), daemon=True, name=f"mira-echo-{p}") for p in ports]
     for proc in procs:
         proc.start()

@@ -3,7 +3,8 @@
 Takes a :class:`FaultProfile` (rules loaded from a dict or YAML) and a seed; gives, per request, the
 fault to inject (or none) from the endpoint's own ``random.Random(seed)``, so a run with the same seed
 and the same request order fails the same way. Time windows (``start_s``/``end_s``) are relative to
-server start. Also the pure text mutations for answer faults (malformed, truncated, missing_dims).
+server start; ``end_after_requests`` closes a rule's window after the endpoint's first N requests
+instead, which does not depend on how fast the client gets going. Also the pure text mutations for answer faults (malformed, truncated, missing_dims).
 
 Kinds: ``http_error`` (500/502/503), ``rate_limit`` (429 with Retry-After), ``hang`` (no answer for far
 longer than any client timeout), ``reset`` (the connection is aborted without a response),
@@ -36,7 +37,8 @@ MALFORMED_TEXTS = (
 
 
 class FaultRule(BaseModel):
-    """Inject ``kind`` with ``probability`` into requests arriving in ``[start_s, end_s)`` after start."""
+    """Inject ``kind`` with ``probability`` into requests arriving in ``[start_s, end_s)`` after start
+    (and, with ``end_after_requests``, among the endpoint's first ``end_after_requests`` requests)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -44,6 +46,10 @@ class FaultRule(BaseModel):
     probability: float = Field(ge=0.0, le=1.0, description="Chance per request while the window is open.")
     start_s: float = Field(default=0.0, ge=0.0, description="Window start, seconds after server start.")
     end_s: float | None = Field(default=None, description="Window end (exclusive); None = forever.")
+    end_after_requests: int | None = Field(
+        default=None, ge=1,
+        description="Window end in requests: only the endpoint's first N chat requests that reach the fault "
+        "decision (since start or /sim/reset) are eligible; None = no request limit.")
     status: int | None = Field(default=None, description="HTTP status for http_error (500/502/503) / rate_limit.")
     retry_after_s: float = Field(default=1.0, ge=0.0, description="Retry-After seconds sent with rate_limit.")
 
@@ -55,7 +61,11 @@ class FaultRule(BaseModel):
             raise ValueError(f"http_error status must be 500, 502 or 503, got {self.status}")
         return self
 
-    def active(self, elapsed_s: float) -> bool:
+    def active(self, elapsed_s: float, request_number: int | None = None) -> bool:
+        """Open at ``elapsed_s`` for the endpoint's ``request_number``-th request (1-based; None: unknown)."""
+        if self.end_after_requests is not None and request_number is not None \
+                and request_number > self.end_after_requests:
+            return False
         return elapsed_s >= self.start_s and (self.end_s is None or elapsed_s < self.end_s)
 
     @property
@@ -97,11 +107,13 @@ class FaultInjector:
     def __init__(self, profile: FaultProfile, seed: int) -> None:
         self.profile = profile
         self.rng = random.Random(seed)
+        self.decisions = 0  # requests decided so far; the request number of end_after_requests
 
     def decide(self, elapsed_s: float) -> FaultRule | None:
         """The rule to apply to a request arriving ``elapsed_s`` after server start, or None."""
+        self.decisions += 1
         for rule in self.profile.rules:
-            if rule.active(elapsed_s) and self.rng.random() < rule.probability:
+            if rule.active(elapsed_s, self.decisions) and self.rng.random() < rule.probability:
                 return rule
         return None
 

@@ -4,6 +4,11 @@ Takes :class:`SimConfig` objects (or ``mira-spark serve-sim`` arguments); gives 
 127.0.0.1 as :class:`SimHandle` objects (``url`` for the OpenAI client, ``stats()``, ``reset()``,
 ``stop()``; also context managers). Each endpoint of ``start_processes`` runs in its own spawned
 process, so endpoints do not share a GIL with each other or with the client under test.
+
+After ``stop()``, ``stats()`` returns the counters as the endpoint left them once its listener closed
+and its handlers finished, so a request that arrived while it was stopping is counted. Endpoints
+started on port 0 bind a free port themselves and report it; :func:`free_ports` gives several
+distinct ports at once for callers that need the ports before the endpoints start.
 """
 
 from __future__ import annotations
@@ -21,12 +26,13 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
 from aiohttp import web
 
 from mira_spark.devtools.simulator.faults import FaultProfile
-from mira_spark.devtools.simulator.server import SimConfig, create_app
+from mira_spark.devtools.simulator.server import STATE_KEY, SimConfig, create_app
 
 log = logging.getLogger("mira_spark.devtools.simulator")
 
@@ -36,14 +42,23 @@ START_TIMEOUT_S = 30.0
 HTTP_TIMEOUT_S = 5.0
 
 
-class SimHandle:
-    """A running simulated endpoint."""
+FinalStats = Callable[[bool], dict[str, Any] | None]
 
-    def __init__(self, host: str, port: int, stopper: Callable[[], None], name: str = "sim") -> None:
+
+class SimHandle:
+    """A running simulated endpoint.
+
+    ``final_stats(changes)`` (optional) gives the counters once ``stopper`` has returned, or None when
+    they were not kept; ``stats()`` after ``stop()`` returns them.
+    """
+
+    def __init__(self, host: str, port: int, stopper: Callable[[], None], name: str = "sim",
+                 final_stats: FinalStats | None = None) -> None:
         self.host = host
         self.port = port
         self.name = name
         self._stopper = stopper
+        self._final_stats = final_stats
         self._stopped = False
 
     @property
@@ -62,7 +77,16 @@ class SimHandle:
             return json.loads(resp.read().decode("utf-8"))
 
     def stats(self, changes: bool = False) -> dict[str, Any]:
-        """The endpoint's ``/sim/stats`` counters (``changes``: with its change-point log)."""
+        """The endpoint's ``/sim/stats`` counters (``changes``: with its change-point log).
+
+        After :meth:`stop`: the final counters, taken after the server stopped (requests that arrived
+        during the shutdown included); ``OSError`` when this handle kept none.
+        """
+        if self._stopped:
+            final = self._final_stats(changes) if self._final_stats is not None else None
+            if final is None:
+                raise OSError(f"simulator endpoint {self.name} is stopped and kept no final counters")
+            return final
         return self._call("GET", "/sim/stats?changes=1" if changes else "/sim/stats")
 
     def reset(self) -> None:
@@ -85,6 +109,7 @@ class SimHandle:
 
 
 async def _start_site(config: SimConfig, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve ``config`` on ``host:port`` (0: a free port); returns the runner and the bound port."""
     runner = web.AppRunner(create_app(config), shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -111,6 +136,7 @@ def start_in_thread(config: SimConfig, port: int = 0, host: str = DEFAULT_HOST) 
             loop.close()
             return
         box["port"] = bound
+        box["state"] = runner.app[STATE_KEY]
         ready.set()
         try:
             loop.run_forever()
@@ -134,34 +160,82 @@ def start_in_thread(config: SimConfig, port: int = 0, host: str = DEFAULT_HOST) 
         loop.call_soon_threadsafe(loop.stop)
         thread.join(SHUTDOWN_TIMEOUT_S + 5)
 
-    return SimHandle(host, box["port"], stop, config.name)
+    def final_stats(changes: bool) -> dict[str, Any] | None:
+        # The loop has stopped and the runner is cleaned up (its handlers done or cancelled), so the
+        # state no longer changes; a thread that did not finish in time leaves no final counters.
+        if thread.is_alive():
+            return None
+        return box["state"].stats(changes=changes)
+
+    return SimHandle(host, box["port"], stop, config.name, final_stats=final_stats)
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
-    """A port that was free a moment ago (bind, read, release)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port that was free a moment ago (bind, read, release); for several ports use :func:`free_ports`."""
+    return free_ports(1, host)[0]
 
 
-async def _serve_until_signal(config: SimConfig, host: str, port: int) -> None:
+def free_ports(n: int, host: str = DEFAULT_HOST) -> list[int]:
+    """``n`` distinct ports that were free a moment ago.
+
+    All ``n`` sockets stay bound until every port is read, so the ports differ from each other
+    (consecutive :func:`free_port` calls may return the same port). Another process may still take one
+    before it is used.
+    """
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(n)]
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+async def _serve_until_signal(config: SimConfig, host: str, port: int, conn: Connection | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; ``conn`` gets ``("port", bound)`` once listening and
+    ``("stats", counters with changes)`` after the shutdown."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         # Loops without Unix signal support (Windows) raise here; the process is then stopped by terminate().
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    runner, _ = await _start_site(config, host, port)
+    runner, bound = await _start_site(config, host, port)
+    state = runner.app[STATE_KEY]
+    if conn is not None:
+        conn.send(("port", bound))
     try:
         await stop.wait()
     finally:
         await runner.cleanup()
+        # Handlers still running after the grace period (hung requests) were counted on arrival.
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.send(("stats", state.stats(changes=True)))
+                conn.close()
 
 
-def _process_main(config_json: str, host: str, port: int) -> None:
+def _process_main(config_json: str, host: str, port: int, conn: Connection | None = None) -> None:
     """Entry point of a spawned endpoint process."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(_serve_until_signal(SimConfig.model_validate_json(config_json), host, port))
+    asyncio.run(_serve_until_signal(SimConfig.model_validate_json(config_json), host, port, conn))
+
+
+def _wait_port(conn: Connection, proc: multiprocessing.process.BaseProcess, label: str, timeout_s: float) -> int:
+    """The port a spawned endpoint reports once it listens."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if conn.poll(0.05):
+            try:
+                kind, value = conn.recv()
+            except EOFError:
+                break
+            if kind == "port":
+                return int(value)
+        elif proc.exitcode is not None:
+            break
+    if proc.exitcode is not None or not proc.is_alive():
+        raise RuntimeError(f"simulator process {label} exited with code {proc.exitcode} before it listened; "
+                           "is the port already in use?")
+    raise RuntimeError(f"simulator process {label} did not listen within {timeout_s:g}s; see its log on stderr")
 
 
 def _wait_healthy(base: str, proc: multiprocessing.process.BaseProcess, timeout_s: float) -> None:
@@ -185,40 +259,76 @@ def start_processes(
     host: str = DEFAULT_HOST,
     timeout_s: float = START_TIMEOUT_S,
 ) -> list[SimHandle]:
-    """One spawned process per endpoint; returns once every ``/health`` answers (or raises, stopping all)."""
+    """One spawned process per endpoint; returns once every ``/health`` answers (or raises, stopping all).
+
+    A port of 0 (the default) lets the endpoint bind a free port itself; its handle carries the port.
+    """
     ports = list(ports) if ports is not None else [0] * len(configs)
     if len(ports) != len(configs):
         raise ValueError(f"{len(configs)} configs but {len(ports)} ports")
     ctx = multiprocessing.get_context("spawn")
     handles: list[SimHandle] = []
-    procs: list[multiprocessing.process.BaseProcess] = []
+    started: list[tuple[SimConfig, multiprocessing.process.BaseProcess, _ProcessStopper]] = []
     try:
         for config, port in zip(configs, ports, strict=True):
-            port = port or free_port(host)
-            proc = ctx.Process(target=_process_main, args=(config.model_dump_json(), host, port),
+            parent_conn, child_conn = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_process_main, args=(config.model_dump_json(), host, port, child_conn),
                                name=f"mira-simulator-{config.name}", daemon=True)
             proc.start()
-            procs.append(proc)
-            handles.append(SimHandle(host, port, _process_stopper(proc), config.name))
-        for handle, proc in zip(handles, procs, strict=True):
+            child_conn.close()  # the child holds its end; EOF here means it exited
+            started.append((config, proc, _ProcessStopper(proc, parent_conn)))
+        deadline = time.monotonic() + timeout_s
+        for config, proc, stopper in started:
+            bound = _wait_port(stopper.conn, proc, config.name, max(0.0, deadline - time.monotonic()))
+            handles.append(SimHandle(host, bound, stopper, config.name, final_stats=stopper.final_stats))
+        for handle, (_, proc, _) in zip(handles, started, strict=True):
             _wait_healthy(handle.base, proc, timeout_s)
     except BaseException:
-        for handle in handles:
-            handle.stop()
+        for _, _, stopper in started:
+            stopper()
         raise
     return handles
 
 
-def _process_stopper(proc: multiprocessing.process.BaseProcess) -> Callable[[], None]:
-    def stop() -> None:
+class _ProcessStopper:
+    """Stops an endpoint process and keeps the final counters it sends on its way out."""
+
+    def __init__(self, proc: multiprocessing.process.BaseProcess, conn: Connection) -> None:
+        self.proc = proc
+        self.conn = conn
+        self.final: dict[str, Any] | None = None
+        self._done = False
+
+    def __call__(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        proc = self.proc
         if proc.is_alive():
             proc.terminate()
+            self._receive(SHUTDOWN_TIMEOUT_S + 5)  # read before join: a large message would block the child
             proc.join(SHUTDOWN_TIMEOUT_S + 5)
         if proc.is_alive():
             proc.kill()
             proc.join(5)
+        self.conn.close()
 
-    return stop
+    def _receive(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.final is None and time.monotonic() < deadline:
+            try:
+                if not self.conn.poll(max(0.0, deadline - time.monotonic())):
+                    return
+                kind, value = self.conn.recv()
+            except (EOFError, OSError):
+                return
+            if kind == "stats":
+                self.final = value
+
+    def final_stats(self, changes: bool) -> dict[str, Any] | None:
+        if self.final is None:
+            return None
+        return self.final if changes else {k: v for k, v in self.final.items() if k != "changes"}
 
 
 def _parser() -> argparse.ArgumentParser:
