@@ -184,6 +184,33 @@ def test_claim_then_list_withdraws_when_a_listed_rival_claim_vanishes(tmp_path: 
     assert real_read(fs, "d/lock") == b"A"  # the winner's file stands
 
 
+def test_claim_then_list_survives_a_listing_that_is_not_a_snapshot(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interleaving CI hit next (two winners): a listing is not a snapshot. While B's first listing runs,
+    rival A creates the file (after the listing passed its name) and removes its claim (before the listing
+    reached it), so that listing shows neither. B's second listing, which starts after both, sees the file."""
+    fs = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    rival_claim = f"d/lock{files.CLAIM_MARK}rival"
+    files.write_bytes(fs, rival_claim, b'{"at": 1000.0}')  # A claimed first
+    real_list = files.list_names
+    calls: list[list[str]] = []
+
+    def rival_finishes_mid_listing(fs_: Any, directory: str) -> list[str]:
+        names = real_list(fs_, directory)
+        calls.append(names)
+        if len(calls) == 2:  # B's first listing after its claim (the first call is the check before it)
+            files.write_bytes(fs, "d/lock", b"A")
+            files.delete(fs, rival_claim)
+            return [n for n in names if files.CLAIM_MARK in n and not n.endswith("rival")]  # B's own claim only
+        return names
+
+    monkeypatch.setattr(files, "list_names", rival_finishes_mid_listing)
+    assert not files.create_exclusive(fs, "d/lock", b"B", stale_after_s=STALE, clock=FakeClock())
+    assert len(calls) >= 3  # the case was created: the torn listing happened and another followed it
+    assert files.read_bytes(fs, "d/lock") == b"A"  # the winner's file stands
+    assert not [n for n in real_list(fs, "d") if files.CLAIM_MARK in n]  # B withdrew its claim
+
+
 def test_two_leases_race_on_object_store_path_one_holds(tmp_path: Path) -> None:
     fs = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
     clock = FakeClock()

@@ -15,11 +15,12 @@ What each filesystem guarantees, and what this module relies on:
   completes, so :func:`write_complete` writes the final name directly (a partial object is never listed).
   pyarrow exposes no conditional write (no ``If-None-Match``; apache/arrow#44281), so
   :func:`create_exclusive` elects a winner by *claim then list*: write a uniquely named claim, list the
-  claims, win only when yours is the only live one (otherwise withdraw and report a loss). This is safe
-  (never two winners) on stores whose listing is strongly consistent after a write — AWS S3 (since
-  December 2020), GCS and ADLS Gen2 are; it is not live-lock free (two simultaneous claimants both
-  withdraw and retry), which callers absorb by polling. A claimant that dies between its claim and its
-  withdrawal blocks others only until its claim is ``stale_after_s`` old.
+  claims twice in a row, win only when yours is the only live one in either listing (otherwise withdraw
+  and report a loss). This is safe (never two winners) on stores whose listing is strongly consistent
+  after a write — AWS S3 (since December 2020), GCS and ADLS Gen2 are — even when a listing is not a
+  snapshot (it need only return every entry that exists for its whole duration); it is not live-lock free
+  (two simultaneous claimants both withdraw and retry), which callers absorb by polling. A claimant that
+  dies between its claim and its withdrawal blocks others only until its claim is ``stale_after_s`` old.
 """
 
 from __future__ import annotations
@@ -136,7 +137,13 @@ def _claim_then_list(fs: pafs.FileSystem, parent: str, name: str, data: bytes, s
     mine = f"{name}{CLAIM_MARK}{uuid.uuid4().hex}"
     write_bytes(fs, f"{parent}/{mine}", json.dumps({"at": clock()}).encode())
     try:
-        names = list_names(fs, parent)
+        # Two listings, one after the other, and their union: a listing is not a snapshot (readdir, paginated
+        # LISTs), so one listing can miss both a rival's file, created after it passed that name, and the
+        # rival's claim, removed before it reached that one. Of an entry that exists throughout a listing,
+        # every listing promises to return it; a rival whose claim predates ours either still holds it through
+        # our first listing, or removed it — after creating its file — before our second began. See
+        # test_claim_then_list_survives_a_listing_that_is_not_a_snapshot.
+        names = set(list_names(fs, parent)) | set(list_names(fs, parent))
         if name in names:
             return False
         rivals = [n for n in names if n.startswith(name + CLAIM_MARK) and n != mine
