@@ -125,7 +125,7 @@ def test_default_command_is_yarn_cluster_with_delta(tmp_path: Path) -> None:
                  "spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension",
                  "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog",
                  "spark.yarn.appMasterEnv.PYSPARK_PYTHON=./environment/bin/python",
-                 f"{archive}#environment", "mira/conf/yarn.yaml"):
+                 "spark.sql.codegen.hugeMethodLimit=8000", f"{archive}#environment", "mira/conf/yarn.yaml"):
         assert part.replace("\\", "") in cmd.replace("\\", ""), part
     assert "--table-format" not in cmd
 

@@ -228,6 +228,10 @@ def local_session(app_name: str = "mira-spark", cores: str = "*",
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        # The composite's 15-dimension expression compiles to generated methods over the JVM's 8,000-byte JIT
+        # limit, which then run interpreted; at this limit Spark falls back from whole-stage codegen for those
+        # stages only. Measured: bench select, 1M rows, 176.7 s -> 69.7 s, same kept sets (benchmarks/README.md).
+        .config("spark.sql.codegen.hugeMethodLimit", "8000")
     )
     if delta_jars is None:
         spark = builder.getOrCreate()
